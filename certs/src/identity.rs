@@ -1,0 +1,60 @@
+//! The site id inside an agent certificate.
+//!
+//! The CA writes it as a URI subject-alternative name `keyway://site/<id>`;
+//! the relay reads it back from the verified client certificate, so a site's
+//! identity is exactly what the CA signed.
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::CertError;
+
+const SITE_URI_PREFIX: &str = "keyway://site/";
+
+/// The SAN URI for a site.
+pub fn site_uri(site: &str) -> String {
+    format!("{SITE_URI_PREFIX}{site}")
+}
+
+/// Reads the site id from an agent certificate (DER).
+pub fn site_from_cert(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| CertError::Identity(format!("bad subjectAltName: {e}")))?
+        .ok_or_else(|| CertError::Identity("no subjectAltName: not a Keyway agent certificate".into()))?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            GeneralName::URI(u) => u.strip_prefix(SITE_URI_PREFIX).map(str::to_string),
+            _ => None,
+        })
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| CertError::Identity("no keyway site id in subjectAltName".into()))
+}
+
+/// Seconds until the certificate expires (negative when it has).
+pub fn seconds_to_expiry(der: &[u8]) -> Result<i64, CertError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok(cert.validity().not_after.timestamp() - now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_certs_without_a_site() {
+        let plain = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let err = site_from_cert(plain.cert.der()).unwrap_err();
+        assert!(err.to_string().contains("no keyway site id"), "{err}");
+        assert!(site_from_cert(b"garbage").unwrap_err().to_string().contains("unparsable"));
+        assert!(seconds_to_expiry(plain.cert.der()).unwrap() > 0);
+    }
+}

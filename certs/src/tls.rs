@@ -1,0 +1,85 @@
+//! rustls configurations for each TLS hop.
+//!
+//! * tunnel (agent ↔ relay): TLS 1.3 only, mutual authentication, both ends
+//!   trusting only the relay's private CA, ALPN `keyway/1`;
+//! * the relay's public HTTPS front: TLS 1.2 and 1.3, ALPN h2 and http/1.1;
+//! * agent → console: the pinning verifier of [`crate::pin`].
+
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::version::{TLS12, TLS13};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::pin::ConsoleVerifier;
+use crate::{provider, CertError, ConsoleTrust};
+
+fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, CertError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone())?;
+    Ok(Arc::new(roots))
+}
+
+/// The relay's tunnel server: requires an agent certificate signed by `ca`.
+pub fn tunnel_server(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, CertError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+        .build()
+        .map_err(|e| CertError::Identity(format!("client verifier: {e}")))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// The agent's tunnel client: presents its certificate, trusts only `ca`.
+pub fn tunnel_client(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, CertError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13])?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(chain, key)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// The relay's public HTTPS front.
+pub fn https_server(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, CertError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13, &TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// An HTTPS client trusting only `ca` (tests, the sandbox, `doctor`).
+pub fn https_client(ca: &CertificateDer<'static>) -> Result<ClientConfig, CertError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13, &TLS12])?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth())
+}
+
+/// The agent's client toward the console.
+pub fn console_client(trust: ConsoleTrust) -> Result<ClientConfig, CertError> {
+    let provider = provider();
+    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&TLS13, &TLS12])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ConsoleVerifier::new(trust, provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}

@@ -1,0 +1,109 @@
+//! The error envelope Keyway answers with, in the console's own format.
+//!
+//! UniFi Access answers `{"code":"CODE_…","msg":"…","data":null}`; integrations
+//! already parse that, so errors produced by the relay or the agent use it too,
+//! with codes of our own (`CODE_KEYWAY_…`) that say which hop failed.
+
+use http::StatusCode;
+use serde::Serialize;
+
+/// The errors Keyway itself answers with, each with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The `Host` names no site this relay knows.
+    SiteNotFound,
+    /// The site exists but its agent is not connected.
+    AgentOffline,
+    /// The agent could not connect to the console.
+    ConsoleUnreachable,
+    /// The console's certificate does not match the pinned fingerprint.
+    ConsoleCertificate,
+    /// The tunnel failed while the request was under way.
+    TunnelFailed,
+    /// No response in time (from the console, or through the tunnel).
+    Timeout,
+    /// The request is malformed or not allowed at the edge.
+    BadRequest,
+    /// The request body is larger than allowed.
+    PayloadTooLarge,
+    /// Something inside Keyway failed.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status for this error.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::SiteNotFound => StatusCode::NOT_FOUND,
+            Self::AgentOffline => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConsoleUnreachable | Self::ConsoleCertificate | Self::TunnelFailed => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The envelope's `code` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SiteNotFound => "CODE_KEYWAY_SITE_NOT_FOUND",
+            Self::AgentOffline => "CODE_KEYWAY_AGENT_OFFLINE",
+            Self::ConsoleUnreachable => "CODE_KEYWAY_CONSOLE_UNREACHABLE",
+            Self::ConsoleCertificate => "CODE_KEYWAY_CONSOLE_CERTIFICATE",
+            Self::TunnelFailed => "CODE_KEYWAY_TUNNEL_FAILED",
+            Self::Timeout => "CODE_KEYWAY_TIMEOUT",
+            Self::BadRequest => "CODE_KEYWAY_BAD_REQUEST",
+            Self::PayloadTooLarge => "CODE_KEYWAY_PAYLOAD_TOO_LARGE",
+            Self::Internal => "CODE_KEYWAY_INTERNAL",
+        }
+    }
+}
+
+/// `{"code": …, "msg": …, "data": null}`.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    /// Machine-readable code.
+    pub code: &'a str,
+    /// Human-readable message: what failed and what to do.
+    pub msg: &'a str,
+    /// Always `null` for errors.
+    pub data: Option<()>,
+}
+
+impl<'a> Envelope<'a> {
+    /// An error envelope for `code` with message `msg`.
+    pub fn error(code: ErrorCode, msg: &'a str) -> Self {
+        Self { code: code.as_str(), msg, data: None }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelope always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_matches_the_consoles_format() {
+        let body = Envelope::error(ErrorCode::AgentOffline, "agent \"hq\" is offline").to_json();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "CODE_KEYWAY_AGENT_OFFLINE");
+        assert_eq!(v["msg"], "agent \"hq\" is offline");
+        assert!(v["data"].is_null());
+        assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn statuses_follow_design() {
+        assert_eq!(ErrorCode::SiteNotFound.status(), 404);
+        assert_eq!(ErrorCode::AgentOffline.status(), 503);
+        assert_eq!(ErrorCode::ConsoleUnreachable.status(), 502);
+        assert_eq!(ErrorCode::ConsoleCertificate.status(), 502);
+        assert_eq!(ErrorCode::Timeout.status(), 504);
+        assert_eq!(ErrorCode::BadRequest.status(), 400);
+    }
+}

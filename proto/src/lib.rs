@@ -1,0 +1,62 @@
+//! The Keyway tunnel protocol, without sockets.
+//!
+//! This crate owns what both ends of a tunnel must agree on: the ALPN ids, the
+//! control-stream messages and their codec, the one-byte preamble of each
+//! proxied-request stream, the QUIC close codes, the hop-by-hop header rules
+//! and the UniFi-style error envelope. It does no I/O of its own beyond thin
+//! `AsyncRead`/`AsyncWrite` helpers around the sans-IO codec.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod control;
+pub mod envelope;
+pub mod headers;
+pub mod preamble;
+
+/// ALPN id of the tunnel protocol (agent ↔ relay).
+pub const ALPN_TUNNEL: &[u8] = b"keyway/1";
+/// ALPN id of the pairing protocol.
+pub const ALPN_PAIR: &[u8] = b"keyway-pair/1";
+/// Version carried in `Hello`; bumped on incompatible control-stream changes.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// QUIC application close codes, so each side can say why it closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Orderly close.
+    Normal = 0,
+    /// The peers speak different protocol versions.
+    VersionMismatch = 1,
+    /// The peer broke the protocol (bad frame, unexpected message).
+    ProtocolError = 2,
+    /// The agent's certificate was revoked.
+    Revoked = 3,
+    /// A newer connection for the same site replaced this one.
+    Replaced = 4,
+    /// The process is shutting down; reconnect (to its replacement).
+    Shutdown = 5,
+    /// The site is not known to the relay.
+    UnknownSite = 6,
+}
+
+impl CloseCode {
+    /// The code as a QUIC varint value.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Maps a received close code back, if known.
+    pub fn from_code(code: u64) -> Option<Self> {
+        Some(match code {
+            0 => Self::Normal,
+            1 => Self::VersionMismatch,
+            2 => Self::ProtocolError,
+            3 => Self::Revoked,
+            4 => Self::Replaced,
+            5 => Self::Shutdown,
+            6 => Self::UnknownSite,
+            _ => return None,
+        })
+    }
+}

@@ -1,1 +1,92 @@
-//! placeholder
+//! The Keyway agent: runs beside a UniFi Access console, dials out to the
+//! relay over QUIC and forwards the requests the relay sends it to the
+//! console, whose certificate it pins.
+//!
+//! [`Agent::new`] checks the configuration and builds the clients;
+//! [`Agent::run`] serves until the shutdown token is cancelled.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod console;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use keyway_certs::files::{load_certs, load_key};
+use keyway_proto::ALPN_TUNNEL;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentConfig;
+pub use tunnel::AgentState;
+
+/// A configured agent, not yet running.
+pub struct Agent {
+    ctx: Arc<tunnel::TunnelCtx>,
+    state: watch::Receiver<AgentState>,
+}
+
+impl Agent {
+    /// Loads keys and certificates and prepares the tunnel and console clients.
+    pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
+        let ca = load_certs(&cfg.relay_ca)?.remove(0);
+        let tls = keyway_certs::tls::tunnel_client(
+            load_certs(&cfg.cert)?,
+            load_key(&cfg.key)?,
+            &ca,
+            &[ALPN_TUNNEL],
+        )
+        .context("agent certificate")?;
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .context("tunnel TLS for QUIC")?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
+        client.transport_config(Arc::new(tunnel::transport_config()));
+        let relay_is_v6 = cfg.relay.starts_with('[');
+        let bind: SocketAddr = if relay_is_v6 { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("constant address");
+        let mut endpoint = quinn::Endpoint::client(bind).context("could not open a UDP socket")?;
+        endpoint.set_default_client_config(client);
+
+        let console = console::Console::new(
+            cfg.console_uri()?,
+            cfg.console_trust()?,
+            cfg.console_connect_timeout,
+            cfg.console_timeout,
+        )?;
+        let (state_tx, state) = watch::channel(AgentState::Connecting);
+        let ctx = tunnel::TunnelCtx {
+            endpoint,
+            relay: cfg.relay.clone(),
+            relay_name: cfg.relay_server_name(),
+            console: Arc::new(console),
+            state: state_tx,
+        };
+        Ok(Self {
+            ctx: Arc::new(ctx),
+            state,
+        })
+    }
+
+    /// The agent's state, as it changes.
+    pub fn state(&self) -> watch::Receiver<AgentState> {
+        self.state.clone()
+    }
+
+    /// Serves until `stop` is cancelled, reconnecting as needed.
+    pub async fn run(self, stop: CancellationToken) {
+        tunnel::run(self.ctx.clone(), stop).await;
+        self.ctx.endpoint.close(
+            keyway_proto::CloseCode::Shutdown.code().into(),
+            b"agent stopping",
+        );
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            self.ctx.endpoint.wait_idle(),
+        )
+        .await;
+    }
+}

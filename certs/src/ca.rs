@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -42,7 +42,9 @@ pub struct PrivateCa {
 
 impl std::fmt::Debug for PrivateCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrivateCa").field("fingerprint", &crate::Fingerprint::of(&self.cert_der)).finish()
+        f.debug_struct("PrivateCa")
+            .field("fingerprint", &crate::Fingerprint::of(&self.cert_der))
+            .finish()
     }
 }
 
@@ -53,11 +55,19 @@ impl PrivateCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         set_validity(&mut params, CA_VALIDITY);
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), cert_der: cert.der().clone(), issuer: Issuer::new(params, key) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its certificate and private key, both PEM.
@@ -68,7 +78,11 @@ impl PrivateCa {
             .next()
             .expect("certs_from_pem returns at least one");
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
-        Ok(Self { issuer, cert_der, cert_pem: cert_pem.to_string() })
+        Ok(Self {
+            issuer,
+            cert_der,
+            cert_pem: cert_pem.to_string(),
+        })
     }
 
     /// The CA certificate, DER.
@@ -88,12 +102,18 @@ impl PrivateCa {
 
     /// Issues an agent's client certificate for `site` over the agent's own
     /// public key: the private key never leaves the agent.
-    pub fn issue_agent(&self, site: &str, agent_key: &impl PublicKeyData, validity: Duration) -> Result<Issued, CertError> {
+    pub fn issue_agent(
+        &self,
+        site: &str,
+        agent_key: &impl PublicKeyData,
+        validity: Duration,
+    ) -> Result<Issued, CertError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("keyway agent {site}"));
-        params.subject_alt_names = vec![SanType::URI(
-            identity::site_uri(site).try_into().map_err(|_| CertError::Identity(format!("bad site id {site:?}")))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(identity::site_uri(site).try_into().map_err(
+                |_| CertError::Identity(format!("bad site id {site:?}")),
+            )?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.sign(params, agent_key, validity)
@@ -101,7 +121,12 @@ impl PrivateCa {
 
     /// Issues a server certificate (the relay's QUIC endpoint) for DNS names
     /// and IP addresses.
-    pub fn issue_server(&self, names: &[String], server_key: &impl PublicKeyData, validity: Duration) -> Result<Issued, CertError> {
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        server_key: &impl PublicKeyData,
+        validity: Duration,
+    ) -> Result<Issued, CertError> {
         let mut params = CertificateParams::new(names.to_vec())?;
         params.distinguished_name = dn(names.first().map(String::as_str).unwrap_or("keyway relay"));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -109,14 +134,27 @@ impl PrivateCa {
         self.sign(params, server_key, validity)
     }
 
-    fn sign(&self, mut params: CertificateParams, key: &impl PublicKeyData, validity: Duration) -> Result<Issued, CertError> {
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        key: &impl PublicKeyData,
+        validity: Duration,
+    ) -> Result<Issued, CertError> {
         set_validity(&mut params, validity);
         let serial = random_serial();
-        let serial_hex = serial.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let serial_hex = serial
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         params.serial_number = Some(serial);
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(key, &self.issuer)?;
-        Ok(Issued { pem: cert.pem(), der: cert.der().clone(), serial: serial_hex })
+        Ok(Issued {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            serial: serial_hex,
+        })
     }
 }
 
@@ -135,7 +173,9 @@ fn set_validity(params: &mut CertificateParams, validity: Duration) {
 fn random_serial() -> SerialNumber {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the OS random source works");
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the OS random source works");
     bytes[0] &= 0x7f; // positive INTEGER
     SerialNumber::from_slice(&bytes)
 }
@@ -153,8 +193,17 @@ mod tests {
         assert_eq!(issued.serial.len(), 32);
 
         let again = PrivateCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
-        let second = again.issue_agent("branch-2", &agent_key, AGENT_VALIDITY).unwrap();
+        let second = again
+            .issue_agent("branch-2", &agent_key, AGENT_VALIDITY)
+            .unwrap();
         assert_eq!(identity::site_from_cert(&second.der).unwrap(), "branch-2");
         assert_ne!(issued.serial, second.serial);
     }
+}
+
+/// A self-signed leaf certificate for `names` and its PKCS#8 key (DER), as
+/// a UniFi console or a development HTTPS front would have.
+pub fn self_signed(names: &[String]) -> Result<(CertificateDer<'static>, Vec<u8>), CertError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
+    Ok((ck.cert.der().clone(), ck.signing_key.serialize_der()))
 }

@@ -15,21 +15,33 @@ use crate::CertError;
 pub fn certs_from_pem(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CertError::Pem { what: what.into(), why: e.to_string() })?;
+        .map_err(|e| CertError::Pem {
+            what: what.into(),
+            why: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(CertError::Pem { what: what.into(), why: "no CERTIFICATE block".into() });
+        return Err(CertError::Pem {
+            what: what.into(),
+            why: "no CERTIFICATE block".into(),
+        });
     }
     Ok(certs)
 }
 
 /// The private key in a PEM buffer.
 pub fn key_from_pem(what: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>, CertError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| CertError::Pem { what: what.into(), why: e.to_string() })
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| CertError::Pem {
+        what: what.into(),
+        why: e.to_string(),
+    })
 }
 
 /// Reads a file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>, CertError> {
-    std::fs::read(path).map_err(|source| CertError::Io { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| CertError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Certificates from a PEM file.
@@ -44,10 +56,22 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
 
 /// Writes `contents` atomically; `secret` files get mode 0600 from the start.
 pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertError> {
-    let io = |source| CertError::Io { path: path.display().to_string(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io(std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let io = |source| CertError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("not a file path")))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -56,7 +80,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), Ce
         opts.mode(if secret { 0o600 } else { 0o644 });
     }
     let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(contents).and_then(|_| f.sync_all()).map_err(io)?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -73,7 +99,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         load_key(&key_path).unwrap();
         let cert_path = dir.path().join("c.pem");

@@ -43,7 +43,10 @@ impl FromStr for Fingerprint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || CertError::BadFingerprint(s.to_string());
         let t = s.trim();
-        let t = t.strip_prefix("sha256:").or_else(|| t.strip_prefix("SHA256:")).unwrap_or(t);
+        let t = t
+            .strip_prefix("sha256:")
+            .or_else(|| t.strip_prefix("SHA256:"))
+            .unwrap_or(t);
         let hex: Vec<u8> = t.bytes().filter(|b| *b != b':').collect();
         if hex.len() != 64 {
             return Err(bad());
@@ -67,14 +70,25 @@ mod tests {
         let plain = fp.to_string();
         assert_eq!(plain.len(), 64);
         let colons: Vec<String> = fp.0.iter().map(|b| format!("{b:02X}")).collect();
-        for s in [plain.clone(), colons.join(":"), format!("sha256:{plain}"), format!("  {}  ", plain.to_uppercase())] {
+        for s in [
+            plain.clone(),
+            colons.join(":"),
+            format!("sha256:{plain}"),
+            format!("  {}  ", plain.to_uppercase()),
+        ] {
             assert_eq!(s.parse::<Fingerprint>().unwrap(), fp, "{s}");
         }
     }
 
     #[test]
     fn refuses_wrong_lengths_and_non_hex() {
-        for s in ["", "abcd", &"g".repeat(64), &"a".repeat(66), "é".repeat(32).as_str()] {
+        for s in [
+            "",
+            "abcd",
+            &"g".repeat(64),
+            &"a".repeat(66),
+            "é".repeat(32).as_str(),
+        ] {
             let err = s.parse::<Fingerprint>().unwrap_err();
             assert!(err.to_string().contains("SHA-256"), "{err}");
         }

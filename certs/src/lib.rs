@@ -13,7 +13,7 @@ pub mod identity;
 pub mod pin;
 pub mod tls;
 
-pub use ca::{Issued, PrivateCa};
+pub use ca::{self_signed, Issued, PrivateCa};
 pub use fingerprint::Fingerprint;
 pub use pin::ConsoleTrust;
 

@@ -55,7 +55,10 @@ pub fn tunnel_client(
 }
 
 /// The relay's public HTTPS front.
-pub fn https_server(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<ServerConfig, CertError> {
+pub fn https_server(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, CertError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&TLS13, &TLS12])?
         .with_no_client_auth()
@@ -74,12 +77,11 @@ pub fn https_client(ca: &CertificateDer<'static>) -> Result<ClientConfig, CertEr
 
 /// The agent's client toward the console.
 pub fn console_client(trust: ConsoleTrust) -> Result<ClientConfig, CertError> {
+    // ALPN is left to the HTTP connector that uses this config.
     let provider = provider();
-    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+    Ok(ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&TLS13, &TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ConsoleVerifier::new(trust, provider)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
+        .with_no_client_auth())
 }

@@ -104,7 +104,10 @@ pub enum ControlError {
 /// Appends one encoded message to `dst`.
 pub fn encode(msg: &ControlMsg, dst: &mut BytesMut) {
     let body = serde_json::to_vec(msg).expect("control messages always serialize");
-    debug_assert!(body.len() <= MAX_CONTROL_MSG_BYTES, "we never send oversized messages");
+    debug_assert!(
+        body.len() <= MAX_CONTROL_MSG_BYTES,
+        "we never send oversized messages"
+    );
     dst.reserve(LEN_PREFIX + body.len());
     dst.put_u32(body.len() as u32);
     dst.put_slice(&body);
@@ -144,13 +147,20 @@ pub async fn read_msg<R: AsyncRead + Unpin>(
         }
         buf.reserve(1024);
         if rd.read_buf(buf).await? == 0 {
-            return Err(if buf.is_empty() { ControlError::Closed } else { ControlError::Truncated });
+            return Err(if buf.is_empty() {
+                ControlError::Closed
+            } else {
+                ControlError::Truncated
+            });
         }
     }
 }
 
 /// Writes one message to `wr` and flushes it.
-pub async fn write_msg<W: AsyncWrite + Unpin>(wr: &mut W, msg: &ControlMsg) -> Result<(), ControlError> {
+pub async fn write_msg<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    msg: &ControlMsg,
+) -> Result<(), ControlError> {
     let mut buf = BytesMut::new();
     encode(msg, &mut buf);
     wr.write_all(&buf).await?;
@@ -165,12 +175,24 @@ mod tests {
 
     fn all_kinds() -> Vec<ControlMsg> {
         vec![
-            ControlMsg::Hello { version: 1, agent_version: "0.1.0".into(), console_ok: true },
-            ControlMsg::Welcome { version: 1, relay_version: "0.1.0".into(), site: "hq".into() },
-            ControlMsg::Refused { reason: "no".into() },
+            ControlMsg::Hello {
+                version: 1,
+                agent_version: "0.1.0".into(),
+                console_ok: true,
+            },
+            ControlMsg::Welcome {
+                version: 1,
+                relay_version: "0.1.0".into(),
+                site: "hq".into(),
+            },
+            ControlMsg::Refused {
+                reason: "no".into(),
+            },
             ControlMsg::Ping { nonce: u64::MAX },
             ControlMsg::Pong { nonce: 0 },
-            ControlMsg::Drain { reason: "restart".into() },
+            ControlMsg::Drain {
+                reason: "restart".into(),
+            },
             ControlMsg::Status { console_ok: false },
         ]
     }
@@ -213,11 +235,20 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert!(matches!(decode(&mut buf), Err(DecodeError::Empty)));
 
-        for body in [&b"{"[..], b"[]", b"{\"type\":\"teleport\"}", b"{\"type\":\"ping\"}", b"\xff\xfe"] {
+        for body in [
+            &b"{"[..],
+            b"[]",
+            b"{\"type\":\"teleport\"}",
+            b"{\"type\":\"ping\"}",
+            b"\xff\xfe",
+        ] {
             let mut buf = BytesMut::new();
             buf.put_u32(body.len() as u32);
             buf.put_slice(body);
-            assert!(matches!(decode(&mut buf), Err(DecodeError::Malformed(_))), "{body:?}");
+            assert!(
+                matches!(decode(&mut buf), Err(DecodeError::Malformed(_))),
+                "{body:?}"
+            );
         }
     }
 
@@ -227,7 +258,10 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(body.len() as u32);
         buf.put_slice(body);
-        assert_eq!(decode(&mut buf).unwrap(), Some(ControlMsg::Pong { nonce: 7 }));
+        assert_eq!(
+            decode(&mut buf).unwrap(),
+            Some(ControlMsg::Pong { nonce: 7 })
+        );
     }
 
     #[tokio::test]
@@ -236,18 +270,32 @@ mod tests {
         encode(&ControlMsg::Ping { nonce: 3 }, &mut wire);
         let mut rd = &wire[..];
         let mut buf = BytesMut::new();
-        assert_eq!(read_msg(&mut rd, &mut buf).await.unwrap(), ControlMsg::Ping { nonce: 3 });
-        assert!(matches!(read_msg(&mut rd, &mut buf).await, Err(ControlError::Closed)));
+        assert_eq!(
+            read_msg(&mut rd, &mut buf).await.unwrap(),
+            ControlMsg::Ping { nonce: 3 }
+        );
+        assert!(matches!(
+            read_msg(&mut rd, &mut buf).await,
+            Err(ControlError::Closed)
+        ));
 
         let mut rd = &wire[..wire.len() - 1];
         let mut buf = BytesMut::new();
-        assert!(matches!(read_msg(&mut rd, &mut buf).await, Err(ControlError::Truncated)));
+        assert!(matches!(
+            read_msg(&mut rd, &mut buf).await,
+            Err(ControlError::Truncated)
+        ));
 
         let mut out = Vec::new();
-        write_msg(&mut out, &ControlMsg::Drain { reason: "x".into() }).await.unwrap();
+        write_msg(&mut out, &ControlMsg::Drain { reason: "x".into() })
+            .await
+            .unwrap();
         let mut rd = &out[..];
         let mut buf = BytesMut::new();
-        assert_eq!(read_msg(&mut rd, &mut buf).await.unwrap(), ControlMsg::Drain { reason: "x".into() });
+        assert_eq!(
+            read_msg(&mut rd, &mut buf).await.unwrap(),
+            ControlMsg::Drain { reason: "x".into() }
+        );
     }
 
     proptest! {

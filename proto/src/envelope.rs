@@ -36,7 +36,9 @@ impl ErrorCode {
         match self {
             Self::SiteNotFound => StatusCode::NOT_FOUND,
             Self::AgentOffline => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ConsoleUnreachable | Self::ConsoleCertificate | Self::TunnelFailed => StatusCode::BAD_GATEWAY,
+            Self::ConsoleUnreachable | Self::ConsoleCertificate | Self::TunnelFailed => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,7 +76,11 @@ pub struct Envelope<'a> {
 impl<'a> Envelope<'a> {
     /// An error envelope for `code` with message `msg`.
     pub fn error(code: ErrorCode, msg: &'a str) -> Self {
-        Self { code: code.as_str(), msg, data: None }
+        Self {
+            code: code.as_str(),
+            msg,
+            data: None,
+        }
     }
 
     /// The JSON body.

@@ -49,6 +49,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     }
 }
 
+/// Whether a request asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
 /// Re-declares an upgrade on the next hop.
 pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -62,7 +75,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -86,7 +102,12 @@ mod tests {
 
     #[test]
     fn keeps_websocket_upgrade_only_when_connection_asks() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
+        assert!(wants_upgrade(&h));
         assert_eq!(strip_hop_by_hop(&mut h).unwrap(), "websocket");
         assert!(h.get(UPGRADE).is_none());
         set_upgrade(&mut h, HeaderValue::from_static("websocket"));
@@ -95,14 +116,22 @@ mod tests {
         assert_eq!(h["sec-websocket-key"], "k");
 
         let mut h = map(&[("upgrade", "websocket")]);
-        assert_eq!(strip_hop_by_hop(&mut h), None, "Upgrade without Connection: upgrade is dropped");
+        assert!(!wants_upgrade(&h));
+        assert_eq!(
+            strip_hop_by_hop(&mut h),
+            None,
+            "Upgrade without Connection: upgrade is dropped"
+        );
         assert!(h.is_empty());
     }
 
     #[test]
     fn tolerates_garbage_connection_tokens() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_bytes(b"\xff, ,bad token").unwrap());
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_bytes(b"\xff, ,bad token").unwrap(),
+        );
         h.append(CONNECTION, HeaderValue::from_static(" , bad header name ,"));
         assert_eq!(strip_hop_by_hop(&mut h), None);
         assert!(h.is_empty());

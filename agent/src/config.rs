@@ -1,0 +1,157 @@
+//! The agent's configuration file (`agent.toml`).
+//!
+//! Relative paths are resolved against the file's folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use http::Uri;
+use keyway_certs::{ConsoleTrust, Fingerprint};
+use serde::Deserialize;
+
+/// `agent.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The relay's QUIC address, `host:port` (re-resolved on every connect).
+    pub relay: String,
+    /// The name the relay's tunnel certificate is checked against; defaults
+    /// to the host part of `relay`.
+    #[serde(default)]
+    pub relay_name: Option<String>,
+    /// PEM certificate of the relay's private CA: the only tunnel trust anchor.
+    pub relay_ca: PathBuf,
+    /// This agent's certificate (PEM), issued at pairing.
+    pub cert: PathBuf,
+    /// This agent's private key (PEM, mode 0600). Never leaves the machine.
+    pub key: PathBuf,
+    /// The console's API base, e.g. `https://192.168.1.10:12445`.
+    pub console_url: String,
+    /// SHA-256 fingerprint of the console's certificate.
+    #[serde(default)]
+    pub console_fingerprint: Option<String>,
+    /// Accept any console certificate. Off by default; logs a warning.
+    #[serde(default)]
+    pub console_insecure: bool,
+    /// Time allowed to open a connection to the console.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub console_connect_timeout: Duration,
+    /// Time allowed for the console's response head.
+    #[serde(default = "default_console_timeout", with = "humantime_serde")]
+    pub console_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_console_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl AgentConfig {
+    /// Reads, resolves and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        let mut cfg: Self =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.relay_ca, &mut cfg.cert, &mut cfg.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.console_trust()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        cfg.console_uri()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// How the console's certificate is trusted.
+    pub fn console_trust(&self) -> anyhow::Result<ConsoleTrust> {
+        match (&self.console_fingerprint, self.console_insecure) {
+            (Some(_), true) => bail!("console_fingerprint and console_insecure: set one, not both"),
+            (Some(fp), false) => Ok(ConsoleTrust::Pinned(fp.parse::<Fingerprint>().context("console_fingerprint")?)),
+            (None, true) => Ok(ConsoleTrust::Insecure),
+            (None, false) => bail!(
+                "console_fingerprint: missing; pin the console's certificate (its SHA-256 fingerprint) \
+                 or set console_insecure = true to skip verification"
+            ),
+        }
+    }
+
+    /// The console base URL, checked.
+    pub fn console_uri(&self) -> anyhow::Result<Uri> {
+        let uri: Uri = self.console_url.parse().context("console_url")?;
+        if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+            bail!("console_url: must look like https://HOST:12445");
+        }
+        Ok(uri)
+    }
+
+    /// The TLS name for the relay.
+    pub fn relay_server_name(&self) -> String {
+        self.relay_name.clone().unwrap_or_else(|| {
+            let host = self
+                .relay
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&self.relay);
+            host.trim_matches(['[', ']']).to_string()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> AgentConfig {
+        toml::from_str(
+            r#"
+            relay = "relay.example.com:443"
+            relay_ca = "ca.pem"
+            cert = "agent.pem"
+            key = "agent.key"
+            console_url = "https://192.0.2.10:12445"
+            console_fingerprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn trust_requires_exactly_one_choice() {
+        let mut c = base();
+        assert!(matches!(
+            c.console_trust().unwrap(),
+            ConsoleTrust::Pinned(_)
+        ));
+        c.console_insecure = true;
+        assert!(c
+            .console_trust()
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+        c.console_fingerprint = None;
+        assert_eq!(c.console_trust().unwrap(), ConsoleTrust::Insecure);
+        c.console_insecure = false;
+        assert!(c
+            .console_trust()
+            .unwrap_err()
+            .to_string()
+            .contains("missing"));
+    }
+
+    #[test]
+    fn names_and_urls() {
+        let mut c = base();
+        assert_eq!(c.relay_server_name(), "relay.example.com");
+        c.relay = "[::1]:4433".into();
+        assert_eq!(c.relay_server_name(), "::1");
+        c.console_url = "http://192.0.2.10:12445".into();
+        assert!(c.console_uri().is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! Forwarding tunnel requests to the console over a pooled, pinned TLS client.
+//!
+//! The console answers HTTPS with a self-signed certificate; the client
+//! accepts exactly the pinned one (see `keyway_certs::pin`). Connections are
+//! kept warm in hyper's pool so a request through the tunnel does not pay a
+//! TLS handshake to the console.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use keyway_certs::pin::find_pin_mismatch;
+use keyway_certs::ConsoleTrust;
+use keyway_proto::envelope::{Envelope, ErrorCode};
+use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
+use tokio::time::timeout;
+use tracing::{debug, warn, Instrument};
+
+/// Body of responses going back into the tunnel.
+pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The console as seen from the agent.
+pub struct Console {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    base: Uri,
+    host: HeaderValue,
+    head_timeout: Duration,
+}
+
+impl Console {
+    /// A pooled client for the console at `base` (`https://host:port`).
+    pub fn new(
+        base: Uri,
+        trust: ConsoleTrust,
+        connect_timeout: Duration,
+        head_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        if trust == ConsoleTrust::Insecure {
+            warn!("console certificate verification is OFF (console_insecure): anyone on the LAN path can impersonate the console");
+        }
+        let tls = keyway_certs::tls::console_client(trust)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .build(https);
+        let host = HeaderValue::from_str(base.authority().map(|a| a.as_str()).unwrap_or_default())?;
+        Ok(Self {
+            client,
+            base,
+            host,
+            head_timeout,
+        })
+    }
+
+    /// Forwards one request from the tunnel; errors become envelopes.
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Response<TunnelBody> {
+        let tunnel_upgrade = keyway_proto::headers::wants_upgrade(req.headers())
+            .then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
+            set_upgrade(&mut parts.headers, proto);
+        }
+        parts.headers.insert(HOST, self.host.clone());
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return envelope(
+                    ErrorCode::BadRequest,
+                    "the request target is not a valid path",
+                )
+            }
+        };
+        let mut resp = match timeout(
+            self.head_timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return self.classify(&e),
+            Err(_) => {
+                warn!("console did not answer within {:?}", self.head_timeout);
+                return envelope(
+                    ErrorCode::Timeout,
+                    &format!(
+                        "the console did not answer within {}s",
+                        self.head_timeout.as_secs()
+                    ),
+                );
+            }
+        };
+        let upgrade = strip_hop_by_hop(resp.headers_mut());
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(tunnel), Some(proto)) = (tunnel_upgrade, upgrade) else {
+                return envelope(
+                    ErrorCode::ConsoleUnreachable,
+                    "the console switched protocols without an upgrade request",
+                );
+            };
+            set_upgrade(resp.headers_mut(), proto);
+            let console = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice(tunnel, console).in_current_span());
+        }
+        resp.map(|b| b.boxed_unsync())
+    }
+
+    fn classify(&self, e: &hyper_util::client::legacy::Error) -> Response<TunnelBody> {
+        if let Some(mismatch) = find_pin_mismatch(e) {
+            warn!("refusing the console: {mismatch}");
+            return envelope(
+                ErrorCode::ConsoleCertificate,
+                &format!("the agent refused the console's certificate: {mismatch}"),
+            );
+        }
+        let detail = error_chain(e);
+        warn!(console = %self.base, "console request failed: {detail}");
+        if e.is_connect() {
+            envelope(
+                ErrorCode::ConsoleUnreachable,
+                &format!("the agent could not connect to the console: {detail}"),
+            )
+        } else {
+            envelope(
+                ErrorCode::ConsoleUnreachable,
+                &format!("the console connection failed: {detail}"),
+            )
+        }
+    }
+}
+
+/// The innermost causes, joined, for a readable one-line message.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// An envelope response produced by the agent.
+pub fn envelope(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
+    let body = Full::new(Bytes::from(Envelope::error(code, msg).to_json()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = code.status();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn splice(tunnel: hyper::upgrade::OnUpgrade, console: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(tunnel, console) {
+        Ok((t, c)) => {
+            let r = tokio::io::copy_bidirectional(&mut TokioIo::new(t), &mut TokioIo::new(c)).await;
+            debug!("upgraded stream closed: {r:?}");
+        }
+        Err(e) => debug!("upgrade failed: {e}"),
+    }
+}

@@ -1,0 +1,184 @@
+//! The relay's configuration file (`relay.toml`).
+//!
+//! Relative paths are resolved against the file's folder, so a relay folder
+//! made by the sandbox or by `init` can be moved as a whole.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// `relay.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The public domain: sites are reached at `<site>.<domain>`.
+    pub domain: String,
+    /// Public HTTPS listener for integrations (TCP).
+    #[serde(default = "default_listen")]
+    pub https_listen: SocketAddr,
+    /// QUIC listener for agents (UDP).
+    #[serde(default = "default_listen")]
+    pub quic_listen: SocketAddr,
+    /// PEM certificate chain of the public HTTPS front.
+    pub https_cert: PathBuf,
+    /// PEM private key of the public HTTPS front.
+    pub https_key: PathBuf,
+    /// PEM certificate of the private tunnel CA (agents' certificates chain to it).
+    pub tunnel_ca: PathBuf,
+    /// PEM certificate the relay presents to agents (signed by the tunnel CA).
+    pub tunnel_cert: PathBuf,
+    /// PEM private key for `tunnel_cert`.
+    pub tunnel_key: PathBuf,
+    /// Sites this relay serves.
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// Site served when the `Host` is the bare domain or an IP address.
+    #[serde(default)]
+    pub default_site: Option<String>,
+    /// How long to wait for a response head through the tunnel.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long an integration may take to send its request headers.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:443".parse().expect("constant address")
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(65)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl RelayConfig {
+    /// Reads, resolves and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        let mut cfg: Self =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.https_cert,
+            &mut cfg.https_key,
+            &mut cfg.tunnel_ca,
+            &mut cfg.tunnel_cert,
+            &mut cfg.tunnel_key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&mut self) -> anyhow::Result<()> {
+        self.domain = self.domain.trim_end_matches('.').to_ascii_lowercase();
+        if self.domain.is_empty() {
+            bail!("domain: must not be empty");
+        }
+        for s in &mut self.sites {
+            *s = s.to_ascii_lowercase();
+            validate_site_name(s).with_context(|| format!("sites: {s:?}"))?;
+        }
+        if let Some(d) = &mut self.default_site {
+            *d = d.to_ascii_lowercase();
+            if !self.sites.contains(d) {
+                bail!("default_site: {d:?} is not listed in sites");
+            }
+        }
+        if self.request_timeout.is_zero() {
+            bail!("request_timeout: must be more than 0s");
+        }
+        Ok(())
+    }
+}
+
+/// Site names are single DNS labels: they become `<site>.<domain>`.
+pub fn validate_site_name(name: &str) -> anyhow::Result<()> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > 63
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        bail!("a site name is 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        domain = "Relay.Example.COM."
+        https_cert = "https.pem"
+        https_key = "https.key"
+        tunnel_ca = "ca.pem"
+        tunnel_cert = "tunnel.pem"
+        tunnel_key = "tunnel.key"
+        sites = ["HQ"]
+        default_site = "hq"
+        request_timeout = "5s"
+    "#;
+
+    #[test]
+    fn loads_resolves_paths_and_normalises_names() {
+        let dir = std::env::temp_dir().join(format!("kw-relay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let cfg = RelayConfig::load(&path).unwrap();
+        assert_eq!(cfg.domain, "relay.example.com");
+        assert_eq!(cfg.sites, ["hq"]);
+        assert_eq!(cfg.https_cert, dir.join("https.pem"));
+        assert_eq!(cfg.request_timeout, Duration::from_secs(5));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_typos_bad_names_and_dangling_default() {
+        let typo = format!("{MINIMAL}\nrequest_timout = \"1s\"");
+        let err = toml::from_str::<RelayConfig>(&typo)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request_timout"), "{err}");
+
+        let mut cfg: RelayConfig =
+            toml::from_str(&MINIMAL.replace("[\"HQ\"]", "[\"h q\"]")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("sites"));
+
+        let mut cfg: RelayConfig =
+            toml::from_str(&MINIMAL.replace("default_site = \"hq\"", "default_site = \"x\""))
+                .unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("default_site"));
+
+        for bad in ["", "-a", "a-", "a.b", &"a".repeat(64), "A_B"] {
+            assert!(validate_site_name(bad).is_err(), "{bad}");
+        }
+        validate_site_name("branch-2").unwrap();
+    }
+}

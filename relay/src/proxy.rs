@@ -1,0 +1,328 @@
+//! Forwarding one integration request through the tunnel.
+//!
+//! Each request rides its own relay-opened QUIC stream: a one-byte preamble,
+//! then plain HTTP/1.1 spoken by hyper on both ends, so bodies stream in both
+//! directions with QUIC flow control as back-pressure, and an
+//! `Upgrade: websocket` exchange becomes a raw byte pipe after the `101`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderValue, HOST};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use keyway_proto::envelope::ErrorCode;
+use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
+use keyway_proto::preamble::StreamKind;
+use tokio::time::timeout;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::agents::{AgentLink, AgentTable};
+use crate::respond::{error, ProxyBody};
+
+/// What the proxy needs per request.
+pub struct ProxyCtx {
+    /// The public domain (lowercase).
+    pub domain: String,
+    /// Sites served.
+    pub sites: Vec<String>,
+    /// Site for bare-domain or IP hosts.
+    pub default_site: Option<String>,
+    /// Live agents.
+    pub agents: AgentTable,
+    /// Time allowed for the response head.
+    pub request_timeout: Duration,
+}
+
+/// The hyper service: route, forward, answer. Never fails at the HTTP level.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<ProxyCtx>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let request_id = new_request_id();
+    let span = info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path(), site = tracing::field::Empty);
+    let mut resp = async {
+        let site = match route(&req, &ctx) {
+            Ok(site) => site,
+            Err(resp) => return resp,
+        };
+        tracing::Span::current().record("site", site.as_str());
+        let Some(link) = ctx.agents.get(&site) else {
+            return error(
+                ErrorCode::AgentOffline,
+                &format!("the agent of site {site:?} is not connected to the relay"),
+            );
+        };
+        let resp = forward(req, &site, link, &ctx, peer, &request_id).await;
+        debug!(status = resp.status().as_u16(), "response head");
+        resp
+    }
+    .instrument(span)
+    .await;
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// Picks the site from the request's host, or answers the error.
+#[allow(clippy::result_large_err)]
+fn route(req: &Request<Incoming>, ctx: &ProxyCtx) -> Result<String, Response<ProxyBody>> {
+    let header_host = req.headers().get(HOST).map(|h| {
+        h.to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+    });
+    let header_host = match header_host {
+        Some(None) => {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "the Host header is not a valid host",
+            ))
+        }
+        Some(Some(a)) => Some(a),
+        None => None,
+    };
+    let host = match (req.uri().authority(), &header_host) {
+        (Some(target), Some(h)) if !target.host().eq_ignore_ascii_case(h.host()) => {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "the request target and the Host header name different hosts",
+            ))
+        }
+        (Some(a), _) => a.host().to_ascii_lowercase(),
+        (None, Some(h)) => h.host().to_ascii_lowercase(),
+        (None, None) => {
+            return Err(error(
+                ErrorCode::BadRequest,
+                "the request has no Host header",
+            ))
+        }
+    };
+    site_for_host(&host, ctx).ok_or_else(|| {
+        error(
+            ErrorCode::SiteNotFound,
+            &format!(
+                "no site is served at {host:?}; use https://<site>.{}/",
+                ctx.domain
+            ),
+        )
+    })
+}
+
+/// `<site>.<domain>` → site; the bare domain, an IP or `localhost` → the default site.
+fn site_for_host(host: &str, ctx: &ProxyCtx) -> Option<String> {
+    let host = host.trim_end_matches('.');
+    let bare = host == ctx.domain
+        || host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+    if bare {
+        return ctx.default_site.clone();
+    }
+    let label = host.strip_suffix(ctx.domain.as_str())?.strip_suffix('.')?;
+    ctx.sites.iter().find(|s| s.as_str() == label).cloned()
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    site: &str,
+    link: AgentLink,
+    ctx: &ProxyCtx,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let client_upgrade = (req.version() == Version::HTTP_11
+        && keyway_proto::headers::wants_upgrade(req.headers()))
+    .then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let host = parts.uri.authority().map(|a| a.as_str().to_string());
+    let upgrade = strip_hop_by_hop(&mut parts.headers);
+    if let Some(proto) = &upgrade {
+        set_upgrade(&mut parts.headers, proto.clone());
+    }
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        parts.headers.insert(HOST, h);
+    }
+    set_forwarded(&mut parts.headers, peer, request_id);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let out = Request::from_parts(parts, body);
+
+    let conn = link.conn.clone();
+    let exchange = async move {
+        let (mut send, recv) = conn.open_bi().await.map_err(Failure::Offline)?;
+        send.write_all(&[StreamKind::Http.to_byte()])
+            .await
+            .map_err(|e| Failure::Tunnel(e.to_string()))?;
+        let io = TokioIo::new(tokio::io::join(recv, send));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| Failure::Tunnel(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                debug!("tunnel stream ended: {e}");
+            }
+        });
+        sender
+            .send_request(out)
+            .await
+            .map_err(|e| Failure::Tunnel(e.to_string()))
+    };
+    let mut resp = match timeout(ctx.request_timeout, exchange).await {
+        Ok(Ok(resp)) => resp,
+        Err(_) => {
+            return error(
+                ErrorCode::Timeout,
+                &format!(
+                    "site {site:?} did not answer within {}s",
+                    ctx.request_timeout.as_secs()
+                ),
+            )
+        }
+        Ok(Err(Failure::Offline(e))) => {
+            info!("agent connection lost: {e}");
+            return error(
+                ErrorCode::AgentOffline,
+                &format!("the agent of site {site:?} disconnected"),
+            );
+        }
+        Ok(Err(Failure::Tunnel(e))) => {
+            if link.conn.close_reason().is_some() {
+                return error(
+                    ErrorCode::AgentOffline,
+                    &format!("the agent of site {site:?} disconnected during the request"),
+                );
+            }
+            info!("tunnel stream failed: {e}");
+            return error(
+                ErrorCode::TunnelFailed,
+                &format!("the tunnel to site {site:?} failed during the request"),
+            );
+        }
+    };
+
+    let resp_upgrade = strip_hop_by_hop(resp.headers_mut());
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match (client_upgrade, resp_upgrade) {
+            (Some(client), Some(proto)) => {
+                set_upgrade(resp.headers_mut(), proto);
+                let tunnel = hyper::upgrade::on(&mut resp);
+                tokio::spawn(splice(client, tunnel).instrument(tracing::Span::current()));
+            }
+            _ => {
+                return error(
+                    ErrorCode::TunnelFailed,
+                    "the console switched protocols without an upgrade request",
+                )
+            }
+        }
+    }
+    resp.map(|b| b.boxed_unsync())
+}
+
+enum Failure {
+    Offline(quinn::ConnectionError),
+    Tunnel(String),
+}
+
+/// Copies bytes both ways between the integration and the tunnel after a `101`.
+async fn splice(client: hyper::upgrade::OnUpgrade, tunnel: hyper::upgrade::OnUpgrade) {
+    let (client, tunnel) = match tokio::try_join!(client, tunnel) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut tunnel = TokioIo::new(tunnel);
+    match tokio::io::copy_bidirectional(&mut client, &mut tunnel).await {
+        Ok((up, down)) => debug!(up, down, "upgraded stream closed"),
+        Err(e) => debug!("upgraded stream ended: {e}"),
+    }
+}
+
+/// The relay is the edge: what the client claims about forwarding is replaced.
+fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, request_id: &str) {
+    headers.remove("forwarded");
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+}
+
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 12];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(default_site: Option<&str>) -> ProxyCtx {
+        ProxyCtx {
+            domain: "relay.example.com".into(),
+            sites: vec!["hq".into(), "branch-2".into()],
+            default_site: default_site.map(str::to_string),
+            agents: AgentTable::default(),
+            request_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn routes_by_host() {
+        let c = ctx(Some("hq"));
+        assert_eq!(
+            site_for_host("hq.relay.example.com", &c).as_deref(),
+            Some("hq")
+        );
+        assert_eq!(
+            site_for_host("branch-2.relay.example.com.", &c).as_deref(),
+            Some("branch-2")
+        );
+        assert_eq!(
+            site_for_host("relay.example.com", &c).as_deref(),
+            Some("hq")
+        );
+        assert_eq!(site_for_host("127.0.0.1", &c).as_deref(), Some("hq"));
+        assert_eq!(site_for_host("[::1]", &c).as_deref(), Some("hq"));
+        assert_eq!(site_for_host("nope.relay.example.com", &c), None);
+        assert_eq!(site_for_host("a.hq.relay.example.com", &c), None);
+        assert_eq!(site_for_host("hqrelay.example.com", &c), None);
+        assert_eq!(site_for_host("hq.evil.com", &c), None);
+        assert_eq!(site_for_host("127.0.0.1", &ctx(None)), None);
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_claims() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        set_forwarded(&mut h, "127.0.0.9:5000".parse().unwrap(), "abc");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-request-id"], "abc");
+        assert!(h.get("forwarded").is_none());
+        assert_eq!(new_request_id().len(), 24);
+    }
+}

@@ -1,0 +1,206 @@
+//! The QUIC listener agents dial into, and each agent's control stream.
+//!
+//! An agent connection is accepted only with a client certificate from the
+//! relay's CA naming a site this relay serves, and only after a `Hello` of the
+//! same protocol version. It then sits in the [`AgentTable`] until it closes,
+//! is replaced by a newer connection of the same site, or is drained.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use keyway_proto::control::{read_msg, write_msg, ControlMsg};
+use keyway_proto::{CloseCode, PROTOCOL_VERSION};
+use rustls_pki_types::CertificateDer;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::agents::{AgentLink, AgentTable};
+
+/// Time allowed for the QUIC handshake and the `Hello` exchange.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the tunnel listener needs.
+pub struct TunnelCtx {
+    /// Sites this relay serves.
+    pub sites: Vec<String>,
+    /// Live agents.
+    pub agents: AgentTable,
+}
+
+/// Accepts agent connections until `stop` is cancelled.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<TunnelCtx>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => break,
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+        };
+        let ctx = ctx.clone();
+        let remote = incoming.remote_address();
+        let stop = stop.clone();
+        tracker.spawn(
+            async move {
+                if let Err(e) = handle(incoming, ctx, stop).await {
+                    info!("agent connection ended: {e:#}");
+                }
+            }
+            .instrument(info_span!("agent", %remote, site = tracing::field::Empty)),
+        );
+    }
+}
+
+async fn handle(
+    incoming: quinn::Incoming,
+    ctx: Arc<TunnelCtx>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let conn = timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| anyhow::anyhow!("QUIC handshake timed out"))??;
+    let site = peer_site(&conn)?;
+    tracing::Span::current().record("site", site.as_str());
+    if !ctx.sites.contains(&site) {
+        conn.close(CloseCode::UnknownSite.code().into(), b"unknown site");
+        anyhow::bail!("certificate names site {site:?}, which this relay does not serve");
+    }
+
+    let (mut send, mut recv) = timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| anyhow::anyhow!("no control stream within {HANDSHAKE_TIMEOUT:?}"))??;
+    let mut buf = BytesMut::new();
+    let hello = timeout(HANDSHAKE_TIMEOUT, read_msg(&mut recv, &mut buf))
+        .await
+        .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
+    let agent_version = match hello {
+        ControlMsg::Hello {
+            version,
+            agent_version,
+            ..
+        } if version == PROTOCOL_VERSION => agent_version,
+        ControlMsg::Hello {
+            version,
+            agent_version,
+            ..
+        } => {
+            let reason = format!(
+                "agent {agent_version} speaks protocol {version}, this relay ({}) speaks {PROTOCOL_VERSION}: update the agent",
+                env!("CARGO_PKG_VERSION")
+            );
+            let _ = write_msg(
+                &mut send,
+                &ControlMsg::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            conn.close(CloseCode::VersionMismatch.code().into(), reason.as_bytes());
+            anyhow::bail!(reason);
+        }
+        other => {
+            conn.close(CloseCode::ProtocolError.code().into(), b"expected Hello");
+            anyhow::bail!("expected Hello, got {other:?}");
+        }
+    };
+    write_msg(
+        &mut send,
+        &ControlMsg::Welcome {
+            version: PROTOCOL_VERSION,
+            relay_version: env!("CARGO_PKG_VERSION").into(),
+            site: site.clone(),
+        },
+    )
+    .await?;
+
+    let drain = stop.child_token();
+    let link = AgentLink {
+        id: ctx.agents.next_id(),
+        conn: conn.clone(),
+        agent_version: agent_version.clone(),
+        since: SystemTime::now(),
+        drain: drain.clone(),
+    };
+    let id = link.id;
+    if let Some(old) = ctx.agents.insert(&site, link) {
+        info!(
+            old = old.id,
+            "a newer connection replaces the previous one; draining it"
+        );
+        old.drain.cancel();
+    }
+    info!(site, agent_version, "agent online");
+
+    let result = control_loop(&mut send, &mut recv, &mut buf, &drain).await;
+    ctx.agents.remove_if(&site, id);
+    info!(site, "agent offline");
+    // In-flight requests on a drained connection finish before it closes.
+    if drain.is_cancelled() {
+        let _ = send.finish();
+        conn.closed().await;
+    }
+    result
+}
+
+async fn control_loop(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    buf: &mut BytesMut,
+    drain: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = drain.cancelled() => {
+                write_msg(send, &ControlMsg::Drain { reason: "relay is draining this connection".into() }).await?;
+                return Ok(());
+            }
+            // Cancel-safe: partial frames stay in `buf`.
+            msg = read_msg(recv, buf) => match msg? {
+                ControlMsg::Ping { nonce } => write_msg(send, &ControlMsg::Pong { nonce }).await?,
+                ControlMsg::Pong { .. } => {}
+                ControlMsg::Status { console_ok } => debug!(console_ok, "agent status"),
+                ControlMsg::Drain { reason } => {
+                    info!(reason, "agent is draining");
+                    return Ok(());
+                }
+                other => warn!("ignoring unexpected control message {other:?}"),
+            }
+        }
+    }
+}
+
+/// The site id in the verified client certificate.
+fn peer_site(conn: &quinn::Connection) -> anyhow::Result<String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| anyhow::anyhow!("agent presented no certificate"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("agent presented an empty chain"))?;
+    Ok(keyway_certs::identity::site_from_cert(leaf)?)
+}
+
+/// QUIC transport settings for agent connections.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        Duration::from_secs(10)
+            .try_into()
+            .expect("10s fits a QUIC idle timeout"),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    // Agents open only the control stream; requests are relay-opened.
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window((4u32 * 1024 * 1024).into());
+    t.receive_window((16u32 * 1024 * 1024).into());
+    t.send_window(16 * 1024 * 1024);
+    t
+}

@@ -1,0 +1,445 @@
+//! A simulated UniFi Access console, built from the published OpenAPI
+//! description (`shared/unifi/openapi.yaml`): HTTPS on a self-signed
+//! certificate, Bearer-token auth, the `{code,msg,data}` envelope, pagination,
+//! in-memory state, multipart uploads, binary downloads, a streamed log export,
+//! an optional 429 throttle and the notification WebSocket.
+//!
+//! Test hooks (never sent by real clients): `x-sim-delay-ms` delays the
+//! answer; `x-sim-export-bytes` sizes the log export.
+
+mod files;
+mod people;
+mod reply;
+mod space;
+pub mod state;
+mod ws;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use keyway_certs::Fingerprint;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use files::{qr_image, EXPORT_BYTES_HEADER};
+use reply::{err, read_json, Reply, SimBody};
+pub use state::{DOOR_IDS, HUB_ID};
+
+/// Test hook header: milliseconds to wait before answering.
+pub const DELAY_HEADER: &str = "x-sim-delay-ms";
+
+/// A fixed-window request limit, answered with 429 like a busy console.
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    /// Requests allowed per window.
+    pub max_requests: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+/// The console's certificate and key, so a restarted console keeps its pin.
+#[derive(Clone)]
+pub struct Identity {
+    /// Self-signed certificate, DER.
+    pub cert: CertificateDer<'static>,
+    /// Its PKCS#8 key, DER.
+    pub key: Vec<u8>,
+}
+
+impl Identity {
+    /// A fresh self-signed identity, like a console's factory certificate.
+    pub fn generate() -> anyhow::Result<Self> {
+        let ck = rcgen_self_signed()?;
+        Ok(ck)
+    }
+
+    /// SHA-256 fingerprint of the certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(&self.cert)
+    }
+}
+
+fn rcgen_self_signed() -> anyhow::Result<Identity> {
+    // The real console's certificate names neither the LAN IP nor a DNS name
+    // a client would use; pinning is the only way to trust it.
+    let ck = keyway_certs::self_signed(&["unifi.local".to_string()])?;
+    Ok(Identity {
+        cert: ck.0,
+        key: ck.1,
+    })
+}
+
+/// How to start a console.
+#[derive(Clone)]
+pub struct ConsoleOptions {
+    /// Listen address (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The API token clients must send as `Authorization: Bearer …`.
+    pub token: String,
+    /// Optional 429 throttle.
+    pub throttle: Option<Throttle>,
+    /// Certificate to serve; generated when `None`.
+    pub identity: Option<Identity>,
+}
+
+impl ConsoleOptions {
+    /// Loopback, port 0, the given token.
+    pub fn new(token: &str) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("constant"),
+            token: token.into(),
+            throttle: None,
+            identity: None,
+        }
+    }
+}
+
+struct Ctx {
+    token: String,
+    state: state::State,
+    events: broadcast::Sender<String>,
+    throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
+    stop: CancellationToken,
+}
+
+/// A running console.
+pub struct RunningConsole {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its certificate and key.
+    pub identity: Identity,
+    /// The API token.
+    pub token: String,
+    ctx: Arc<Ctx>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningConsole {
+    /// Binds and starts serving.
+    pub async fn start(opts: ConsoleOptions) -> anyhow::Result<Self> {
+        let identity = match opts.identity {
+            Some(i) => i,
+            None => Identity::generate()?,
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key.clone()));
+        let mut tls = rustls::ServerConfig::builder_with_provider(keyway_certs::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![identity.cert.clone()], key)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("could not bind {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        let ctx = Arc::new(Ctx {
+            token: opts.token.clone(),
+            state: state::State::new(),
+            events: broadcast::channel(256).0,
+            throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
+            stop: CancellationToken::new(),
+        });
+        let task = tokio::spawn(serve(
+            listener,
+            TlsAcceptor::from(Arc::new(tls)),
+            ctx.clone(),
+        ));
+        Ok(Self {
+            addr,
+            url: format!("https://{addr}"),
+            identity,
+            token: opts.token,
+            ctx,
+            task,
+        })
+    }
+
+    /// SHA-256 fingerprint of the console's certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// Sends an event to every WebSocket listener.
+    pub fn emit(&self, event: &Value) {
+        let _ = self.ctx.events.send(event.to_string());
+    }
+
+    /// Number of WebSocket listeners.
+    pub fn listeners(&self) -> usize {
+        self.ctx.events.receiver_count()
+    }
+
+    /// Stops listening and closes every connection.
+    pub async fn stop(self) {
+        self.ctx.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<Ctx>) {
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, ctx) = (tls.clone(), ctx.clone());
+        conns.spawn(async move {
+            let stop = ctx.stop.clone();
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| handle(req, ctx.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!("console connection: {e}") },
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    conns.close();
+    conns.wait().await;
+}
+
+async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<SimBody>, Infallible> {
+    if let Some(ms) = req
+        .headers()
+        .get(DELAY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
+    }
+    if let Some(retry) = throttled(&ctx) {
+        let mut r = err(
+            StatusCode::TOO_MANY_REQUESTS,
+            "CODE_SYSTEM_ERROR",
+            "Too many requests.",
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(retry));
+        return Ok(r);
+    }
+    // Compared as digests, so the time taken says nothing about the token.
+    let authorized = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| Fingerprint::of(t.as_bytes()) == Fingerprint::of(ctx.token.as_bytes()));
+    if !authorized {
+        return Ok(err(
+            StatusCode::UNAUTHORIZED,
+            "CODE_UNAUTHORIZED",
+            "You are not allowed to perform this action.",
+        ));
+    }
+    Ok(route(req, &ctx).await.unwrap_or_else(|e| e))
+}
+
+/// Seconds to wait if over the limit.
+fn throttled(ctx: &Ctx) -> Option<u64> {
+    let (t, window) = ctx.throttle.as_ref()?;
+    let mut w = window.lock().expect("throttle lock poisoned");
+    if w.0.elapsed() >= t.window {
+        *w = (Instant::now(), 0);
+    }
+    w.1 += 1;
+    (w.1 > t.max_requests).then(|| t.window.saturating_sub(w.0.elapsed()).as_secs().max(1))
+}
+
+async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let q = query.as_deref();
+    let Some(rest) = path.strip_prefix("/api/v1/developer/") else {
+        return Err(reply::not_found("API path"));
+    };
+    let seg: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let st = &ctx.state;
+
+    // Endpoints that take the request itself (upgrade, multipart, streams).
+    match (&method, seg.as_slice()) {
+        (&Method::GET, ["devices", "notifications"]) => {
+            return ws::upgrade(req, &ctx.events, ctx.stop.clone())
+        }
+        (&Method::POST, ["users", id, "avatar"]) => {
+            let id = id.to_string();
+            let (parts, body) = req.into_parts();
+            return files::upload_avatar(st, &id, &parts.headers, body).await;
+        }
+        (&Method::POST, ["api_server", "certificates"]) => {
+            let (parts, body) = req.into_parts();
+            files::multipart_field(&parts.headers, body, "cert").await?;
+            return reply::ok(json!("success"));
+        }
+        (&Method::GET, ["system", "static", ..]) => {
+            return files::static_file(st, &seg[2..].join("/"))
+        }
+        (&Method::GET, ["credentials", "qr_codes", "download", id]) => {
+            return files::qr_png(st, id)
+        }
+        _ => {}
+    }
+
+    let headers = req.headers().clone();
+    let body = read_json(req.into_body()).await?;
+    let b = &body;
+    if matches!(
+        (&method, seg.as_slice()),
+        (&Method::POST, ["system", "logs", "export"])
+    ) {
+        return files::export_logs(&headers, b);
+    }
+    if matches!(
+        (&method, seg.as_slice()),
+        (&Method::POST, ["system", "logs"])
+    ) {
+        return files::fetch_logs(st, q, b);
+    }
+    if let (&Method::PUT, ["doors", id, "unlock"]) = (&method, seg.as_slice()) {
+        let (reply, event) = st.with(|db| space::unlock(db, id, b))?;
+        let _ = ctx.events.send(event.to_string());
+        return reply;
+    }
+
+    st.with(|db| {
+        use people::*;
+        use Method as M;
+        match (&method, seg.as_slice()) {
+            (&M::POST, ["users"]) => create_user(db, b),
+            (&M::GET, ["users"]) => list_users(db, q, false),
+            (&M::GET, ["users", "search"]) => list_users(db, q, true),
+            (&M::GET, ["users", id]) => get_user(db, id, q),
+            (&M::PUT, ["users", id]) => update_user(db, id, b),
+            (&M::DELETE, ["users", id]) => space::delete(db, "users", id),
+            (&M::PUT, ["users", id, "access_policies"]) => assign_policies(db, "users", id, b),
+            (&M::GET, ["users", id, "access_policies"]) => fetch_policies(db, "users", id),
+            (&M::PUT, ["users", id, "nfc_cards"]) => nfc(db, "users", id, b, false),
+            (&M::PUT, ["users", id, "nfc_cards", "delete"]) => nfc(db, "users", id, b, true),
+            (&M::PUT, ["users", id, "pin_codes"]) => assign_pin(db, "users", id, b),
+            (&M::DELETE, ["users", id, "pin_codes"]) => unassign_pin(db, "users", id),
+
+            (&M::POST, ["user_groups"]) => space::create_named(
+                db,
+                "user_groups",
+                b,
+                json!({"up_id": "", "up_ids": [], "users": [], "access_policy_ids": []}),
+            ),
+            (&M::GET, ["user_groups"]) => space::list(db, "user_groups"),
+            (&M::GET, ["user_groups", id]) => space::get(db, "user_groups", id),
+            (&M::PUT, ["user_groups", id]) => space::update(db, "user_groups", id, b),
+            (&M::DELETE, ["user_groups", id]) => space::delete(db, "user_groups", id),
+            (&M::POST, ["user_groups", id, "users"]) => group_members(db, id, b, false),
+            (&M::POST, ["user_groups", id, "users", "delete"]) => group_members(db, id, b, true),
+            (&M::GET, ["user_groups", id, "users"])
+            | (&M::GET, ["user_groups", id, "users", "all"]) => list_group_members(db, id),
+            (&M::PUT, ["user_groups", id, "access_policies"]) => {
+                assign_policies(db, "user_groups", id, b)
+            }
+            (&M::GET, ["user_groups", id, "access_policies"]) => {
+                fetch_policies(db, "user_groups", id)
+            }
+
+            (&M::POST, ["visitors"]) => create_visitor(db, b),
+            (&M::GET, ["visitors"]) => list_visitors(db, q),
+            (&M::GET, ["visitors", id]) => space::get(db, "visitors", id),
+            (&M::PUT, ["visitors", id]) => update_visitor(db, id, b),
+            (&M::DELETE, ["visitors", id]) => space::delete(db, "visitors", id),
+            (&M::PUT, ["visitors", id, "pin_codes"]) => assign_pin(db, "visitors", id, b),
+            (&M::DELETE, ["visitors", id, "pin_codes"]) => unassign_pin(db, "visitors", id),
+            (&M::PUT, ["visitors", id, "nfc_cards"]) => nfc(db, "visitors", id, b, false),
+            (&M::PUT, ["visitors", id, "nfc_cards", "delete"]) => nfc(db, "visitors", id, b, true),
+            (&M::PUT, ["visitors", id, "qr_codes"]) => visitor_qr(db, id, true),
+            (&M::DELETE, ["visitors", id, "qr_codes"]) => visitor_qr(db, id, false),
+
+            (&M::POST, ["access_policies", "holiday_groups"]) => space::create_named(
+                db,
+                "holiday_groups",
+                b,
+                json!({"holidays": [], "is_default": false}),
+            ),
+            (&M::GET, ["access_policies", "holiday_groups"]) => space::list(db, "holiday_groups"),
+            (&M::GET, ["access_policies", "holiday_groups", id]) => {
+                space::get(db, "holiday_groups", id)
+            }
+            (&M::PUT, ["access_policies", "holiday_groups", id]) => {
+                space::update(db, "holiday_groups", id, b)
+            }
+            (&M::DELETE, ["access_policies", "holiday_groups", id]) => {
+                space::delete(db, "holiday_groups", id)
+            }
+            (&M::POST, ["access_policies", "schedules"]) => space::create_named(
+                db,
+                "schedules",
+                b,
+                json!({"type": "access", "is_default": false, "week_schedule": {}}),
+            ),
+            (&M::GET, ["access_policies", "schedules"]) => space::list(db, "schedules"),
+            (&M::GET, ["access_policies", "schedules", id]) => space::get(db, "schedules", id),
+            (&M::PUT, ["access_policies", "schedules", id]) => {
+                space::update(db, "schedules", id, b)
+            }
+            (&M::DELETE, ["access_policies", "schedules", id]) => {
+                space::delete(db, "schedules", id)
+            }
+            (&M::POST, ["access_policies"]) => space::create_named(
+                db,
+                "access_policies",
+                b,
+                json!({"resources": [], "schedule_id": ""}),
+            ),
+            (&M::GET, ["access_policies"]) => space::list(db, "access_policies"),
+            (&M::GET, ["access_policies", id]) => space::get(db, "access_policies", id),
+            (&M::PUT, ["access_policies", id]) => space::update(db, "access_policies", id, b),
+            (&M::DELETE, ["access_policies", id]) => space::delete(db, "access_policies", id),
+
+            (&M::GET, ["door_groups", "topology"]) => space::topology(db),
+            (&M::POST, ["door_groups"]) => space::create_named(
+                db,
+                "door_groups",
+                b,
+                json!({"type": "access", "resources": []}),
+            ),
+            (&M::GET, ["door_groups"]) => space::list(db, "door_groups"),
+            (&M::GET, ["door_groups", id]) => space::get(db, "door_groups", id),
+            (&M::PUT, ["door_groups", id]) => space::update(db, "door_groups", id, b),
+            (&M::DELETE, ["door_groups", id]) => space::delete(db, "door_groups", id),
+            (&M::GET, ["doors"]) => space::list(db, "doors"),
+            (&M::GET, ["doors", "settings", "emergency"]) => space::emergency(db, None),
+            (&M::PUT, ["doors", "settings", "emergency"]) => space::emergency(db, Some(b)),
+            (&M::GET, ["doors", id]) => space::get(db, "doors", id),
+            (&M::GET, ["doors", id, "lock_rule"]) => space::lock_rule(db, id, None),
+            (&M::PUT, ["doors", id, "lock_rule"]) => space::lock_rule(db, id, Some(b)),
+            (&M::GET, ["devices"]) => space::devices(db),
+
+            (&M::POST, ["credentials", "pin_codes"]) => generate_pin(),
+            (&M::GET, ["credentials", "nfc_cards", "tokens"]) => list_nfc_cards(db, q),
+
+            (&M::GET, ["webhooks", "endpoints"]) => space::list(db, "webhooks"),
+            (&M::POST, ["webhooks", "endpoints"]) => space::add_webhook(db, b),
+            (&M::PUT, ["webhooks", "endpoints", id]) => space::update(db, "webhooks", id, b),
+            (&M::DELETE, ["webhooks", "endpoints", id]) => space::delete(db, "webhooks", id),
+            (&M::DELETE, ["api_server", "certificates"]) => reply::ok(json!("success")),
+            _ => Err(reply::not_found("API path")),
+        }
+    })
+}

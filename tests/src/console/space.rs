@@ -1,0 +1,285 @@
+//! Doors, door groups, access policies, schedules, holiday groups, devices
+//! and webhook endpoints.
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use super::reply::{err, invalid, not_found, ok, s, Reply};
+use super::state::Inner;
+
+/// Generic `POST` for the named collections: `name` required, fields kept.
+pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Value) -> Reply {
+    // Door groups take `group_name` in the API; everything else `name`.
+    let name = if collection == "door_groups" {
+        s(body, "group_name")
+    } else {
+        s(body, "name")
+    }
+    .to_string();
+    if name.is_empty() {
+        return Err(invalid("name is required"));
+    }
+    if db
+        .collection(collection)
+        .values()
+        .any(|v| s(v, "name") == name)
+    {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "CODE_USER_NAME_DUPLICATED",
+            "The provided name already exists.",
+        ));
+    }
+    if let Some(resources) = body.get("resources") {
+        check_resources(db, resources)?;
+    }
+    let id = db.new_id();
+    let mut obj = defaults;
+    merge(&mut obj, body);
+    obj["id"] = json!(id);
+    obj["name"] = json!(name);
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("group_name");
+    }
+    db.collection(collection).insert(id, obj.clone());
+    ok(obj)
+}
+
+/// Generic `PUT`: merges fields; answers the object.
+pub fn update(db: &mut Inner, collection: &str, id: &str, body: &Value) -> Reply {
+    if let Some(resources) = body.get("resources") {
+        check_resources(db, resources)?;
+    }
+    let obj = db
+        .collection(collection)
+        .get_mut(id)
+        .ok_or_else(|| not_found(collection.trim_end_matches('s')))?;
+    merge(obj, body);
+    if let Some(n) = body.get("group_name") {
+        obj["name"] = n.clone();
+        obj.as_object_mut().map(|o| o.remove("group_name"));
+    }
+    ok(obj.clone())
+}
+
+/// Generic `GET` of one object.
+pub fn get(db: &mut Inner, collection: &str, id: &str) -> Reply {
+    ok(db
+        .collection(collection)
+        .get(id)
+        .cloned()
+        .ok_or_else(|| not_found(collection.trim_end_matches('s')))?)
+}
+
+/// Generic `GET` of a whole collection (unpaginated).
+pub fn list(db: &mut Inner, collection: &str) -> Reply {
+    ok(Value::Array(
+        db.collection(collection).values().cloned().collect(),
+    ))
+}
+
+/// Generic `DELETE`.
+pub fn delete(db: &mut Inner, collection: &str, id: &str) -> Reply {
+    db.collection(collection)
+        .remove(id)
+        .ok_or_else(|| not_found(collection.trim_end_matches('s')))?;
+    if collection == "access_policies" {
+        for c in ["users", "user_groups", "visitors"] {
+            for v in db.collection(c).values_mut() {
+                if let Some(ids) = v["access_policy_ids"].as_array_mut() {
+                    ids.retain(|p| p != id);
+                }
+            }
+        }
+    }
+    ok(if collection == "users" || collection == "user_groups" {
+        json!(null)
+    } else {
+        json!("success")
+    })
+}
+
+fn merge(obj: &mut Value, body: &Value) {
+    if let (Some(o), Some(b)) = (obj.as_object_mut(), body.as_object()) {
+        for (k, v) in b {
+            if k != "id" {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Resources (`[{id, type: door|door_group}]`) must exist.
+fn check_resources(
+    db: &mut Inner,
+    resources: &Value,
+) -> Result<(), http::Response<super::reply::SimBody>> {
+    let list = resources
+        .as_array()
+        .ok_or_else(|| invalid("resources must be an array"))?;
+    for r in list {
+        let (id, ty) = (s(r, "id"), s(r, "type"));
+        let collection = match ty {
+            "door" => "doors",
+            "door_group" => "door_groups",
+            _ => return Err(invalid("resource type must be door or door_group")),
+        };
+        if !db.collection(collection).contains_key(id) {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "CODE_NOT_EXISTS",
+                &format!("The {ty} {id} does not exist."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /doors/{id}/unlock`: logs it and returns the event for listeners.
+pub fn unlock(
+    db: &mut Inner,
+    id: &str,
+    body: &Value,
+) -> Result<(Reply, Value), http::Response<super::reply::SimBody>> {
+    if body.get("actor_id").is_some() != body.get("actor_name").is_some() {
+        return Err(invalid("actor_id and actor_name must be given together"));
+    }
+    let door = db
+        .collection("doors")
+        .get(id)
+        .cloned()
+        .ok_or_else(|| not_found("door"))?;
+    let display = format!("{} unlocked remotely", s(&door, "name"));
+    db.log("door_openings", "access.door.unlock", &display, id);
+    let mut data = door.clone();
+    if let Some(o) = data.as_object_mut() {
+        o.insert("unique_id".into(), json!(id));
+        for k in [
+            "id",
+            "hub_id",
+            "door_lock_relay_status",
+            "door_position_status",
+            "camera_resource_ids",
+            "is_bind_hub",
+            "floor_id",
+            "type",
+        ] {
+            o.remove(k);
+        }
+    }
+    let event = json!({
+        "event": "access.data.device.remote_unlock", "receiver_id": "",
+        "event_object_id": door["hub_id"], "save_to_history": false, "data": data,
+    });
+    Ok((ok(json!("success")), event))
+}
+
+/// `GET`/`PUT /doors/{id}/lock_rule`.
+pub fn lock_rule(db: &mut Inner, id: &str, set: Option<&Value>) -> Reply {
+    if !db.collection("doors").contains_key(id) {
+        return Err(not_found("door"));
+    }
+    match set {
+        None => ok(db
+            .lock_rules
+            .get(id)
+            .cloned()
+            .unwrap_or(json!({"type": "schedule", "ended_time": 0}))),
+        Some(body) => {
+            let ty = s(body, "type");
+            if ![
+                "keep_lock",
+                "keep_unlock",
+                "custom",
+                "reset",
+                "lock_early",
+                "lock_now",
+            ]
+            .contains(&ty)
+            {
+                return Err(invalid(
+                    "type must be keep_lock, keep_unlock, custom, reset, lock_early or lock_now",
+                ));
+            }
+            let minutes = body["interval"].as_i64().unwrap_or(0);
+            if ty == "custom" && minutes <= 0 {
+                return Err(invalid("interval (minutes) is required for custom"));
+            }
+            let ended = if ty == "custom" {
+                super::state::now_secs() + minutes * 60
+            } else {
+                0
+            };
+            db.lock_rules
+                .insert(id.to_string(), json!({"type": ty, "ended_time": ended}));
+            ok(json!("success"))
+        }
+    }
+}
+
+/// `GET`/`PUT /doors/settings/emergency`.
+pub fn emergency(db: &mut Inner, set: Option<&Value>) -> Reply {
+    if let Some(body) = set {
+        for k in ["lockdown", "evacuation"] {
+            match body.get(k) {
+                Some(Value::Bool(b)) => db.emergency[k] = json!(b),
+                Some(_) => return Err(invalid(&format!("{k} must be a boolean"))),
+                None => {}
+            }
+        }
+        return ok(json!("success"));
+    }
+    ok(db.emergency.clone())
+}
+
+/// `GET /door_groups/topology`.
+pub fn topology(db: &mut Inner) -> Reply {
+    let doors: Vec<Value> = db
+        .collection("doors")
+        .values()
+        .map(|d| json!({"id": d["id"], "name": d["name"], "type": "door", "is_bind_hub": true}))
+        .collect();
+    ok(
+        json!([{"id": "d5573467-d6b3-4e8f-8e48-8c322b7e1a02", "name": "HQ", "type": "building",
+               "resource_topologies": [{"id": "2a6d2ea3-2f3e-4a4e-8e36-1f1b6a3c2b10", "name": "1F", "type": "floor", "resources": doors}]}]),
+    )
+}
+
+/// `GET /devices`: a nested array, one inner array per door.
+pub fn devices(db: &mut Inner) -> Reply {
+    let groups: Vec<Value> = db
+        .collection("doors")
+        .values()
+        .map(|d| {
+            json!([{"id": d["hub_id"], "name": format!("UA-Hub-{}", s(d, "name")), "alias": "", "type": "UAH",
+                    "location_id": d["id"], "ip": "", "mac": d["hub_id"], "online": true,
+                    "adopted": true, "firmware": "v1.9.7", "is_connected": true, "capabilities": []}])
+        })
+        .collect();
+    ok(Value::Array(groups))
+}
+
+/// `POST /webhooks/endpoints`: requires `endpoint`, `name`, `events`; adds a secret.
+pub fn add_webhook(db: &mut Inner, body: &Value) -> Reply {
+    if s(body, "endpoint").is_empty() || s(body, "name").is_empty() || !body["events"].is_array() {
+        return Err(invalid("endpoint, name and events are required"));
+    }
+    if db
+        .collection("webhooks")
+        .values()
+        .any(|w| w["endpoint"] == body["endpoint"])
+    {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "CODE_DEVICE_WEBHOOK_ENDPOINT_DUPLICATED",
+            "The provided endpoint already exists.",
+        ));
+    }
+    let secret = format!("{:016x}", super::state::random_u64());
+    create_named(
+        db,
+        "webhooks",
+        body,
+        json!({"headers": {}, "secret": secret}),
+    )
+}

@@ -1,0 +1,82 @@
+//! `GET /api/v1/developer/devices/notifications`: the WebSocket event stream.
+//!
+//! Like a real console it sends the text `Hello` first, then one JSON text
+//! frame per event, to every connected listener.
+
+use futures_util::{SinkExt, StreamExt};
+use http::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::reply::{full, invalid, Reply};
+
+/// Accepts the upgrade and spawns the listener's sender.
+pub fn upgrade(
+    mut req: Request<Incoming>,
+    events: &broadcast::Sender<String>,
+    stop: CancellationToken,
+) -> Reply {
+    let h = req.headers();
+    let is_ws = h
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_ok = h.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = h.get(SEC_WEBSOCKET_KEY).filter(|_| is_ws && version_ok) else {
+        return Err(invalid(
+            "this endpoint speaks WebSocket only (Upgrade: websocket, Sec-WebSocket-Version: 13)",
+        ));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mut rx = events.subscribe();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let (mut tx, mut incoming) = ws.split();
+        if tx.send(Message::text("Hello")).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = tx.send(Message::Close(None)).await;
+                    break;
+                }
+                ev = rx.recv() => match ev {
+                    Ok(text) => if tx.send(Message::text(text)).await.is_err() { break },
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                msg = incoming.next() => match msg {
+                    // tungstenite queues the Pong; flushing sends it.
+                    Some(Ok(Message::Ping(_))) => if tx.flush().await.is_err() { break },
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
+    Ok(resp)
+}

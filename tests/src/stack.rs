@@ -1,0 +1,298 @@
+//! The whole path in one process, over real sockets: simulated console,
+//! relay and agent, each a real component on loopback (UDP for QUIC, TCP for
+//! HTTPS, real TLS). Tests and the sandbox build it with [`StackBuilder`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use keyway_agent::{Agent, AgentConfig, AgentState};
+use keyway_certs::Fingerprint;
+use keyway_relay::{AgentTable, Relay, RelayConfig};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::console::{ConsoleOptions, RunningConsole};
+use crate::pki;
+
+/// Error type of request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of the test client.
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+/// An HTTPS client trusting the relay's development CA.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ClientBody>;
+
+/// The site every stack serves.
+pub const SITE: &str = "hq";
+/// The relay's domain in tests.
+pub const DOMAIN: &str = "relay.keyway.test";
+/// The console token in tests and the sandbox.
+pub const TOKEN: &str = "sim-api-token-7f3a9c";
+
+/// How to build a stack.
+pub struct StackBuilder {
+    console: ConsoleOptions,
+    start_agent: bool,
+    pin: Option<Fingerprint>,
+    relay_extra: String,
+    relay_port: Option<u16>,
+    dir: Option<PathBuf>,
+}
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        Self {
+            console: ConsoleOptions::new(TOKEN),
+            start_agent: true,
+            pin: None,
+            relay_extra: String::new(),
+            relay_port: None,
+            dir: None,
+        }
+    }
+}
+
+impl StackBuilder {
+    /// Console options (throttle, identity).
+    pub fn console(mut self, opts: ConsoleOptions) -> Self {
+        self.console = opts;
+        self
+    }
+    /// Do not start the agent (agent-offline tests).
+    pub fn without_agent(mut self) -> Self {
+        self.start_agent = false;
+        self
+    }
+    /// Pin this fingerprint instead of the console's own.
+    pub fn pin(mut self, fp: Fingerprint) -> Self {
+        self.pin = Some(fp);
+        self
+    }
+    /// Extra relay.toml lines.
+    pub fn relay_extra(mut self, extra: &str) -> Self {
+        self.relay_extra = extra.to_string();
+        self
+    }
+    /// Fix the relay's port (TCP and UDP).
+    pub fn relay_port(mut self, port: u16) -> Self {
+        self.relay_port = Some(port);
+        self
+    }
+    /// Write files here instead of a temporary folder.
+    pub fn dir(mut self, dir: PathBuf) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Starts everything; returns once the agent is online (if started).
+    pub async fn start(self) -> anyhow::Result<Stack> {
+        let console = RunningConsole::start(self.console).await?;
+        let (tmp, dir) = match self.dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let ip: IpAddr = "127.0.0.1".parse().expect("constant");
+        let port = match self.relay_port {
+            Some(p) => p,
+            None => pki::free_port(ip)?,
+        };
+        let addr = SocketAddr::new(ip, port);
+        let layout = pki::write(
+            &dir,
+            &pki::Spec {
+                domain: DOMAIN,
+                site: SITE,
+                https_listen: addr,
+                quic_listen: addr,
+                console_url: &console.url,
+                console_fingerprint: self.pin.unwrap_or_else(|| console.fingerprint()),
+                relay_extra: &self.relay_extra,
+            },
+        )?;
+        let relay = Relay::bind(RelayConfig::load(&layout.relay_config)?).await?;
+        let agents = relay.agents();
+        let relay_stop = CancellationToken::new();
+        let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+        let mut stack = Stack {
+            console,
+            relay_addr: addr,
+            agents,
+            agent_config: layout.agent_config,
+            relay_config: layout.relay_config,
+            https_ca: layout.https_ca,
+            https_ca_der: layout.https_ca_der,
+            relay_stop,
+            relay_task: Some(relay_task),
+            agent: None,
+            _tmp: tmp,
+        };
+        if self.start_agent {
+            stack.start_agent().await?;
+        }
+        Ok(stack)
+    }
+}
+
+struct RunningAgent {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    state: watch::Receiver<AgentState>,
+}
+
+/// A running console + relay (+ agent).
+pub struct Stack {
+    /// The simulated console.
+    pub console: RunningConsole,
+    /// Relay address (HTTPS on TCP, QUIC on UDP).
+    pub relay_addr: SocketAddr,
+    /// The relay's live agents.
+    pub agents: AgentTable,
+    /// The agent's config file.
+    pub agent_config: PathBuf,
+    /// The relay's config file.
+    pub relay_config: PathBuf,
+    /// PEM of the CA that signs the relay's HTTPS certificate.
+    pub https_ca: PathBuf,
+    /// The same, DER.
+    pub https_ca_der: CertificateDer<'static>,
+    relay_stop: CancellationToken,
+    relay_task: Option<JoinHandle<anyhow::Result<()>>>,
+    agent: Option<RunningAgent>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Stack {
+    /// Default stack, agent online.
+    pub async fn start() -> anyhow::Result<Self> {
+        StackBuilder::default().start().await
+    }
+
+    /// A builder.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn relay_url(&self) -> String {
+        format!("https://{}", self.relay_addr)
+    }
+
+    /// Starts the agent from its config and waits until the relay sees it.
+    pub async fn start_agent(&mut self) -> anyhow::Result<()> {
+        let cfg = AgentConfig::load(&self.agent_config)?;
+        let agent = Agent::new(&cfg)?;
+        let state = agent.state();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent.run(stop.clone()));
+        self.agent = Some(RunningAgent { stop, task, state });
+        self.wait_online().await
+    }
+
+    /// Waits (bounded) until the relay has a live agent for the site.
+    pub async fn wait_online(&self) -> anyhow::Result<()> {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.agents.wait_until(|t| t.is_online(SITE)),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "agent did not come online; last state {:?}",
+                self.agent_state()
+            )
+        })
+    }
+
+    /// The agent's last published state.
+    pub fn agent_state(&self) -> Option<AgentState> {
+        self.agent.as_ref().map(|a| a.state.borrow().clone())
+    }
+
+    /// Stops the agent (gracefully) and waits until the relay has dropped it.
+    pub async fn stop_agent(&mut self) -> anyhow::Result<()> {
+        if let Some(a) = self.agent.take() {
+            a.stop.cancel();
+            a.task.await?;
+        }
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.agents.wait_until(|t| !t.is_online(SITE)),
+        )
+        .await
+        .context("relay still lists the agent")
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(a) = self.agent.take() {
+            a.stop.cancel();
+            a.task.await?;
+        }
+        self.relay_stop.cancel();
+        if let Some(t) = self.relay_task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+
+    /// A pooled HTTPS client that trusts only the relay's CA (HTTP/1.1 and h2).
+    pub fn client(&self) -> HttpsClient {
+        https_client(&self.https_ca_der)
+    }
+}
+
+/// A pooled HTTPS/1.1 client trusting `ca`.
+pub fn https_client(ca: &CertificateDer<'static>) -> HttpsClient {
+    build_client(ca, false)
+}
+
+/// A pooled client trusting `ca` that speaks HTTP/2 when the server offers it.
+pub fn h2_client(ca: &CertificateDer<'static>) -> HttpsClient {
+    build_client(ca, true)
+}
+
+fn build_client(ca: &CertificateDer<'static>, h2: bool) -> HttpsClient {
+    let tls = keyway_certs::tls::https_client(ca).expect("CA is valid");
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let https = if h2 {
+        builder.enable_all_versions().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// A request body from bytes.
+pub fn body(bytes: impl Into<Bytes>) -> ClientBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty request body.
+pub fn empty() -> ClientBody {
+    body(Bytes::new())
+}
+
+/// Shared handle type for tests that pass the stack around.
+pub type SharedStack = Arc<Stack>;

@@ -15,11 +15,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, never waits longer than `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Self { base, cap, attempt: 0 }
     }
 
     /// Back to the first step (after a stable connection).

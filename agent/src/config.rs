@@ -52,10 +52,8 @@ fn default_console_timeout() -> Duration {
 impl AgentConfig {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("could not read {}", path.display()))?;
-        let mut cfg: Self =
-            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+        let mut cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.relay_ca, &mut cfg.cert, &mut cfg.key] {
             if p.is_relative() {
@@ -73,7 +71,9 @@ impl AgentConfig {
     pub fn console_trust(&self) -> anyhow::Result<ConsoleTrust> {
         match (&self.console_fingerprint, self.console_insecure) {
             (Some(_), true) => bail!("console_fingerprint and console_insecure: set one, not both"),
-            (Some(fp), false) => Ok(ConsoleTrust::Pinned(fp.parse::<Fingerprint>().context("console_fingerprint")?)),
+            (Some(fp), false) => Ok(ConsoleTrust::Pinned(
+                fp.parse::<Fingerprint>().context("console_fingerprint")?,
+            )),
             (None, true) => Ok(ConsoleTrust::Insecure),
             (None, false) => bail!(
                 "console_fingerprint: missing; pin the console's certificate (its SHA-256 fingerprint) \
@@ -94,11 +94,7 @@ impl AgentConfig {
     /// The TLS name for the relay.
     pub fn relay_server_name(&self) -> String {
         self.relay_name.clone().unwrap_or_else(|| {
-            let host = self
-                .relay
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or(&self.relay);
+            let host = self.relay.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.relay);
             host.trim_matches(['[', ']']).to_string()
         })
     }
@@ -125,24 +121,13 @@ mod tests {
     #[test]
     fn trust_requires_exactly_one_choice() {
         let mut c = base();
-        assert!(matches!(
-            c.console_trust().unwrap(),
-            ConsoleTrust::Pinned(_)
-        ));
+        assert!(matches!(c.console_trust().unwrap(), ConsoleTrust::Pinned(_)));
         c.console_insecure = true;
-        assert!(c
-            .console_trust()
-            .unwrap_err()
-            .to_string()
-            .contains("not both"));
+        assert!(c.console_trust().unwrap_err().to_string().contains("not both"));
         c.console_fingerprint = None;
         assert_eq!(c.console_trust().unwrap(), ConsoleTrust::Insecure);
         c.console_insecure = false;
-        assert!(c
-            .console_trust()
-            .unwrap_err()
-            .to_string()
-            .contains("missing"));
+        assert!(c.console_trust().unwrap_err().to_string().contains("missing"));
     }
 
     #[test]

@@ -70,8 +70,7 @@ impl Console {
 
     /// Forwards one request from the tunnel; errors become envelopes.
     pub async fn forward(&self, mut req: Request<Incoming>) -> Response<TunnelBody> {
-        let tunnel_upgrade = keyway_proto::headers::wants_upgrade(req.headers())
-            .then(|| hyper::upgrade::on(&mut req));
+        let tunnel_upgrade = keyway_proto::headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
             set_upgrade(&mut parts.headers, proto);
@@ -81,29 +80,16 @@ impl Console {
         uri.path_and_query = parts.uri.path_and_query().cloned();
         parts.uri = match Uri::from_parts(uri) {
             Ok(u) => u,
-            Err(_) => {
-                return envelope(
-                    ErrorCode::BadRequest,
-                    "the request target is not a valid path",
-                )
-            }
+            Err(_) => return envelope(ErrorCode::BadRequest, "the request target is not a valid path"),
         };
-        let mut resp = match timeout(
-            self.head_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await
-        {
+        let mut resp = match timeout(self.head_timeout, self.client.request(Request::from_parts(parts, body))).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return self.classify(&e),
             Err(_) => {
                 warn!("console did not answer within {:?}", self.head_timeout);
                 return envelope(
                     ErrorCode::Timeout,
-                    &format!(
-                        "the console did not answer within {}s",
-                        self.head_timeout.as_secs()
-                    ),
+                    &format!("the console did not answer within {}s", self.head_timeout.as_secs()),
                 );
             }
         };

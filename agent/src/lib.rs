@@ -33,15 +33,9 @@ impl Agent {
     /// Loads keys and certificates and prepares the tunnel and console clients.
     pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
         let ca = load_certs(&cfg.relay_ca)?.remove(0);
-        let tls = keyway_certs::tls::tunnel_client(
-            load_certs(&cfg.cert)?,
-            load_key(&cfg.key)?,
-            &ca,
-            &[ALPN_TUNNEL],
-        )
-        .context("agent certificate")?;
-        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-            .context("tunnel TLS for QUIC")?;
+        let tls = keyway_certs::tls::tunnel_client(load_certs(&cfg.cert)?, load_key(&cfg.key)?, &ca, &[ALPN_TUNNEL])
+            .context("agent certificate")?;
+        let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("tunnel TLS for QUIC")?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
         client.transport_config(Arc::new(tunnel::transport_config()));
         let relay_is_v6 = cfg.relay.starts_with('[');
@@ -79,14 +73,9 @@ impl Agent {
     /// Serves until `stop` is cancelled, reconnecting as needed.
     pub async fn run(self, stop: CancellationToken) {
         tunnel::run(self.ctx.clone(), stop).await;
-        self.ctx.endpoint.close(
-            keyway_proto::CloseCode::Shutdown.code().into(),
-            b"agent stopping",
-        );
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            self.ctx.endpoint.wait_idle(),
-        )
-        .await;
+        self.ctx
+            .endpoint
+            .close(keyway_proto::CloseCode::Shutdown.code().into(), b"agent stopping");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.ctx.endpoint.wait_idle()).await;
     }
 }

@@ -129,7 +129,9 @@ async fn connect(ctx: &TunnelCtx) -> anyhow::Result<quinn::Connection> {
         .context("could not start QUIC connection")?;
     let conn = timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
-        .map_err(|_| anyhow!("relay {addr} did not complete a QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)"))?
+        .map_err(|_| {
+            anyhow!("relay {addr} did not complete a QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)")
+        })?
         .with_context(|| format!("could not connect to relay {addr}"))?;
     Ok(conn)
 }
@@ -193,9 +195,7 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
 }
 
 /// Opens the control stream and exchanges Hello/Welcome.
-async fn hello(
-    conn: &quinn::Connection,
-) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, String)> {
+async fn hello(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, String)> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_msg(
         &mut send,
@@ -217,20 +217,12 @@ async fn hello(
 /// A reason the relay gave for closing, if it was one retrying won't fix.
 fn refusal(conn: &quinn::Connection) -> Option<String> {
     match conn.close_reason()? {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            match CloseCode::from_code(c.error_code.into_inner()) {
-                Some(CloseCode::VersionMismatch) => {
-                    Some(String::from_utf8_lossy(&c.reason).into_owned())
-                }
-                Some(CloseCode::UnknownSite) => {
-                    Some("the relay does not serve this agent's site".into())
-                }
-                Some(CloseCode::Revoked) => {
-                    Some("this agent's certificate was revoked; pair again".into())
-                }
-                _ => None,
-            }
-        }
+        quinn::ConnectionError::ApplicationClosed(c) => match CloseCode::from_code(c.error_code.into_inner()) {
+            Some(CloseCode::VersionMismatch) => Some(String::from_utf8_lossy(&c.reason).into_owned()),
+            Some(CloseCode::UnknownSite) => Some("the relay does not serve this agent's site".into()),
+            Some(CloseCode::Revoked) => Some("this agent's certificate was revoked; pair again".into()),
+            _ => None,
+        },
         _ => None,
     }
 }

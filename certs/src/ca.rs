@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -110,10 +110,11 @@ impl PrivateCa {
     ) -> Result<Issued, CertError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("keyway agent {site}"));
-        params.subject_alt_names =
-            vec![SanType::URI(identity::site_uri(site).try_into().map_err(
-                |_| CertError::Identity(format!("bad site id {site:?}")),
-            )?)];
+        params.subject_alt_names = vec![SanType::URI(
+            identity::site_uri(site)
+                .try_into()
+                .map_err(|_| CertError::Identity(format!("bad site id {site:?}")))?,
+        )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.sign(params, agent_key, validity)
@@ -142,11 +143,7 @@ impl PrivateCa {
     ) -> Result<Issued, CertError> {
         set_validity(&mut params, validity);
         let serial = random_serial();
-        let serial_hex = serial
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let serial_hex = serial.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
         params.serial_number = Some(serial);
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(key, &self.issuer)?;
@@ -193,9 +190,7 @@ mod tests {
         assert_eq!(issued.serial.len(), 32);
 
         let again = PrivateCa::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
-        let second = again
-            .issue_agent("branch-2", &agent_key, AGENT_VALIDITY)
-            .unwrap();
+        let second = again.issue_agent("branch-2", &agent_key, AGENT_VALIDITY).unwrap();
         assert_eq!(identity::site_from_cert(&second.der).unwrap(), "branch-2");
         assert_ne!(issued.serial, second.serial);
     }

@@ -67,11 +67,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), Ce
     let name = path
         .file_name()
         .ok_or_else(|| io(std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -80,9 +76,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), Ce
         opts.mode(if secret { 0o600 } else { 0o644 });
     }
     let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .map_err(io)?;
+    f.write_all(contents).and_then(|_| f.sync_all()).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 

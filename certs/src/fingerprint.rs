@@ -82,13 +82,7 @@ mod tests {
 
     #[test]
     fn refuses_wrong_lengths_and_non_hex() {
-        for s in [
-            "",
-            "abcd",
-            &"g".repeat(64),
-            &"a".repeat(66),
-            "é".repeat(32).as_str(),
-        ] {
+        for s in ["", "abcd", &"g".repeat(64), &"a".repeat(66), "é".repeat(32).as_str()] {
             let err = s.parse::<Fingerprint>().unwrap_err();
             assert!(err.to_string().contains("SHA-256"), "{err}");
         }

@@ -17,14 +17,12 @@ pub fn site_uri(site: &str) -> String {
 
 /// Reads the site id from an agent certificate (DER).
 pub fn site_from_cert(der: &[u8]) -> Result<String, CertError> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| CertError::Identity(format!("bad subjectAltName: {e}")))?
-        .ok_or_else(|| {
-            CertError::Identity("no subjectAltName: not a Keyway agent certificate".into())
-        })?;
+        .ok_or_else(|| CertError::Identity("no subjectAltName: not a Keyway agent certificate".into()))?;
     san.value
         .general_names
         .iter()
@@ -38,8 +36,8 @@ pub fn site_from_cert(der: &[u8]) -> Result<String, CertError> {
 
 /// Seconds until the certificate expires (negative when it has).
 pub fn seconds_to_expiry(der: &[u8]) -> Result<i64, CertError> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

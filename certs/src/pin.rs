@@ -48,9 +48,7 @@ impl std::error::Error for PinMismatch {}
 
 /// Finds a [`PinMismatch`] anywhere in an error's cause chain (through
 /// `io::Error` wrappers, which hide their inner error from `source()`).
-pub fn find_pin_mismatch<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a PinMismatch> {
+pub fn find_pin_mismatch<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a PinMismatch> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -100,9 +98,9 @@ impl ServerCertVerifier for ConsoleVerifier {
                 if seen == expected {
                     Ok(ServerCertVerified::assertion())
                 } else {
-                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                        OtherError(Arc::new(PinMismatch { expected, seen })),
-                    )))
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(
+                        Arc::new(PinMismatch { expected, seen }),
+                    ))))
                 }
             }
         }
@@ -114,12 +112,7 @@ impl ServerCertVerifier for ConsoleVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -128,17 +121,10 @@ impl ServerCertVerifier for ConsoleVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -104,10 +104,7 @@ pub enum ControlError {
 /// Appends one encoded message to `dst`.
 pub fn encode(msg: &ControlMsg, dst: &mut BytesMut) {
     let body = serde_json::to_vec(msg).expect("control messages always serialize");
-    debug_assert!(
-        body.len() <= MAX_CONTROL_MSG_BYTES,
-        "we never send oversized messages"
-    );
+    debug_assert!(body.len() <= MAX_CONTROL_MSG_BYTES, "we never send oversized messages");
     dst.reserve(LEN_PREFIX + body.len());
     dst.put_u32(body.len() as u32);
     dst.put_slice(&body);
@@ -137,10 +134,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<ControlMsg>, DecodeError> {
 /// Reads the next message from `rd`, keeping partial input in `buf`.
 ///
 /// Cancel-safe: bytes already read stay in `buf` for the next call.
-pub async fn read_msg<R: AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> Result<ControlMsg, ControlError> {
+pub async fn read_msg<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<ControlMsg, ControlError> {
     loop {
         if let Some(msg) = decode(buf)? {
             return Ok(msg);
@@ -157,10 +151,7 @@ pub async fn read_msg<R: AsyncRead + Unpin>(
 }
 
 /// Writes one message to `wr` and flushes it.
-pub async fn write_msg<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    msg: &ControlMsg,
-) -> Result<(), ControlError> {
+pub async fn write_msg<W: AsyncWrite + Unpin>(wr: &mut W, msg: &ControlMsg) -> Result<(), ControlError> {
     let mut buf = BytesMut::new();
     encode(msg, &mut buf);
     wr.write_all(&buf).await?;
@@ -185,9 +176,7 @@ mod tests {
                 relay_version: "0.1.0".into(),
                 site: "hq".into(),
             },
-            ControlMsg::Refused {
-                reason: "no".into(),
-            },
+            ControlMsg::Refused { reason: "no".into() },
             ControlMsg::Ping { nonce: u64::MAX },
             ControlMsg::Pong { nonce: 0 },
             ControlMsg::Drain {
@@ -245,10 +234,7 @@ mod tests {
             let mut buf = BytesMut::new();
             buf.put_u32(body.len() as u32);
             buf.put_slice(body);
-            assert!(
-                matches!(decode(&mut buf), Err(DecodeError::Malformed(_))),
-                "{body:?}"
-            );
+            assert!(matches!(decode(&mut buf), Err(DecodeError::Malformed(_))), "{body:?}");
         }
     }
 
@@ -258,10 +244,7 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(body.len() as u32);
         buf.put_slice(body);
-        assert_eq!(
-            decode(&mut buf).unwrap(),
-            Some(ControlMsg::Pong { nonce: 7 })
-        );
+        assert_eq!(decode(&mut buf).unwrap(), Some(ControlMsg::Pong { nonce: 7 }));
     }
 
     #[tokio::test]
@@ -274,10 +257,7 @@ mod tests {
             read_msg(&mut rd, &mut buf).await.unwrap(),
             ControlMsg::Ping { nonce: 3 }
         );
-        assert!(matches!(
-            read_msg(&mut rd, &mut buf).await,
-            Err(ControlError::Closed)
-        ));
+        assert!(matches!(read_msg(&mut rd, &mut buf).await, Err(ControlError::Closed)));
 
         let mut rd = &wire[..wire.len() - 1];
         let mut buf = BytesMut::new();

@@ -36,9 +36,7 @@ impl ErrorCode {
         match self {
             Self::SiteNotFound => StatusCode::NOT_FOUND,
             Self::AgentOffline => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ConsoleUnreachable | Self::ConsoleCertificate | Self::TunnelFailed => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::ConsoleUnreachable | Self::ConsoleCertificate | Self::TunnelFailed => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -56,10 +56,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 /// Re-declares an upgrade on the next hop.
@@ -128,10 +125,7 @@ mod tests {
     #[test]
     fn tolerates_garbage_connection_tokens() {
         let mut h = HeaderMap::new();
-        h.insert(
-            CONNECTION,
-            HeaderValue::from_bytes(b"\xff, ,bad token").unwrap(),
-        );
+        h.insert(CONNECTION, HeaderValue::from_bytes(b"\xff, ,bad token").unwrap());
         h.append(CONNECTION, HeaderValue::from_static(" , bad header name ,"));
         assert_eq!(strip_hop_by_hop(&mut h), None);
         assert!(h.is_empty());

@@ -39,10 +39,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_unknown() {
-        assert_eq!(
-            StreamKind::from_byte(StreamKind::Http.to_byte()),
-            Ok(StreamKind::Http)
-        );
+        assert_eq!(StreamKind::from_byte(StreamKind::Http.to_byte()), Ok(StreamKind::Http));
         assert_eq!(StreamKind::from_byte(0), Err(UnknownKind(0)));
         assert!(UnknownKind(0xff).to_string().contains("0xff"));
     }

@@ -43,11 +43,7 @@ impl AgentTable {
 
     /// The live link of `site`, if any.
     pub fn get(&self, site: &str) -> Option<AgentLink> {
-        self.inner
-            .read()
-            .expect("agent table lock poisoned")
-            .get(site)
-            .cloned()
+        self.inner.read().expect("agent table lock poisoned").get(site).cloned()
     }
 
     /// Whether `site` has a live agent.

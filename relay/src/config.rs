@@ -65,10 +65,8 @@ fn default_grace() -> Duration {
 impl RelayConfig {
     /// Reads, resolves and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("could not read {}", path.display()))?;
-        let mut cfg: Self =
-            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+        let mut cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.https_cert,
@@ -114,12 +112,7 @@ pub fn validate_site_name(name: &str) -> anyhow::Result<()> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if name.is_empty()
-        || name.len() > 63
-        || !ok_chars
-        || name.starts_with('-')
-        || name.ends_with('-')
-    {
+    if name.is_empty() || name.len() > 63 || !ok_chars || name.starts_with('-') || name.ends_with('-') {
         bail!("a site name is 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-'");
     }
     Ok(())
@@ -158,23 +151,15 @@ mod tests {
     #[test]
     fn rejects_typos_bad_names_and_dangling_default() {
         let typo = format!("{MINIMAL}\nrequest_timout = \"1s\"");
-        let err = toml::from_str::<RelayConfig>(&typo)
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<RelayConfig>(&typo).unwrap_err().to_string();
         assert!(err.contains("request_timout"), "{err}");
 
-        let mut cfg: RelayConfig =
-            toml::from_str(&MINIMAL.replace("[\"HQ\"]", "[\"h q\"]")).unwrap();
+        let mut cfg: RelayConfig = toml::from_str(&MINIMAL.replace("[\"HQ\"]", "[\"h q\"]")).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("sites"));
 
         let mut cfg: RelayConfig =
-            toml::from_str(&MINIMAL.replace("default_site = \"hq\"", "default_site = \"x\""))
-                .unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("default_site"));
+            toml::from_str(&MINIMAL.replace("default_site = \"hq\"", "default_site = \"x\"")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("default_site"));
 
         for bad in ["", "-a", "a-", "a.b", &"a".repeat(64), "A_B"] {
             assert!(validate_site_name(bad).is_err(), "{bad}");

@@ -39,11 +39,8 @@ pub struct Relay {
 impl Relay {
     /// Loads certificates and binds the HTTPS (TCP) and QUIC (UDP) listeners.
     pub async fn bind(cfg: RelayConfig) -> anyhow::Result<Self> {
-        let https_cfg = keyway_certs::tls::https_server(
-            load_certs(&cfg.https_cert)?,
-            load_key(&cfg.https_key)?,
-        )
-        .context("public HTTPS certificate")?;
+        let https_cfg = keyway_certs::tls::https_server(load_certs(&cfg.https_cert)?, load_key(&cfg.https_key)?)
+            .context("public HTTPS certificate")?;
         let ca = load_certs(&cfg.tunnel_ca)?.remove(0);
         let tunnel_cfg = keyway_certs::tls::tunnel_server(
             load_certs(&cfg.tunnel_cert)?,
@@ -52,8 +49,8 @@ impl Relay {
             &[ALPN_TUNNEL],
         )
         .context("tunnel certificate")?;
-        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tunnel_cfg)
-            .context("tunnel TLS for QUIC")?;
+        let quic_crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tunnel_cfg).context("tunnel TLS for QUIC")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server.transport_config(Arc::new(tunnel::transport_config()));
         let endpoint = quinn::Endpoint::server(server, cfg.quic_listen)
@@ -72,16 +69,12 @@ impl Relay {
 
     /// Where integrations connect.
     pub fn https_addr(&self) -> SocketAddr {
-        self.https
-            .local_addr()
-            .expect("bound listener has an address")
+        self.https.local_addr().expect("bound listener has an address")
     }
 
     /// Where agents connect.
     pub fn quic_addr(&self) -> SocketAddr {
-        self.endpoint
-            .local_addr()
-            .expect("bound endpoint has an address")
+        self.endpoint.local_addr().expect("bound endpoint has an address")
     }
 
     /// The live agent table (to wait for a site to come online).
@@ -118,15 +111,7 @@ impl Relay {
             quic_stop.clone(),
             tracker.clone(),
         ));
-        front::serve(
-            https,
-            tls,
-            proxy_ctx,
-            cfg.header_read_timeout,
-            cfg.shutdown_grace,
-            stop,
-        )
-        .await;
+        front::serve(https, tls, proxy_ctx, cfg.header_read_timeout, cfg.shutdown_grace, stop).await;
 
         // The front has stopped and its requests are done (or out of grace):
         // tell agents to move on, then close.
@@ -135,10 +120,7 @@ impl Relay {
         }
         quic_stop.cancel();
         let _ = quic.await;
-        endpoint.close(
-            keyway_proto::CloseCode::Shutdown.code().into(),
-            b"relay shutting down",
-        );
+        endpoint.close(keyway_proto::CloseCode::Shutdown.code().into(), b"relay shutting down");
         tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())

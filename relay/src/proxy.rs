@@ -73,18 +73,12 @@ pub async fn handle(
 /// Picks the site from the request's host, or answers the error.
 #[allow(clippy::result_large_err)]
 fn route(req: &Request<Incoming>, ctx: &ProxyCtx) -> Result<String, Response<ProxyBody>> {
-    let header_host = req.headers().get(HOST).map(|h| {
-        h.to_str()
-            .ok()
-            .and_then(|s| s.parse::<http::uri::Authority>().ok())
-    });
+    let header_host = req
+        .headers()
+        .get(HOST)
+        .map(|h| h.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()));
     let header_host = match header_host {
-        Some(None) => {
-            return Err(error(
-                ErrorCode::BadRequest,
-                "the Host header is not a valid host",
-            ))
-        }
+        Some(None) => return Err(error(ErrorCode::BadRequest, "the Host header is not a valid host")),
         Some(Some(a)) => Some(a),
         None => None,
     };
@@ -97,20 +91,12 @@ fn route(req: &Request<Incoming>, ctx: &ProxyCtx) -> Result<String, Response<Pro
         }
         (Some(a), _) => a.host().to_ascii_lowercase(),
         (None, Some(h)) => h.host().to_ascii_lowercase(),
-        (None, None) => {
-            return Err(error(
-                ErrorCode::BadRequest,
-                "the request has no Host header",
-            ))
-        }
+        (None, None) => return Err(error(ErrorCode::BadRequest, "the request has no Host header")),
     };
     site_for_host(&host, ctx).ok_or_else(|| {
         error(
             ErrorCode::SiteNotFound,
-            &format!(
-                "no site is served at {host:?}; use https://<site>.{}/",
-                ctx.domain
-            ),
+            &format!("no site is served at {host:?}; use https://<site>.{}/", ctx.domain),
         )
     })
 }
@@ -118,12 +104,8 @@ fn route(req: &Request<Incoming>, ctx: &ProxyCtx) -> Result<String, Response<Pro
 /// `<site>.<domain>` → site; the bare domain, an IP or `localhost` → the default site.
 fn site_for_host(host: &str, ctx: &ProxyCtx) -> Option<String> {
     let host = host.trim_end_matches('.');
-    let bare = host == ctx.domain
-        || host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok();
+    let bare =
+        host == ctx.domain || host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
     if bare {
         return ctx.default_site.clone();
     }
@@ -139,9 +121,8 @@ async fn forward(
     peer: SocketAddr,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    let client_upgrade = (req.version() == Version::HTTP_11
-        && keyway_proto::headers::wants_upgrade(req.headers()))
-    .then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = (req.version() == Version::HTTP_11 && keyway_proto::headers::wants_upgrade(req.headers()))
+        .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let host = parts.uri.authority().map(|a| a.as_str().to_string());
     let upgrade = strip_hop_by_hop(&mut parts.headers);
@@ -185,10 +166,7 @@ async fn forward(
         Err(_) => {
             return error(
                 ErrorCode::Timeout,
-                &format!(
-                    "site {site:?} did not answer within {}s",
-                    ctx.request_timeout.as_secs()
-                ),
+                &format!("site {site:?} did not answer within {}s", ctx.request_timeout.as_secs()),
             )
         }
         Ok(Err(Failure::Offline(e))) => {
@@ -292,18 +270,12 @@ mod tests {
     #[test]
     fn routes_by_host() {
         let c = ctx(Some("hq"));
-        assert_eq!(
-            site_for_host("hq.relay.example.com", &c).as_deref(),
-            Some("hq")
-        );
+        assert_eq!(site_for_host("hq.relay.example.com", &c).as_deref(), Some("hq"));
         assert_eq!(
             site_for_host("branch-2.relay.example.com.", &c).as_deref(),
             Some("branch-2")
         );
-        assert_eq!(
-            site_for_host("relay.example.com", &c).as_deref(),
-            Some("hq")
-        );
+        assert_eq!(site_for_host("relay.example.com", &c).as_deref(), Some("hq"));
         assert_eq!(site_for_host("127.0.0.1", &c).as_deref(), Some("hq"));
         assert_eq!(site_for_host("[::1]", &c).as_deref(), Some("hq"));
         assert_eq!(site_for_host("nope.relay.example.com", &c), None);

@@ -31,12 +31,7 @@ pub struct TunnelCtx {
 }
 
 /// Accepts agent connections until `stop` is cancelled.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    ctx: Arc<TunnelCtx>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<TunnelCtx>, stop: CancellationToken, tracker: TaskTracker) {
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => break,
@@ -56,11 +51,7 @@ pub async fn serve(
     }
 }
 
-async fn handle(
-    incoming: quinn::Incoming,
-    ctx: Arc<TunnelCtx>,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: CancellationToken) -> anyhow::Result<()> {
     let conn = timeout(HANDSHAKE_TIMEOUT, incoming)
         .await
         .map_err(|_| anyhow::anyhow!("QUIC handshake timed out"))??;
@@ -80,26 +71,16 @@ async fn handle(
         .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
     let agent_version = match hello {
         ControlMsg::Hello {
-            version,
-            agent_version,
-            ..
+            version, agent_version, ..
         } if version == PROTOCOL_VERSION => agent_version,
         ControlMsg::Hello {
-            version,
-            agent_version,
-            ..
+            version, agent_version, ..
         } => {
             let reason = format!(
                 "agent {agent_version} speaks protocol {version}, this relay ({}) speaks {PROTOCOL_VERSION}: update the agent",
                 env!("CARGO_PKG_VERSION")
             );
-            let _ = write_msg(
-                &mut send,
-                &ControlMsg::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
+            let _ = write_msg(&mut send, &ControlMsg::Refused { reason: reason.clone() }).await;
             let _ = send.finish();
             conn.close(CloseCode::VersionMismatch.code().into(), reason.as_bytes());
             anyhow::bail!(reason);

@@ -31,6 +31,8 @@ pub struct Spec<'a> {
     pub console_fingerprint: Fingerprint,
     /// Extra lines for relay.toml (timeouts in tests).
     pub relay_extra: &'a str,
+    /// Extra lines for agent.toml.
+    pub agent_extra: &'a str,
 }
 
 /// Where things were written.
@@ -65,29 +67,13 @@ pub fn write(dir: &Path, spec: &Spec<'_>) -> anyhow::Result<Layout> {
     ];
     let https = https_ca.issue_server(&names, &https_key, keyway_certs::ca::AGENT_VALIDITY)?;
     write_atomic(&relay_dir.join("https.pem"), https.pem.as_bytes(), false)?;
-    write_atomic(
-        &relay_dir.join("https.key"),
-        https_key.serialize_pem().as_bytes(),
-        true,
-    )?;
-    write_atomic(
-        &relay_dir.join("https-ca.pem"),
-        https_ca.cert_pem().as_bytes(),
-        false,
-    )?;
+    write_atomic(&relay_dir.join("https.key"), https_key.serialize_pem().as_bytes(), true)?;
+    write_atomic(&relay_dir.join("https-ca.pem"), https_ca.cert_pem().as_bytes(), false)?;
 
     // The private tunnel CA: signs the relay's QUIC certificate and the agent's.
     let ca = PrivateCa::generate("Keyway relay tunnel CA")?;
-    write_atomic(
-        &relay_dir.join("tunnel-ca.pem"),
-        ca.cert_pem().as_bytes(),
-        false,
-    )?;
-    write_atomic(
-        &relay_dir.join("tunnel-ca.key"),
-        ca.key_pem().as_bytes(),
-        true,
-    )?;
+    write_atomic(&relay_dir.join("tunnel-ca.pem"), ca.cert_pem().as_bytes(), false)?;
+    write_atomic(&relay_dir.join("tunnel-ca.key"), ca.key_pem().as_bytes(), true)?;
     let tunnel_key = rcgen::KeyPair::generate()?;
     let tunnel = ca.issue_server(
         &[spec.domain.to_string(), ip.clone()],
@@ -105,16 +91,8 @@ pub fn write(dir: &Path, spec: &Spec<'_>) -> anyhow::Result<Layout> {
     let agent_key = rcgen::KeyPair::generate()?;
     let agent = ca.issue_agent(spec.site, &agent_key, keyway_certs::ca::AGENT_VALIDITY)?;
     write_atomic(&agent_dir.join("agent.pem"), agent.pem.as_bytes(), false)?;
-    write_atomic(
-        &agent_dir.join("agent.key"),
-        agent_key.serialize_pem().as_bytes(),
-        true,
-    )?;
-    write_atomic(
-        &agent_dir.join("relay-ca.pem"),
-        ca.cert_pem().as_bytes(),
-        false,
-    )?;
+    write_atomic(&agent_dir.join("agent.key"), agent_key.serialize_pem().as_bytes(), true)?;
+    write_atomic(&agent_dir.join("relay-ca.pem"), ca.cert_pem().as_bytes(), false)?;
 
     let relay_toml = format!(
         "# Keyway relay (written by keyway-tests)\n\
@@ -132,7 +110,8 @@ pub fn write(dir: &Path, spec: &Spec<'_>) -> anyhow::Result<Layout> {
         "# Keyway agent (written by keyway-tests)\n\
          relay = \"{quic}\"\nrelay_name = {ip:?}\nrelay_ca = \"relay-ca.pem\"\n\
          cert = \"agent.pem\"\nkey = \"agent.key\"\n\
-         console_url = {console:?}\nconsole_fingerprint = \"{fp}\"\n",
+         console_url = {console:?}\nconsole_fingerprint = \"{fp}\"\n{extra}\n",
+        extra = spec.agent_extra,
         quic = spec.quic_listen,
         console = spec.console_url,
         fp = spec.console_fingerprint,

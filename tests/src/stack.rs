@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,6 +45,7 @@ pub struct StackBuilder {
     start_agent: bool,
     pin: Option<Fingerprint>,
     relay_extra: String,
+    agent_extra: String,
     relay_port: Option<u16>,
     dir: Option<PathBuf>,
 }
@@ -57,6 +57,7 @@ impl Default for StackBuilder {
             start_agent: true,
             pin: None,
             relay_extra: String::new(),
+            agent_extra: String::new(),
             relay_port: None,
             dir: None,
         }
@@ -82,6 +83,11 @@ impl StackBuilder {
     /// Extra relay.toml lines.
     pub fn relay_extra(mut self, extra: &str) -> Self {
         self.relay_extra = extra.to_string();
+        self
+    }
+    /// Extra agent.toml lines.
+    pub fn agent_extra(mut self, extra: &str) -> Self {
+        self.agent_extra = extra.to_string();
         self
     }
     /// Fix the relay's port (TCP and UDP).
@@ -122,6 +128,7 @@ impl StackBuilder {
                 console_url: &console.url,
                 console_fingerprint: self.pin.unwrap_or_else(|| console.fingerprint()),
                 relay_extra: &self.relay_extra,
+                agent_extra: &self.agent_extra,
             },
         )?;
         let relay = Relay::bind(RelayConfig::load(&layout.relay_config)?).await?;
@@ -205,17 +212,9 @@ impl Stack {
 
     /// Waits (bounded) until the relay has a live agent for the site.
     pub async fn wait_online(&self) -> anyhow::Result<()> {
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            self.agents.wait_until(|t| t.is_online(SITE)),
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "agent did not come online; last state {:?}",
-                self.agent_state()
-            )
-        })
+        tokio::time::timeout(Duration::from_secs(20), self.agents.wait_until(|t| t.is_online(SITE)))
+            .await
+            .with_context(|| format!("agent did not come online; last state {:?}", self.agent_state()))
     }
 
     /// The agent's last published state.
@@ -229,12 +228,9 @@ impl Stack {
             a.stop.cancel();
             a.task.await?;
         }
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            self.agents.wait_until(|t| !t.is_online(SITE)),
-        )
-        .await
-        .context("relay still lists the agent")
+        tokio::time::timeout(Duration::from_secs(20), self.agents.wait_until(|t| !t.is_online(SITE)))
+            .await
+            .context("relay still lists the agent")
     }
 
     /// Stops everything.
@@ -266,8 +262,20 @@ pub fn h2_client(ca: &CertificateDer<'static>) -> HttpsClient {
     build_client(ca, true)
 }
 
+/// A client for the console itself, trusting only its pinned certificate
+/// (what an integration on the LAN does).
+pub fn pinned_client(fp: Fingerprint) -> HttpsClient {
+    connector_client(
+        keyway_certs::tls::console_client(keyway_certs::ConsoleTrust::Pinned(fp)).expect("valid config"),
+        false,
+    )
+}
+
 fn build_client(ca: &CertificateDer<'static>, h2: bool) -> HttpsClient {
-    let tls = keyway_certs::tls::https_client(ca).expect("CA is valid");
+    connector_client(keyway_certs::tls::https_client(ca).expect("CA is valid"), h2)
+}
+
+fn connector_client(tls: rustls::ClientConfig, h2: bool) -> HttpsClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -284,9 +292,7 @@ fn build_client(ca: &CertificateDer<'static>, h2: bool) -> HttpsClient {
 
 /// A request body from bytes.
 pub fn body(bytes: impl Into<Bytes>) -> ClientBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// An empty request body.
@@ -294,5 +300,29 @@ pub fn empty() -> ClientBody {
     body(Bytes::new())
 }
 
-/// Shared handle type for tests that pass the stack around.
-pub type SharedStack = Arc<Stack>;
+impl Stack {
+    /// The API through the relay (default site via the bare IP), with the console token.
+    pub fn api(&self) -> crate::client::Api {
+        crate::client::Api::new(&self.relay_url(), &self.https_ca_der, &self.console.token)
+    }
+
+    /// The API through the relay over HTTP/2.
+    pub fn api_h2(&self) -> crate::client::Api {
+        crate::client::Api::with_client(h2_client(&self.https_ca_der), &self.relay_url(), &self.console.token)
+    }
+
+    /// The console directly (no tunnel), for comparisons.
+    pub fn direct_api(&self) -> crate::client::Api {
+        crate::client::Api::with_client(
+            pinned_client(self.console.fingerprint()),
+            &self.console.url,
+            &self.console.token,
+        )
+    }
+
+    /// A door-event listener through the relay.
+    pub async fn listen_events(&self) -> anyhow::Result<crate::client::EventListener> {
+        crate::client::EventListener::connect(self.relay_addr, "127.0.0.1", &self.https_ca_der, &self.console.token)
+            .await
+    }
+}

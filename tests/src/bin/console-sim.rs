@@ -48,19 +48,14 @@ fn parse_throttle(s: &str) -> Result<Throttle, String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let cli = Cli::parse();
     let mut opts = ConsoleOptions::new(&cli.token);
     opts.listen = cli.listen;
     opts.throttle = cli.throttle;
     let console = RunningConsole::start(opts).await?;
-    let line =
-        serde_json::json!({"url": console.url, "fingerprint": console.fingerprint().to_string()})
-            .to_string();
+    let line = serde_json::json!({"url": console.url, "fingerprint": console.fingerprint().to_string()}).to_string();
     println!("{line}");
     if let Some(path) = &cli.ready_file {
         keyway_certs::files::write_atomic(path, format!("{line}\n").as_bytes(), false)

@@ -27,22 +27,16 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let cli = Cli::parse();
     let (_tmp, dir) = match cli.dir {
         Some(d) => {
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("could not create {}", d.display()))?;
+            std::fs::create_dir_all(&d).with_context(|| format!("could not create {}", d.display()))?;
             (None, std::fs::canonicalize(&d)?)
         }
         None => {
-            let t = tempfile::Builder::new()
-                .prefix("keyway-sandbox-")
-                .tempdir()?;
+            let t = tempfile::Builder::new().prefix("keyway-sandbox-").tempdir()?;
             let p = t.path().to_path_buf();
             (Some(t), p)
         }
@@ -60,11 +54,7 @@ async fn main() -> anyhow::Result<()> {
         "console_token": TOKEN,
     });
     let path = dir.join("sandbox.json");
-    keyway_certs::files::write_atomic(
-        &path,
-        serde_json::to_string_pretty(&info)?.as_bytes(),
-        false,
-    )?;
+    keyway_certs::files::write_atomic(&path, serde_json::to_string_pretty(&info)?.as_bytes(), false)?;
     println!(
         "Keyway sandbox is up: console {} ← agent ⇄ QUIC ⇄ relay {}",
         stack.console.url,

@@ -20,21 +20,14 @@ const DEFAULT_EXPORT_BYTES: u64 = 256 * 1024;
 const MAX_EXPORT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Reads the multipart form field `field`, bounded by [`MAX_UPLOAD_BYTES`].
-pub async fn multipart_field(
-    headers: &HeaderMap,
-    body: Incoming,
-    field: &str,
-) -> Result<Bytes, Response<SimBody>> {
+pub async fn multipart_field(headers: &HeaderMap, body: Incoming, field: &str) -> Result<Bytes, Response<SimBody>> {
     let ct = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let boundary = multer::parse_boundary(ct)
-        .map_err(|_| invalid("expected multipart/form-data with a boundary"))?;
-    let constraints = multer::Constraints::new()
-        .size_limit(multer::SizeLimit::new().whole_stream(MAX_UPLOAD_BYTES));
-    let mut form =
-        multer::Multipart::with_constraints(BodyDataStream::new(body), boundary, constraints);
+    let boundary = multer::parse_boundary(ct).map_err(|_| invalid("expected multipart/form-data with a boundary"))?;
+    let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(MAX_UPLOAD_BYTES));
+    let mut form = multer::Multipart::with_constraints(BodyDataStream::new(body), boundary, constraints);
     loop {
         match form.next_field().await {
             Ok(Some(f)) if f.name() == Some(field) => {
@@ -134,12 +127,7 @@ pub fn fetch_logs(state: &State, query: Option<&str>, body: &Value) -> Reply {
             .collect()
     });
     let total = hits.len();
-    let hits: Vec<Value> = hits
-        .into_iter()
-        .rev()
-        .skip((num - 1) * size)
-        .take(size)
-        .collect();
+    let hits: Vec<Value> = hits.into_iter().rev().skip((num - 1) * size).take(size).collect();
     ok(json!({"hits": hits, "page": num, "total": total}))
 }
 
@@ -151,10 +139,7 @@ pub fn export_logs(headers: &HeaderMap, body: &Value) -> Reply {
             return Err(invalid("topic, since, until and timezone are required"));
         }
     }
-    let (since, until) = (
-        body["since"].as_i64().unwrap_or(0),
-        body["until"].as_i64().unwrap_or(0),
-    );
+    let (since, until) = (body["since"].as_i64().unwrap_or(0), body["until"].as_i64().unwrap_or(0));
     if until < since || until - since > 31 * 24 * 3600 {
         return Err(invalid("the since/until span cannot exceed one month"));
     }
@@ -189,15 +174,9 @@ pub fn export_logs(headers: &HeaderMap, body: &Value) -> Reply {
             (sent + n, line_no),
         ))
     });
-    let mut r = Response::new(
-        StreamBody::new(stream.boxed())
-            .map_err(Into::into)
-            .boxed_unsync(),
-    );
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    let mut r = Response::new(StreamBody::new(stream.boxed()).map_err(Into::into).boxed_unsync());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(
         "content-disposition",
         HeaderValue::from_static("attachment; filename=\"system_logs.csv\""),

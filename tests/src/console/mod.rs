@@ -75,10 +75,7 @@ fn rcgen_self_signed() -> anyhow::Result<Identity> {
     // The real console's certificate names neither the LAN IP nor a DNS name
     // a client would use; pinning is the only way to trust it.
     let ck = keyway_certs::self_signed(&["unifi.local".to_string()])?;
-    Ok(Identity {
-        cert: ck.0,
-        key: ck.1,
-    })
+    Ok(Identity { cert: ck.0, key: ck.1 })
 }
 
 /// How to start a console.
@@ -125,7 +122,7 @@ pub struct RunningConsole {
     /// The API token.
     pub token: String,
     ctx: Arc<Ctx>,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl RunningConsole {
@@ -152,18 +149,14 @@ impl RunningConsole {
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
             stop: CancellationToken::new(),
         });
-        let task = tokio::spawn(serve(
-            listener,
-            TlsAcceptor::from(Arc::new(tls)),
-            ctx.clone(),
-        ));
+        let task = tokio::spawn(serve(listener, TlsAcceptor::from(Arc::new(tls)), ctx.clone()));
         Ok(Self {
             addr,
             url: format!("https://{addr}"),
             identity,
             token: opts.token,
             ctx,
-            task,
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -182,10 +175,23 @@ impl RunningConsole {
         self.ctx.events.receiver_count()
     }
 
-    /// Stops listening and closes every connection.
-    pub async fn stop(self) {
+    /// Stops listening and closes every connection (the port is free after).
+    pub async fn stop(&self) {
         self.ctx.stop.cancel();
-        let _ = self.task.await;
+        let task = self.task.lock().expect("task lock poisoned").take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    /// Options that start an identical console (same port, certificate, token).
+    pub fn restart_options(&self) -> ConsoleOptions {
+        ConsoleOptions {
+            listen: self.addr,
+            token: self.token.clone(),
+            throttle: self.ctx.throttle.as_ref().map(|(t, _)| *t),
+            identity: Some(self.identity.clone()),
+        }
     }
 }
 
@@ -228,13 +234,8 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<SimBod
         tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
     }
     if let Some(retry) = throttled(&ctx) {
-        let mut r = err(
-            StatusCode::TOO_MANY_REQUESTS,
-            "CODE_SYSTEM_ERROR",
-            "Too many requests.",
-        );
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from(retry));
+        let mut r = err(StatusCode::TOO_MANY_REQUESTS, "CODE_SYSTEM_ERROR", "Too many requests.");
+        r.headers_mut().insert("retry-after", HeaderValue::from(retry));
         return Ok(r);
     }
     // Compared as digests, so the time taken says nothing about the token.
@@ -278,9 +279,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
 
     // Endpoints that take the request itself (upgrade, multipart, streams).
     match (&method, seg.as_slice()) {
-        (&Method::GET, ["devices", "notifications"]) => {
-            return ws::upgrade(req, &ctx.events, ctx.stop.clone())
-        }
+        (&Method::GET, ["devices", "notifications"]) => return ws::upgrade(req, &ctx.events, ctx.stop.clone()),
         (&Method::POST, ["users", id, "avatar"]) => {
             let id = id.to_string();
             let (parts, body) = req.into_parts();
@@ -291,28 +290,18 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
             files::multipart_field(&parts.headers, body, "cert").await?;
             return reply::ok(json!("success"));
         }
-        (&Method::GET, ["system", "static", ..]) => {
-            return files::static_file(st, &seg[2..].join("/"))
-        }
-        (&Method::GET, ["credentials", "qr_codes", "download", id]) => {
-            return files::qr_png(st, id)
-        }
+        (&Method::GET, ["system", "static", ..]) => return files::static_file(st, &seg[2..].join("/")),
+        (&Method::GET, ["credentials", "qr_codes", "download", id]) => return files::qr_png(st, id),
         _ => {}
     }
 
     let headers = req.headers().clone();
     let body = read_json(req.into_body()).await?;
     let b = &body;
-    if matches!(
-        (&method, seg.as_slice()),
-        (&Method::POST, ["system", "logs", "export"])
-    ) {
+    if matches!((&method, seg.as_slice()), (&Method::POST, ["system", "logs", "export"])) {
         return files::export_logs(&headers, b);
     }
-    if matches!(
-        (&method, seg.as_slice()),
-        (&Method::POST, ["system", "logs"])
-    ) {
+    if matches!((&method, seg.as_slice()), (&Method::POST, ["system", "logs"])) {
         return files::fetch_logs(st, q, b);
     }
     if let (&Method::PUT, ["doors", id, "unlock"]) = (&method, seg.as_slice()) {
@@ -350,14 +339,11 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
             (&M::DELETE, ["user_groups", id]) => space::delete(db, "user_groups", id),
             (&M::POST, ["user_groups", id, "users"]) => group_members(db, id, b, false),
             (&M::POST, ["user_groups", id, "users", "delete"]) => group_members(db, id, b, true),
-            (&M::GET, ["user_groups", id, "users"])
-            | (&M::GET, ["user_groups", id, "users", "all"]) => list_group_members(db, id),
-            (&M::PUT, ["user_groups", id, "access_policies"]) => {
-                assign_policies(db, "user_groups", id, b)
+            (&M::GET, ["user_groups", id, "users"]) | (&M::GET, ["user_groups", id, "users", "all"]) => {
+                list_group_members(db, id)
             }
-            (&M::GET, ["user_groups", id, "access_policies"]) => {
-                fetch_policies(db, "user_groups", id)
-            }
+            (&M::PUT, ["user_groups", id, "access_policies"]) => assign_policies(db, "user_groups", id, b),
+            (&M::GET, ["user_groups", id, "access_policies"]) => fetch_policies(db, "user_groups", id),
 
             (&M::POST, ["visitors"]) => create_visitor(db, b),
             (&M::GET, ["visitors"]) => list_visitors(db, q),
@@ -371,22 +357,13 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
             (&M::PUT, ["visitors", id, "qr_codes"]) => visitor_qr(db, id, true),
             (&M::DELETE, ["visitors", id, "qr_codes"]) => visitor_qr(db, id, false),
 
-            (&M::POST, ["access_policies", "holiday_groups"]) => space::create_named(
-                db,
-                "holiday_groups",
-                b,
-                json!({"holidays": [], "is_default": false}),
-            ),
+            (&M::POST, ["access_policies", "holiday_groups"]) => {
+                space::create_named(db, "holiday_groups", b, json!({"holidays": [], "is_default": false}))
+            }
             (&M::GET, ["access_policies", "holiday_groups"]) => space::list(db, "holiday_groups"),
-            (&M::GET, ["access_policies", "holiday_groups", id]) => {
-                space::get(db, "holiday_groups", id)
-            }
-            (&M::PUT, ["access_policies", "holiday_groups", id]) => {
-                space::update(db, "holiday_groups", id, b)
-            }
-            (&M::DELETE, ["access_policies", "holiday_groups", id]) => {
-                space::delete(db, "holiday_groups", id)
-            }
+            (&M::GET, ["access_policies", "holiday_groups", id]) => space::get(db, "holiday_groups", id),
+            (&M::PUT, ["access_policies", "holiday_groups", id]) => space::update(db, "holiday_groups", id, b),
+            (&M::DELETE, ["access_policies", "holiday_groups", id]) => space::delete(db, "holiday_groups", id),
             (&M::POST, ["access_policies", "schedules"]) => space::create_named(
                 db,
                 "schedules",
@@ -395,30 +372,20 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
             ),
             (&M::GET, ["access_policies", "schedules"]) => space::list(db, "schedules"),
             (&M::GET, ["access_policies", "schedules", id]) => space::get(db, "schedules", id),
-            (&M::PUT, ["access_policies", "schedules", id]) => {
-                space::update(db, "schedules", id, b)
+            (&M::PUT, ["access_policies", "schedules", id]) => space::update(db, "schedules", id, b),
+            (&M::DELETE, ["access_policies", "schedules", id]) => space::delete(db, "schedules", id),
+            (&M::POST, ["access_policies"]) => {
+                space::create_named(db, "access_policies", b, json!({"resources": [], "schedule_id": ""}))
             }
-            (&M::DELETE, ["access_policies", "schedules", id]) => {
-                space::delete(db, "schedules", id)
-            }
-            (&M::POST, ["access_policies"]) => space::create_named(
-                db,
-                "access_policies",
-                b,
-                json!({"resources": [], "schedule_id": ""}),
-            ),
             (&M::GET, ["access_policies"]) => space::list(db, "access_policies"),
             (&M::GET, ["access_policies", id]) => space::get(db, "access_policies", id),
             (&M::PUT, ["access_policies", id]) => space::update(db, "access_policies", id, b),
             (&M::DELETE, ["access_policies", id]) => space::delete(db, "access_policies", id),
 
             (&M::GET, ["door_groups", "topology"]) => space::topology(db),
-            (&M::POST, ["door_groups"]) => space::create_named(
-                db,
-                "door_groups",
-                b,
-                json!({"type": "access", "resources": []}),
-            ),
+            (&M::POST, ["door_groups"]) => {
+                space::create_named(db, "door_groups", b, json!({"type": "access", "resources": []}))
+            }
             (&M::GET, ["door_groups"]) => space::list(db, "door_groups"),
             (&M::GET, ["door_groups", id]) => space::get(db, "door_groups", id),
             (&M::PUT, ["door_groups", id]) => space::update(db, "door_groups", id, b),

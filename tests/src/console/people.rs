@@ -44,10 +44,7 @@ pub fn update_user(db: &mut Inner, id: &str, body: &Value) -> Reply {
             return Err(invalid("status must be ACTIVE or DEACTIVATED"));
         }
     }
-    let user = db
-        .collection("users")
-        .get_mut(id)
-        .ok_or_else(|| not_found("user"))?;
+    let user = db.collection("users").get_mut(id).ok_or_else(|| not_found("user"))?;
     for key in [
         "first_name",
         "last_name",
@@ -60,11 +57,7 @@ pub fn update_user(db: &mut Inner, id: &str, body: &Value) -> Reply {
             user[key] = v.clone();
         }
     }
-    user["full_name"] = json!(format!(
-        "{} {}",
-        s(user, "first_name"),
-        s(user, "last_name")
-    ));
+    user["full_name"] = json!(format!("{} {}", s(user, "first_name"), s(user, "last_name")));
     ok(Value::Null)
 }
 
@@ -76,28 +69,21 @@ pub fn list_users(db: &mut Inner, query: Option<&str>, search: bool) -> Reply {
         .iter()
         .find(|(k, _)| k == "keyword")
         .map(|(_, v)| v.to_lowercase());
-    let expand = params
-        .iter()
-        .any(|(k, v)| k == "expand[]" && v == "access_policy");
+    let expand = params.iter().any(|(k, v)| k == "expand[]" && v == "access_policy");
     let policies = db.collection("access_policies").clone();
     let users: Vec<Value> = db
         .collection("users")
         .values()
         .filter(|u| {
             keyword.as_deref().is_none_or(|k| {
-                s(u, "full_name").to_lowercase().contains(k)
-                    || s(u, "user_email").to_lowercase().contains(k)
+                s(u, "full_name").to_lowercase().contains(k) || s(u, "user_email").to_lowercase().contains(k)
             })
         })
         .map(|u| with_policies(u, &policies, expand))
         .collect();
     if search {
         return ok(Value::Array(
-            users
-                .into_iter()
-                .skip((num - 1) * size)
-                .take(size)
-                .collect(),
+            users.into_iter().skip((num - 1) * size).take(size).collect(),
         ));
     }
     page(users, num, size)
@@ -109,20 +95,14 @@ pub fn get_user(db: &mut Inner, id: &str, query: Option<&str>) -> Reply {
         .iter()
         .any(|(k, v)| k == "expand[]" && v == "access_policy");
     let policies = db.collection("access_policies").clone();
-    let user = db
-        .collection("users")
-        .get(id)
-        .ok_or_else(|| not_found("user"))?;
+    let user = db.collection("users").get(id).ok_or_else(|| not_found("user"))?;
     ok(with_policies(user, &policies, expand))
 }
 
 fn with_policies(user: &Value, policies: &super::state::Collection, expand: bool) -> Value {
     let mut u = user.clone();
     if expand {
-        let ids = u["access_policy_ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let ids = u["access_policy_ids"].as_array().cloned().unwrap_or_default();
         u["access_policies"] = Value::Array(
             ids.iter()
                 .filter_map(|id| id.as_str().and_then(|id| policies.get(id)).cloned())
@@ -158,11 +138,7 @@ pub fn assign_policies(db: &mut Inner, collection: &str, id: &str, body: &Value)
 
 /// `GET /users/{id}/access_policies` and the user-group twin.
 pub fn fetch_policies(db: &mut Inner, collection: &str, id: &str) -> Reply {
-    let ids = db
-        .collection(collection)
-        .get(id)
-        .ok_or_else(|| not_found("object"))?["access_policy_ids"]
-        .clone();
+    let ids = db.collection(collection).get(id).ok_or_else(|| not_found("object"))?["access_policy_ids"].clone();
     let policies = db.collection("access_policies");
     let list: Vec<Value> = ids
         .as_array()
@@ -224,9 +200,7 @@ pub fn nfc(db: &mut Inner, collection: &str, id: &str, body: &Value, remove: boo
         .collection(collection)
         .get_mut(id)
         .ok_or_else(|| not_found("object"))?;
-    let cards = obj["nfc_cards"]
-        .as_array_mut()
-        .expect("nfc_cards is an array");
+    let cards = obj["nfc_cards"].as_array_mut().expect("nfc_cards is an array");
     cards.retain(|c| c["token"] != json!(token));
     if !remove {
         cards.push(json!({"id": token.chars().take(8).collect::<String>(), "token": token, "type": "ua_card"}));
@@ -286,9 +260,7 @@ pub fn create_visitor(db: &mut Inner, body: &Value) -> Reply {
     let (first, last) = (s(body, "first_name"), s(body, "last_name"));
     let (start, end) = (body["start_time"].as_i64(), body["end_time"].as_i64());
     let (Some(start), Some(end)) = (start, end) else {
-        return Err(invalid(
-            "start_time and end_time (unix seconds) are required",
-        ));
+        return Err(invalid("start_time and end_time (unix seconds) are required"));
     };
     if first.is_empty() || last.is_empty() || end <= start {
         return Err(invalid(
@@ -398,10 +370,7 @@ pub fn visitor_qr(db: &mut Inner, id: &str, assign: bool) -> Reply {
 
 /// `POST /credentials/pin_codes`: a fresh 8-digit PIN.
 pub fn generate_pin() -> Reply {
-    ok(json!(format!(
-        "{:08}",
-        super::state::random_u64() % 100_000_000
-    )))
+    ok(json!(format!("{:08}", super::state::random_u64() % 100_000_000)))
 }
 
 /// `GET /credentials/nfc_cards/tokens` (paginated), from every holder's cards.

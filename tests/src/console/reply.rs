@@ -19,9 +19,7 @@ pub const MAX_JSON_BYTES: usize = 1024 * 1024;
 
 /// A full body.
 pub fn full(bytes: impl Into<Bytes>) -> SimBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A JSON response with `status`.
@@ -91,8 +89,7 @@ pub async fn read_json(body: Incoming) -> Result<Value, Response<SimBody>> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(&format!("The request body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| invalid(&format!("The request body is not valid JSON: {e}")))
 }
 
 /// `page_num`/`page_size` from a query string (strings in the spec; defaults 1 and 25).
@@ -136,10 +133,7 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;

@@ -19,11 +19,7 @@ pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Va
     if name.is_empty() {
         return Err(invalid("name is required"));
     }
-    if db
-        .collection(collection)
-        .values()
-        .any(|v| s(v, "name") == name)
-    {
+    if db.collection(collection).values().any(|v| s(v, "name") == name) {
         return Err(err(
             StatusCode::BAD_REQUEST,
             "CODE_USER_NAME_DUPLICATED",
@@ -73,9 +69,7 @@ pub fn get(db: &mut Inner, collection: &str, id: &str) -> Reply {
 
 /// Generic `GET` of a whole collection (unpaginated).
 pub fn list(db: &mut Inner, collection: &str) -> Reply {
-    ok(Value::Array(
-        db.collection(collection).values().cloned().collect(),
-    ))
+    ok(Value::Array(db.collection(collection).values().cloned().collect()))
 }
 
 /// Generic `DELETE`.
@@ -110,10 +104,7 @@ fn merge(obj: &mut Value, body: &Value) {
 }
 
 /// Resources (`[{id, type: door|door_group}]`) must exist.
-fn check_resources(
-    db: &mut Inner,
-    resources: &Value,
-) -> Result<(), http::Response<super::reply::SimBody>> {
+fn check_resources(db: &mut Inner, resources: &Value) -> Result<(), http::Response<super::reply::SimBody>> {
     let list = resources
         .as_array()
         .ok_or_else(|| invalid("resources must be an array"))?;
@@ -136,11 +127,7 @@ fn check_resources(
 }
 
 /// `PUT /doors/{id}/unlock`: logs it and returns the event for listeners.
-pub fn unlock(
-    db: &mut Inner,
-    id: &str,
-    body: &Value,
-) -> Result<(Reply, Value), http::Response<super::reply::SimBody>> {
+pub fn unlock(db: &mut Inner, id: &str, body: &Value) -> Result<(Reply, Value), http::Response<super::reply::SimBody>> {
     if body.get("actor_id").is_some() != body.get("actor_name").is_some() {
         return Err(invalid("actor_id and actor_name must be given together"));
     }
@@ -187,16 +174,7 @@ pub fn lock_rule(db: &mut Inner, id: &str, set: Option<&Value>) -> Reply {
             .unwrap_or(json!({"type": "schedule", "ended_time": 0}))),
         Some(body) => {
             let ty = s(body, "type");
-            if ![
-                "keep_lock",
-                "keep_unlock",
-                "custom",
-                "reset",
-                "lock_early",
-                "lock_now",
-            ]
-            .contains(&ty)
-            {
+            if !["keep_lock", "keep_unlock", "custom", "reset", "lock_early", "lock_now"].contains(&ty) {
                 return Err(invalid(
                     "type must be keep_lock, keep_unlock, custom, reset, lock_early or lock_now",
                 ));
@@ -276,10 +254,5 @@ pub fn add_webhook(db: &mut Inner, body: &Value) -> Reply {
         ));
     }
     let secret = format!("{:016x}", super::state::random_u64());
-    create_named(
-        db,
-        "webhooks",
-        body,
-        json!({"headers": {}, "secret": secret}),
-    )
+    create_named(db, "webhooks", body, json!({"headers": {}, "secret": secret}))
 }

@@ -62,10 +62,7 @@ impl State {
     /// A console with a seeded site.
     pub fn new() -> Self {
         let mut inner = Inner {
-            collections: COLLECTIONS
-                .iter()
-                .map(|c| (*c, Collection::new()))
-                .collect(),
+            collections: COLLECTIONS.iter().map(|c| (*c, Collection::new())).collect(),
             static_files: BTreeMap::new(),
             logs: Vec::new(),
             emergency: json!({"lockdown": false, "evacuation": false}),
@@ -91,10 +88,7 @@ impl State {
                 }),
             );
         }
-        let all_doors: Vec<Value> = DOOR_IDS
-            .iter()
-            .map(|id| json!({"id": id, "type": "door"}))
-            .collect();
+        let all_doors: Vec<Value> = DOOR_IDS.iter().map(|id| json!({"id": id, "type": "door"})).collect();
         inner.collection("door_groups").insert(
             "d5573467-d6b3-4e8f-8e48-8c322b7e1a02".into(),
             json!({"id": "d5573467-d6b3-4e8f-8e48-8c322b7e1a02", "name": "All Doors", "type": "building", "resources": all_doors}),

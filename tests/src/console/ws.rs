@@ -4,10 +4,7 @@
 //! frame per event, to every connected listener.
 
 use futures_util::{SinkExt, StreamExt};
-use http::header::{
-    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
-    UPGRADE,
-};
+use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -21,11 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::reply::{full, invalid, Reply};
 
 /// Accepts the upgrade and spawns the listener's sender.
-pub fn upgrade(
-    mut req: Request<Incoming>,
-    events: &broadcast::Sender<String>,
-    stop: CancellationToken,
-) -> Reply {
+pub fn upgrade(mut req: Request<Incoming>, events: &broadcast::Sender<String>, stop: CancellationToken) -> Reply {
     let h = req.headers();
     let is_ws = h
         .get(UPGRADE)

@@ -1,0 +1,181 @@
+//! What an integration sees when a hop fails: the console's own envelope
+//! with a Keyway code and the right status, and a relay that keeps serving.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use keyway_certs::Fingerprint;
+use keyway_tests::console::{RunningConsole, DELAY_HEADER};
+use keyway_tests::stack::{empty, Stack};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DOORS: &str = "/api/v1/developer/doors";
+
+fn assert_envelope(r: &keyway_tests::client::Reply, status: StatusCode, code: &str) -> String {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["data"].is_null(), "{v}");
+    assert_eq!(r.headers["content-type"], "application/json");
+    v["msg"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn wrong_console_fingerprint_is_refused_and_named() {
+    let stack = Stack::builder().pin(Fingerprint([7; 32])).start().await.unwrap();
+    let r = stack.api().get(DOORS).await.unwrap();
+    let msg = assert_envelope(&r, StatusCode::BAD_GATEWAY, "CODE_KEYWAY_CONSOLE_CERTIFICATE");
+    let seen = stack.console.fingerprint().to_string();
+    assert!(msg.contains(&seen), "the error names the fingerprint it saw: {msg}");
+    assert!(
+        msg.contains(&Fingerprint([7; 32]).to_string()),
+        "and the pinned one: {msg}"
+    );
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn agent_offline_is_503_before_and_after_it_was_online() {
+    let mut stack = Stack::builder().without_agent().start().await.unwrap();
+    let api = stack.api();
+    assert_envelope(
+        &api.get(DOORS).await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "CODE_KEYWAY_AGENT_OFFLINE",
+    );
+
+    stack.start_agent().await.unwrap();
+    assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
+    stack.stop_agent().await.unwrap();
+    assert_envelope(
+        &api.get(DOORS).await.unwrap(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "CODE_KEYWAY_AGENT_OFFLINE",
+    );
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn console_down_is_a_fast_502_and_recovers_without_restarting_the_agent() {
+    let mut stack = Stack::start().await.unwrap();
+    let api = stack.api();
+    assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
+
+    let again = stack.console.restart_options();
+    stack.console.stop().await;
+    let t0 = Instant::now();
+    let r = api.get(DOORS).await.unwrap();
+    assert_envelope(&r, StatusCode::BAD_GATEWAY, "CODE_KEYWAY_CONSOLE_UNREACHABLE");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "connection refused should answer at once, took {:?}",
+        t0.elapsed()
+    );
+
+    stack.console = RunningConsole::start(again).await.unwrap();
+    assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_console_is_504_from_the_agent() {
+    let stack = Stack::builder()
+        .agent_extra("console_timeout = \"300ms\"")
+        .start()
+        .await
+        .unwrap();
+    let api = stack.api();
+    let req = api
+        .request(http::Method::GET, DOORS)
+        .header(DELAY_HEADER, "3000")
+        .body(empty())
+        .unwrap();
+    let r = api.send(req).await.unwrap();
+    assert_envelope(&r, StatusCode::GATEWAY_TIMEOUT, "CODE_KEYWAY_TIMEOUT");
+    // The tunnel is fine afterwards.
+    assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn relay_gives_up_with_504_when_the_tunnel_is_too_slow() {
+    let stack = Stack::builder()
+        .relay_extra("request_timeout = \"300ms\"")
+        .start()
+        .await
+        .unwrap();
+    let api = stack.api();
+    let req = api
+        .request(http::Method::GET, DOORS)
+        .header(DELAY_HEADER, "3000")
+        .body(empty())
+        .unwrap();
+    let msg = assert_envelope(
+        &api.send(req).await.unwrap(),
+        StatusCode::GATEWAY_TIMEOUT,
+        "CODE_KEYWAY_TIMEOUT",
+    );
+    assert!(msg.contains("hq"), "{msg}");
+    assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}
+
+/// Sends raw bytes over TLS to the relay and returns what comes back.
+async fn raw_exchange(stack: &Stack, bytes: &[u8]) -> String {
+    let mut tls = keyway_certs::tls::https_client(&stack.https_ca_der).unwrap();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(stack.relay_addr).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("relay answers and closes");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400_and_the_relay_keeps_serving() {
+    let stack = Stack::start().await.unwrap();
+    let cases: [&[u8]; 3] = [
+        b"GET /api/v1/developer/doors HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header Line\r\n\r\n",
+        b"BLAH\x01\x02 / HTTP/1.1\r\n\r\n",
+        b"GET /api/v1/developer/doors HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    ];
+    for case in cases {
+        let answer = raw_exchange(&stack, case).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} → {answer:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    let r = stack.api().get(DOORS).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "still serving after malformed input");
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn conflicting_framing_cannot_smuggle_a_second_request() {
+    let stack = Stack::start().await.unwrap();
+    // Read by Content-Length, the body would hide a second request; read by
+    // Transfer-Encoding (as RFC 9112 requires), the "body" is empty and the
+    // rest is a second request. Either way only one request may reach the
+    // console, and the relay must close the connection after answering.
+    let smuggle = b"POST /api/v1/developer/doors HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+        Transfer-Encoding: chunked\r\nContent-Length: 62\r\n\r\n0\r\n\r\n\
+        GET /api/v1/developer/users HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let answer = raw_exchange(&stack, smuggle).await;
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response: {answer:?}"
+    );
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer:?}");
+    assert_eq!(stack.api().get(DOORS).await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}

@@ -13,7 +13,7 @@ use super::reply::{err, full, invalid, not_found, ok, paging, s, Reply, SimBody}
 use super::state::{now_secs, State};
 
 /// Largest multipart upload accepted (avatars, certificates, CSV imports).
-pub const MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_UPLOAD_BYTES: u64 = 128 * 1024 * 1024;
 /// Test hook: how many bytes the log export should produce.
 pub const EXPORT_BYTES_HEADER: &str = "x-sim-export-bytes";
 const DEFAULT_EXPORT_BYTES: u64 = 256 * 1024;

@@ -170,6 +170,11 @@ impl RunningConsole {
         let _ = self.ctx.events.send(event.to_string());
     }
 
+    /// A stored static file (uploaded avatars), by path under `system/static/`.
+    pub fn static_file(&self, path: &str) -> Option<bytes::Bytes> {
+        self.ctx.state.with(|db| db.static_files.get(path).cloned())
+    }
+
     /// Number of WebSocket listeners.
     pub fn listeners(&self) -> usize {
         self.ctx.events.receiver_count()

@@ -1,0 +1,76 @@
+//! The door-event WebSocket through the tunnel.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use keyway_tests::console::DOOR_IDS;
+use keyway_tests::stack::Stack;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn remote_unlock_event_reaches_every_listener_through_the_tunnel() {
+    let stack = Stack::start().await.unwrap();
+    let mut a = stack.listen_events().await.unwrap();
+    let mut b = stack.listen_events().await.unwrap();
+    for l in [&mut a, &mut b] {
+        assert_eq!(
+            l.next_text(WAIT).await.unwrap(),
+            "Hello",
+            "the console's greeting arrives first"
+        );
+    }
+    assert_eq!(stack.console.listeners(), 2);
+
+    let r = stack
+        .api()
+        .json(
+            Method::PUT,
+            &format!("/api/v1/developer/doors/{}/unlock", DOOR_IDS[0]),
+            &json!({"actor_id": "m-1", "actor_name": "Ada"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    for l in [&mut a, &mut b] {
+        let ev = l.next_event(WAIT).await.unwrap();
+        assert_eq!(ev["event"], "access.data.device.remote_unlock");
+        assert_eq!(ev["data"]["unique_id"], DOOR_IDS[0]);
+        assert_eq!(ev["data"]["name"], "Front Door");
+        assert_eq!(ev["save_to_history"], false);
+    }
+    // Both directions stay live: a ping through relay and agent gets its pong.
+    a.ping(WAIT).await.unwrap();
+    a.close().await;
+    b.close().await;
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_keep_flowing_on_a_long_lived_listener() {
+    let stack = Stack::start().await.unwrap();
+    let mut l = stack.listen_events().await.unwrap();
+    assert_eq!(l.next_text(WAIT).await.unwrap(), "Hello");
+    for i in 0..50 {
+        stack.console.emit(
+            &json!({"event": "access.remote_view", "receiver_id": "", "event_object_id": format!("ring-{i}"),
+                                   "save_to_history": false, "data": {"request_id": format!("r{i}")}}),
+        );
+        let ev = l.next_event(WAIT).await.unwrap();
+        assert_eq!(ev["event_object_id"], format!("ring-{i}"), "events arrive in order");
+    }
+    l.close().await;
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_without_the_token_is_refused_by_the_console() {
+    let stack = Stack::start().await.unwrap();
+    let err = keyway_tests::client::EventListener::connect(stack.relay_addr, "127.0.0.1", &stack.https_ca_der, "wrong")
+        .await
+        .err()
+        .expect("upgrade refused");
+    assert!(format!("{err:#}").contains("401"), "{err:#}");
+    stack.shutdown().await.unwrap();
+}

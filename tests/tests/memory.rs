@@ -1,0 +1,255 @@
+//! Streams, not buffers: 100 MB through the relay and agent processes while
+//! their resident memory is watched.
+
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use keyway_tests::console::{ConsoleOptions, RunningConsole, EXPORT_BYTES_HEADER};
+use keyway_tests::stack::{body, https_client, TOKEN};
+use keyway_tests::{pki, rss_bytes, workspace_bin};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+const MB: u64 = 1024 * 1024;
+const EXPORT: &str = r#"{"topic":"all","since":1700000000,"until":1700086400,"timezone":"UTC"}"#;
+
+/// Kills the child when the test ends, however it ends.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+fn spawn(bin: &str, args: &[&str]) -> Proc {
+    let child = Command::new(workspace_bin(bin))
+        .args(args)
+        .env("KEYWAY_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// Waits (bounded) until the child logs a line containing `needle`, then
+/// keeps draining its log so it never blocks on a full pipe.
+async fn wait_for_log(p: &mut Proc, needle: &str) {
+    let stderr = p.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "process never logged {needle:?}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_memory() {
+    let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let addr = std::net::SocketAddr::new(ip, pki::free_port(ip).unwrap());
+    let layout = pki::write(
+        dir.path(),
+        &pki::Spec {
+            domain: "relay.keyway.test",
+            site: "hq",
+            https_listen: addr,
+            quic_listen: addr,
+            console_url: &console.url,
+            console_fingerprint: console.fingerprint(),
+            relay_extra: "",
+            agent_extra: "",
+        },
+    )
+    .unwrap();
+    let mut relay = spawn(
+        "keyway-relay",
+        &["serve", "--config", layout.relay_config.to_str().unwrap()],
+    );
+    wait_for_log(&mut relay, "relay serving").await;
+    let mut agent = spawn(
+        "keyway-agent",
+        &["run", "--config", layout.agent_config.to_str().unwrap()],
+    );
+    wait_for_log(&mut agent, "tunnel up").await;
+    let (relay_pid, agent_pid) = (relay.0.id().unwrap(), agent.0.id().unwrap());
+
+    let client = https_client(&layout.https_ca_der);
+    let export = |bytes: u64| {
+        hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://{addr}/api/v1/developer/system/logs/export"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .header(EXPORT_BYTES_HEADER, bytes.to_string())
+            .body(body(EXPORT))
+            .unwrap()
+    };
+    // Warm up: pools, buffers and QUIC windows reach their working size.
+    for _ in 0..3 {
+        let r = client.request(export(4 * MB)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.into_body().collect().await.unwrap();
+    }
+    let base = (rss_bytes(relay_pid).unwrap(), rss_bytes(agent_pid).unwrap());
+
+    let watch = Watch::start([relay_pid, agent_pid]);
+    let total = 100 * MB;
+    let resp = client.request(export(total)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = stream.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received += data.len() as u64;
+        }
+    }
+    let peak = watch.stop().await;
+    assert_eq!(received, total, "the whole export arrived");
+    assert_flat("export", base, peak);
+
+    // And the other way: a 100 MB multipart upload, generated as it is sent.
+    let user = {
+        let r = client
+            .request(
+                hyper::Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("https://{addr}/api/v1/developer/users"))
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(body(r#"{"first_name":"Big","last_name":"Upload"}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        v["data"]["id"].as_str().unwrap().to_string()
+    };
+    let base = (rss_bytes(relay_pid).unwrap(), rss_bytes(agent_pid).unwrap());
+    let watch = Watch::start([relay_pid, agent_pid]);
+    let (upload, digest) = streamed_multipart(100 * MB);
+    let req = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{addr}/api/v1/developer/users/{user}/avatar"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .body(upload)
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    let status = r.status();
+    let answer = r.into_body().collect().await.unwrap().to_bytes();
+    let peak = watch.stop().await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&answer));
+    let stored = console.static_file(&format!("avatar/{user}")).expect("upload stored");
+    assert_eq!(stored.len() as u64, 100 * MB);
+    assert_eq!(
+        keyway_certs::Fingerprint::of(&stored),
+        digest.await.unwrap(),
+        "upload arrived byte-exact"
+    );
+    assert_flat("upload", base, peak);
+    console.stop().await;
+}
+
+const BOUNDARY: &str = "keyway-memory-boundary";
+
+/// A multipart body of `size` pseudo-random bytes produced chunk by chunk,
+/// and the SHA-256 of those bytes once they have all been produced.
+fn streamed_multipart(
+    size: u64,
+) -> (
+    keyway_tests::stack::ClientBody,
+    tokio::sync::oneshot::Receiver<keyway_certs::Fingerprint>,
+) {
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    );
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let chunk = 256 * 1024u64;
+    let mut ctx = Some(ring::digest::Context::new(&ring::digest::SHA256));
+    let mut tx = Some(tx);
+    let data = futures_util::stream::iter(0..size.div_ceil(chunk)).map(move |i| {
+        let n = chunk.min(size - i * chunk) as usize;
+        let bytes: Vec<u8> = (0..n)
+            .map(|j| ((i as usize * 31 + j) * 2654435761usize >> 7) as u8)
+            .collect();
+        if let Some(c) = ctx.as_mut() {
+            c.update(&bytes);
+        }
+        if (i + 1) * chunk >= size {
+            let digest = ctx.take().unwrap().finish();
+            let mut fp = [0u8; 32];
+            fp.copy_from_slice(digest.as_ref());
+            let _ = tx.take().unwrap().send(keyway_certs::Fingerprint(fp));
+        }
+        bytes::Bytes::from(bytes)
+    });
+    let stream = futures_util::stream::once(async move { bytes::Bytes::from(head) })
+        .chain(data)
+        .chain(futures_util::stream::once(async move { bytes::Bytes::from(tail) }))
+        .map(|b| Ok::<_, keyway_tests::stack::BoxError>(Frame::data(b)));
+    (http_body_util::BodyExt::boxed(StreamBody::new(stream)), rx)
+}
+
+fn assert_flat(what: &str, base: (u64, u64), peak: (u64, u64)) {
+    let grew = (peak.0.saturating_sub(base.0), peak.1.saturating_sub(base.1));
+    eprintln!(
+        "{what}: relay RSS {} → {} MB, agent RSS {} → {} MB over 100 MB",
+        base.0 / MB,
+        peak.0 / MB,
+        base.1 / MB,
+        peak.1 / MB
+    );
+    assert!(grew.0 < 30 * MB, "{what}: relay grew by {} MB", grew.0 / MB);
+    assert!(grew.1 < 30 * MB, "{what}: agent grew by {} MB", grew.1 / MB);
+}
+
+/// Samples processes' RSS every 20 ms and keeps the peak.
+struct Watch {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl Watch {
+    fn start(pids: [u32; 2]) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut peak = (0u64, 0u64);
+                while !stop.is_cancelled() {
+                    peak.0 = peak.0.max(rss_bytes(pids[0]).unwrap_or(0));
+                    peak.1 = peak.1.max(rss_bytes(pids[1]).unwrap_or(0));
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+                peak
+            }
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> (u64, u64) {
+        self.stop.cancel();
+        self.task.await.unwrap()
+    }
+}

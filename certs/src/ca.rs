@@ -177,6 +177,13 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// A self-signed leaf certificate for `names` and its PKCS#8 key (DER), as
+/// a UniFi console or a development HTTPS front would have.
+pub fn self_signed(names: &[String]) -> Result<(CertificateDer<'static>, Vec<u8>), CertError> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
+    Ok((ck.cert.der().clone(), ck.signing_key.serialize_der()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,11 +201,4 @@ mod tests {
         assert_eq!(identity::site_from_cert(&second.der).unwrap(), "branch-2");
         assert_ne!(issued.serial, second.serial);
     }
-}
-
-/// A self-signed leaf certificate for `names` and its PKCS#8 key (DER), as
-/// a UniFi console or a development HTTPS front would have.
-pub fn self_signed(names: &[String]) -> Result<(CertificateDer<'static>, Vec<u8>), CertError> {
-    let ck = rcgen::generate_simple_self_signed(names.to_vec())?;
-    Ok((ck.cert.der().clone(), ck.signing_key.serialize_der()))
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use keyway_tests::console::DOOR_IDS;
+use keyway_tests::console::{DOOR_IDS, HELLO_FRAME};
 use keyway_tests::stack::Stack;
 use serde_json::json;
 
@@ -17,7 +17,7 @@ async fn remote_unlock_event_reaches_every_listener_through_the_tunnel() {
     for l in [&mut a, &mut b] {
         assert_eq!(
             l.next_text(WAIT).await.unwrap(),
-            "Hello",
+            HELLO_FRAME,
             "the console's greeting arrives first"
         );
     }
@@ -51,7 +51,7 @@ async fn remote_unlock_event_reaches_every_listener_through_the_tunnel() {
 async fn events_keep_flowing_on_a_long_lived_listener() {
     let stack = Stack::start().await.unwrap();
     let mut l = stack.listen_events().await.unwrap();
-    assert_eq!(l.next_text(WAIT).await.unwrap(), "Hello");
+    assert_eq!(l.next_text(WAIT).await.unwrap(), HELLO_FRAME);
     for i in 0..50 {
         stack.console.emit(
             &json!({"event": "access.remote_view", "receiver_id": "", "event_object_id": format!("ring-{i}"),

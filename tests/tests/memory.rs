@@ -188,7 +188,7 @@ fn streamed_multipart(
     let data = futures_util::stream::iter(0..size.div_ceil(chunk)).map(move |i| {
         let n = chunk.min(size - i * chunk) as usize;
         let bytes: Vec<u8> = (0..n)
-            .map(|j| ((i as usize * 31 + j) * 2654435761usize >> 7) as u8)
+            .map(|j| (((i as usize * 31 + j) * 2654435761usize) >> 7) as u8)
             .collect();
         if let Some(c) = ctx.as_mut() {
             c.update(&bytes);

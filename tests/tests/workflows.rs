@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use keyway_tests::client::Api;
-use keyway_tests::console::DOOR_IDS;
+use keyway_tests::console::{DOOR_IDS, HELLO_FRAME};
 use keyway_tests::stack::Stack;
 use serde_json::{json, Value};
 
@@ -35,10 +35,13 @@ async fn member_gets_door_groups_through_an_access_policy() {
     let group = create(
         &api,
         "/door_groups",
-        json!({"group_name": "Hot desks", "resources": [{"id": DOOR_IDS[0], "type": "door"}, {"id": DOOR_IDS[1], "type": "door"}]}),
+        // The spec's form: door ids as strings.
+        json!({"group_name": "Hot desks", "resources": [DOOR_IDS[0], DOOR_IDS[1]]}),
     )
     .await;
     assert_eq!(group["name"], "Hot desks");
+    assert_eq!(group["resources"][1]["id"], DOOR_IDS[1]);
+    assert_eq!(group["resources"][1]["name"], "Back Door");
     let policy = create(&api, "/access_policies", json!({"name": "Flex plan", "resources": [{"id": id(&group), "type": "door_group"}], "schedule_id": "73f15cab-c725-4a76-a419-a4026d131e96"})).await;
     let member = create(&api, "/users", json!({"first_name": "Grace", "last_name": "Hopper", "user_email": "grace@example.com", "employee_number": "CW-0042"})).await;
     put(
@@ -187,7 +190,7 @@ async fn remote_unlock_and_check_in_detected_from_the_door_event() {
     let api = stack.api();
     // The platform listens for door events, as it does all day.
     let mut events = stack.listen_events().await.unwrap();
-    assert_eq!(events.next_text(Duration::from_secs(10)).await.unwrap(), "Hello");
+    assert_eq!(events.next_text(Duration::from_secs(10)).await.unwrap(), HELLO_FRAME);
 
     // A member taps "open" in the platform's app: the platform unlocks remotely.
     let r = put(

@@ -9,11 +9,10 @@ use super::state::Inner;
 
 /// Generic `POST` for the named collections: `name` required, fields kept.
 pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Value) -> Reply {
-    // Door groups take `group_name` in the API; everything else `name`.
-    let name = if collection == "door_groups" {
-        s(body, "group_name")
-    } else {
-        s(body, "name")
+    // Door groups take `group_name` in the spec (some clients send `name`).
+    let name = match (collection, s(body, "group_name")) {
+        ("door_groups", g) if !g.is_empty() => g,
+        _ => s(body, "name"),
     }
     .to_string();
     if name.is_empty() {
@@ -26,9 +25,7 @@ pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Va
             "The provided name already exists.",
         ));
     }
-    if let Some(resources) = body.get("resources") {
-        check_resources(db, resources)?;
-    }
+    let body = &with_resources(db, body)?;
     let id = db.new_id();
     let mut obj = defaults;
     merge(&mut obj, body);
@@ -43,9 +40,7 @@ pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Va
 
 /// Generic `PUT`: merges fields; answers the object.
 pub fn update(db: &mut Inner, collection: &str, id: &str, body: &Value) -> Reply {
-    if let Some(resources) = body.get("resources") {
-        check_resources(db, resources)?;
-    }
+    let body = &with_resources(db, body)?;
     let obj = db
         .collection(collection)
         .get_mut(id)
@@ -103,27 +98,40 @@ fn merge(obj: &mut Value, body: &Value) {
     }
 }
 
-/// Resources (`[{id, type: door|door_group}]`) must exist.
-fn check_resources(db: &mut Inner, resources: &Value) -> Result<(), http::Response<super::reply::SimBody>> {
+/// Resources must exist. They come as `[{id, type: door|door_group}]`
+/// (policies) or as bare door ids (door groups, per the spec); both are
+/// stored in the object form the API answers with.
+fn with_resources(db: &mut Inner, body: &Value) -> Result<Value, http::Response<super::reply::SimBody>> {
+    let Some(resources) = body.get("resources") else {
+        return Ok(body.clone());
+    };
     let list = resources
         .as_array()
         .ok_or_else(|| invalid("resources must be an array"))?;
+    let mut out = Vec::with_capacity(list.len());
     for r in list {
-        let (id, ty) = (s(r, "id"), s(r, "type"));
+        let (id, ty) = match r {
+            Value::String(id) => (id.as_str(), "door"),
+            _ => (s(r, "id"), s(r, "type")),
+        };
         let collection = match ty {
             "door" => "doors",
             "door_group" => "door_groups",
             _ => return Err(invalid("resource type must be door or door_group")),
         };
-        if !db.collection(collection).contains_key(id) {
+        let name = db.collection(collection).get(id).map(|o| o["name"].clone());
+        let Some(name) = name else {
             return Err(err(
                 StatusCode::BAD_REQUEST,
                 "CODE_NOT_EXISTS",
                 &format!("The {ty} {id} does not exist."),
             ));
-        }
+        };
+        out.push(json!({"id": id, "type": ty, "name": name}));
     }
-    Ok(())
+    let mut body = body.clone();
+    body["resources"] = Value::Array(out);
+    Ok(body)
 }
 
 /// `PUT /doors/{id}/unlock`: logs it and returns the event for listeners.

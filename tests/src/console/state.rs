@@ -123,7 +123,7 @@ impl Inner {
         format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             (r >> 32) as u32,
-            r as u16 & 0xffff,
+            r as u16,
             n & 0xfff,
             (r >> 16) & 0xfff,
             n

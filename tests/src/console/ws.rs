@@ -1,7 +1,13 @@
 //! `GET /api/v1/developer/devices/notifications`: the WebSocket event stream.
 //!
-//! Like a real console it sends the text `Hello` first, then one JSON text
-//! frame per event, to every connected listener.
+//! Like a real console it sends a `Hello` text frame first, then one JSON
+//! text frame per event, to every connected listener.
+//!
+//! The greeting is undocumented. Community clients disagree on its exact
+//! bytes: py-unifi-access skips any frame starting with `Hello` and ignores
+//! JSON that is not an object; aiounifiaccess JSON-decodes every frame and
+//! drops the string `"Hello"`. The JSON string `"Hello"` is what both accept,
+//! so that is what the simulator sends ([`HELLO_FRAME`]).
 
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
@@ -16,6 +22,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::reply::{full, invalid, Reply};
+
+/// The first text frame on every notification WebSocket.
+pub const HELLO_FRAME: &str = "\"Hello\"";
 
 /// Accepts the upgrade and spawns the listener's sender.
 pub fn upgrade(mut req: Request<Incoming>, events: &broadcast::Sender<String>, stop: CancellationToken) -> Reply {
@@ -39,7 +48,7 @@ pub fn upgrade(mut req: Request<Incoming>, events: &broadcast::Sender<String>, s
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let (mut tx, mut incoming) = ws.split();
-        if tx.send(Message::text("Hello")).await.is_err() {
+        if tx.send(Message::text(HELLO_FRAME)).await.is_err() {
             return;
         }
         loop {

@@ -139,12 +139,10 @@ async fn connect(ctx: &TunnelCtx) -> anyhow::Result<quinn::Connection> {
 async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationToken) -> End {
     let (mut send, mut recv, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&conn)).await {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            if let Some(reason) = refusal(&conn) {
-                return End::Refused(reason);
-            }
-            return End::Reconnect(format!("{e:#}"));
-        }
+        Ok(Err(e)) => match e.downcast::<RelayRefused>() {
+            Ok(RelayRefused(reason)) => return End::Refused(reason),
+            Err(e) => return ended(&conn, format!("{e:#}")),
+        },
         Err(_) => return End::Reconnect("the relay did not answer Hello in time".into()),
     };
     info!(site, relay = %conn.remote_address(), "tunnel up");
@@ -169,7 +167,7 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
                     let span = info_span!("stream", id = %send.id());
                     requests.spawn(serve_stream(send, recv, console).instrument(span));
                 }
-                Err(e) => break End::Reconnect(refusal(&conn).unwrap_or_else(|| format!("connection lost: {e}"))),
+                Err(e) => break ended(&conn, format!("connection lost: {e}")),
             },
             msg = read_msg(&mut recv, &mut buf) => match msg {
                 Ok(ControlMsg::Ping { nonce }) => { let _ = write_msg(&mut send, &ControlMsg::Pong { nonce }).await; }
@@ -179,7 +177,7 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
                     break End::Reconnect(String::new());
                 }
                 Ok(other) => debug!("ignoring control message {other:?}"),
-                Err(e) => break End::Reconnect(refusal(&conn).unwrap_or_else(|| format!("control stream: {e}"))),
+                Err(e) => break ended(&conn, format!("control stream: {e}")),
             },
         }
     };
@@ -209,20 +207,57 @@ async fn hello(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, q
     let mut buf = BytesMut::new();
     match read_msg(&mut recv, &mut buf).await? {
         ControlMsg::Welcome { site, .. } => Ok((send, recv, site)),
-        ControlMsg::Refused { reason } => bail!("relay refused: {reason}"),
+        ControlMsg::Refused { reason } => {
+            conn.close(CloseCode::Normal.code().into(), b"refused");
+            Err(RelayRefused(reason).into())
+        }
         other => bail!("expected Welcome, got {other:?}"),
     }
 }
 
-/// A reason the relay gave for closing, if it was one retrying won't fix.
+/// The relay answered `Hello` with `Refused`.
+#[derive(Debug)]
+struct RelayRefused(String);
+
+impl std::fmt::Display for RelayRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "relay refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for RelayRefused {}
+
+/// A reason the relay gave for closing, if it was one retrying soon won't fix.
 fn refusal(conn: &quinn::Connection) -> Option<String> {
+    match relay_close(conn)? {
+        (CloseCode::VersionMismatch, text) => Some(text),
+        (CloseCode::UnknownSite, _) => Some("the relay does not serve this agent's site".into()),
+        (CloseCode::Revoked, _) => Some("this agent's certificate was revoked; pair again".into()),
+        _ => None,
+    }
+}
+
+/// How a session that ended on `err` should end the loop.
+fn ended(conn: &quinn::Connection, err: String) -> End {
+    if let Some(reason) = refusal(conn) {
+        return End::Refused(reason);
+    }
+    End::Reconnect(match relay_close(conn) {
+        Some((CloseCode::Replaced, _)) => {
+            "the relay accepted a newer connection for this site (is a second agent running with this identity?)".into()
+        }
+        Some((CloseCode::Shutdown, _)) => "the relay is shutting down".into(),
+        _ => err,
+    })
+}
+
+/// The relay's close code and reason text, if it closed the connection.
+fn relay_close(conn: &quinn::Connection) -> Option<(CloseCode, String)> {
     match conn.close_reason()? {
-        quinn::ConnectionError::ApplicationClosed(c) => match CloseCode::from_code(c.error_code.into_inner()) {
-            Some(CloseCode::VersionMismatch) => Some(String::from_utf8_lossy(&c.reason).into_owned()),
-            Some(CloseCode::UnknownSite) => Some("the relay does not serve this agent's site".into()),
-            Some(CloseCode::Revoked) => Some("this agent's certificate was revoked; pair again".into()),
-            _ => None,
-        },
+        quinn::ConnectionError::ApplicationClosed(c) => Some((
+            CloseCode::from_code(c.error_code.into_inner())?,
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        )),
         _ => None,
     }
 }

@@ -82,6 +82,10 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
             );
             let _ = write_msg(&mut send, &ControlMsg::Refused { reason: reason.clone() }).await;
             let _ = send.finish();
+            // Give the agent a moment to read the refusal and hang up itself;
+            // closing at once would discard the unsent message (the close
+            // frame repeats the reason for an agent that misses it).
+            let _ = timeout(Duration::from_secs(2), conn.closed()).await;
             conn.close(CloseCode::VersionMismatch.code().into(), reason.as_bytes());
             anyhow::bail!(reason);
         }
@@ -110,11 +114,18 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     };
     let id = link.id;
     if let Some(old) = ctx.agents.insert(&site, link) {
+        // The agent only dials again once it has given up on its previous
+        // connection (or was told to drain, which already took that one out
+        // of the table), so the old one is stale or belongs to a second agent
+        // with the same identity: close it rather than let it linger.
         info!(
             old = old.id,
-            "a newer connection replaces the previous one; draining it"
+            "a newer connection for this site replaces the previous one"
         );
-        old.drain.cancel();
+        old.conn.close(
+            CloseCode::Replaced.code().into(),
+            b"replaced by a newer connection for this site",
+        );
     }
     info!(site, agent_version, "agent online");
 

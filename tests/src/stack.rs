@@ -233,6 +233,20 @@ impl Stack {
             .context("relay still lists the agent")
     }
 
+    /// Stops the relay (SIGTERM path: drain, then close) and starts a new one
+    /// from the same config on the same port; the agent must find it alone.
+    pub async fn restart_relay(&mut self) -> anyhow::Result<()> {
+        self.relay_stop.cancel();
+        if let Some(t) = self.relay_task.take() {
+            t.await??;
+        }
+        let relay = Relay::bind(RelayConfig::load(&self.relay_config)?).await?;
+        self.agents = relay.agents();
+        self.relay_stop = CancellationToken::new();
+        self.relay_task = Some(tokio::spawn(relay.run(self.relay_stop.clone())));
+        Ok(())
+    }
+
     /// Stops everything.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(a) = self.agent.take() {

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod config;
 pub mod console;
+pub mod pair;
 pub mod tunnel;
 
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keyway_agent::pair::{pair, ConsolePin, PairOptions};
 use keyway_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Enrol this machine with a relay using the one-time code from
+    /// `keyway-relay site add`. Generates this agent's key locally (it never
+    /// leaves this machine), proves the code, pins the console's certificate
+    /// and writes the config. Exit codes: 10 wrong code, 11 expired, 12 used,
+    /// 13 burned, 14 proof failed, 15 relay unreachable, 16 relay not
+    /// trusted, 17 console unreachable, 18 console fingerprint mismatch,
+    /// 19 already paired, 20 console not pinned, 65 malformed code.
+    Pair {
+        /// The pairing code, e.g. 7KQ4-M2XH-9P.
+        code: String,
+        /// The relay, HOST[:PORT] (UDP; port 443 by default).
+        #[arg(long)]
+        relay: String,
+        /// The console's API base, e.g. https://192.168.1.10:12445.
+        #[arg(long)]
+        console: String,
+        /// Trust this CA file for the relay's certificate (default: public CAs).
+        #[arg(long)]
+        relay_ca: Option<PathBuf>,
+        /// The console certificate's SHA-256 fingerprint; pairing stops if it differs.
+        #[arg(long, conflicts_with = "trust_console")]
+        console_fingerprint: Option<String>,
+        /// Pin whatever certificate the console presents now.
+        #[arg(long)]
+        trust_console: bool,
+        /// Where to write the agent config.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+        /// Where to keep the key and certificates.
+        #[arg(long, default_value = "/var/lib/keyway")]
+        state_dir: PathBuf,
+        /// Replace an existing pairing.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove this machine's identity (key, certificates) and config.
+    Unpair {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
     /// Connect to the relay and forward requests to the console until SIGTERM
     /// or Ctrl-C. Reconnects by itself after any failure.
     Run {
@@ -34,6 +76,69 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Pair {
+            code,
+            relay,
+            console,
+            relay_ca,
+            console_fingerprint,
+            trust_console,
+            config,
+            state_dir,
+            force,
+        } => {
+            let pin = match (console_fingerprint, trust_console) {
+                (Some(fp), _) => match fp.parse() {
+                    Ok(fp) => ConsolePin::Expect(fp),
+                    Err(e) => {
+                        eprintln!("keyway-agent: --console-fingerprint: {e}");
+                        return ExitCode::from(64);
+                    }
+                },
+                (None, true) => ConsolePin::TrustFirstUse,
+                (None, false) => ConsolePin::Ask,
+            };
+            let opts = PairOptions {
+                code,
+                relay,
+                relay_ca,
+                console_url: console,
+                console: pin,
+                config,
+                state_dir,
+                force,
+            };
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(pair(&opts)) {
+                Ok(p) => {
+                    println!("Paired: site {} is served at {}", p.site, p.url);
+                    println!("Console certificate pinned: {}", p.console_fingerprint);
+                    println!("Config written to {}", p.config.display());
+                    println!(
+                        "Start it: keyway-agent run --config {}  (or: systemctl enable --now keyway-agent)",
+                        p.config.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keyway-agent: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            }
+        }
+        Cmd::Unpair { config } => match keyway_agent::pair::unpair(&config) {
+            Ok(removed) => {
+                for p in removed {
+                    println!("removed {}", p.display());
+                }
+                println!("Unpaired. Ask the relay operator to run `keyway-relay site revoke SITE` as well.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyway-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,

@@ -143,7 +143,7 @@ impl PrivateCa {
     ) -> Result<Issued, CertError> {
         set_validity(&mut params, validity);
         let serial = random_serial();
-        let serial_hex = serial.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let serial_hex: String = serial.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
         params.serial_number = Some(serial);
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(key, &self.issuer)?;
@@ -173,7 +173,9 @@ fn random_serial() -> SerialNumber {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .expect("the OS random source works");
-    bytes[0] &= 0x7f; // positive INTEGER
+    // Positive, and no leading zero byte for DER to strip: the serial the
+    // registry records is exactly what the certificate carries.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
 }
 
@@ -200,5 +202,10 @@ mod tests {
         let second = again.issue_agent("branch-2", &agent_key, AGENT_VALIDITY).unwrap();
         assert_eq!(identity::site_from_cert(&second.der).unwrap(), "branch-2");
         assert_ne!(issued.serial, second.serial);
+        assert_eq!(
+            identity::serial_hex(&issued.der).unwrap(),
+            issued.serial,
+            "the registry's serial is the certificate's"
+        );
     }
 }

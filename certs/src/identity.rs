@@ -45,6 +45,13 @@ pub fn seconds_to_expiry(der: &[u8]) -> Result<i64, CertError> {
     Ok(cert.validity().not_after.timestamp() - now)
 }
 
+/// The certificate's serial number, lowercase hex (as the CA records it).
+pub fn serial_hex(der: &[u8]) -> Result<String, CertError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
+    Ok(cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +66,6 @@ mod tests {
             .to_string()
             .contains("unparsable"));
         assert!(seconds_to_expiry(plain.cert.der()).unwrap() > 0);
+        assert!(!serial_hex(plain.cert.der()).unwrap().is_empty());
     }
 }

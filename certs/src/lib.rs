@@ -10,6 +10,7 @@ pub mod ca;
 pub mod files;
 pub mod fingerprint;
 pub mod identity;
+pub mod pake;
 pub mod pin;
 pub mod tls;
 

@@ -85,3 +85,66 @@ pub fn console_client(trust: ConsoleTrust) -> Result<ClientConfig, CertError> {
         .with_custom_certificate_verifier(Arc::new(ConsoleVerifier::new(trust, provider)))
         .with_no_client_auth())
 }
+
+/// The relay's QUIC endpoint, which serves two protocols on one port:
+///
+/// * `keyway/1` (tunnel): presents the tunnel certificate (private CA);
+///   agents must present a certificate from that CA — the relay checks that
+///   one was presented, since pairing agents have none;
+/// * `keyway-pair/1` (pairing): presents the public HTTPS certificate, which a
+///   new agent can verify before it has the private CA.
+pub fn relay_quic_server(
+    tunnel: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    public: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    ca: &CertificateDer<'static>,
+) -> Result<ServerConfig, CertError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| CertError::Identity(format!("client verifier: {e}")))?;
+    let load = |(chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)| {
+        let signer = provider.key_provider.load_private_key(key)?;
+        Ok::<_, CertError>(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)))
+    };
+    let resolver = ByAlpn {
+        tunnel: load(tunnel)?,
+        pairing: load(public)?,
+    };
+    let mut cfg = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![keyway_proto::ALPN_TUNNEL.to_vec(), keyway_proto::ALPN_PAIR.to_vec()];
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+struct ByAlpn {
+    tunnel: Arc<rustls::sign::CertifiedKey>,
+    pairing: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for ByAlpn {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let pairing = hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == keyway_proto::ALPN_PAIR));
+        Some(if pairing {
+            self.pairing.clone()
+        } else {
+            self.tunnel.clone()
+        })
+    }
+}
+
+/// The agent's pairing client: verifies the relay's public certificate with
+/// `roots` (a given CA file, or the web PKI).
+pub fn pairing_client(roots: RootCertStore) -> Result<ClientConfig, CertError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![keyway_proto::ALPN_PAIR.to_vec()];
+    Ok(cfg)
+}

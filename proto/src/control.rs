@@ -11,6 +11,7 @@
 //! yet" or "this peer is broken", never blocking and never panicking.
 
 use bytes::{Buf, BufMut, BytesMut};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -103,7 +104,12 @@ pub enum ControlError {
 
 /// Appends one encoded message to `dst`.
 pub fn encode(msg: &ControlMsg, dst: &mut BytesMut) {
-    let body = serde_json::to_vec(msg).expect("control messages always serialize");
+    encode_frame(msg, dst)
+}
+
+/// Appends one frame holding any message type of this protocol.
+pub fn encode_frame<T: Serialize>(msg: &T, dst: &mut BytesMut) {
+    let body = serde_json::to_vec(msg).expect("protocol messages always serialize");
     debug_assert!(body.len() <= MAX_CONTROL_MSG_BYTES, "we never send oversized messages");
     dst.reserve(LEN_PREFIX + body.len());
     dst.put_u32(body.len() as u32);
@@ -112,6 +118,11 @@ pub fn encode(msg: &ControlMsg, dst: &mut BytesMut) {
 
 /// Takes one message off the front of `buf`: `Ok(None)` means "not yet".
 pub fn decode(buf: &mut BytesMut) -> Result<Option<ControlMsg>, DecodeError> {
+    decode_frame(buf)
+}
+
+/// Takes one frame of any message type off the front of `buf`.
+pub fn decode_frame<T: DeserializeOwned>(buf: &mut BytesMut) -> Result<Option<T>, DecodeError> {
     if buf.len() < LEN_PREFIX {
         return Ok(None);
     }
@@ -135,8 +146,16 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<ControlMsg>, DecodeError> {
 ///
 /// Cancel-safe: bytes already read stay in `buf` for the next call.
 pub async fn read_msg<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<ControlMsg, ControlError> {
+    read_frame(rd, buf).await
+}
+
+/// Reads the next frame of any message type (see [`read_msg`]).
+pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<T, ControlError> {
     loop {
-        if let Some(msg) = decode(buf)? {
+        if let Some(msg) = decode_frame(buf)? {
             return Ok(msg);
         }
         buf.reserve(1024);
@@ -152,8 +171,13 @@ pub async fn read_msg<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> R
 
 /// Writes one message to `wr` and flushes it.
 pub async fn write_msg<W: AsyncWrite + Unpin>(wr: &mut W, msg: &ControlMsg) -> Result<(), ControlError> {
+    write_frame(wr, msg).await
+}
+
+/// Writes one frame of any message type and flushes it.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(wr: &mut W, msg: &T) -> Result<(), ControlError> {
     let mut buf = BytesMut::new();
-    encode(msg, &mut buf);
+    encode_frame(msg, &mut buf);
     wr.write_all(&buf).await?;
     wr.flush().await?;
     Ok(())

@@ -19,6 +19,8 @@ pub struct AgentLink {
     pub id: u64,
     /// The QUIC connection to the agent.
     pub conn: quinn::Connection,
+    /// Serial of the agent's certificate (checked against revocations).
+    pub serial: String,
     /// The agent's software version from `Hello`.
     pub agent_version: String,
     /// When it connected.

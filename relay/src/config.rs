@@ -32,9 +32,17 @@ pub struct RelayConfig {
     pub tunnel_cert: PathBuf,
     /// PEM private key for `tunnel_cert`.
     pub tunnel_key: PathBuf,
-    /// Sites this relay serves.
-    #[serde(default)]
-    pub sites: Vec<String>,
+    /// PEM private key of the tunnel CA (signs agents' certificates at pairing).
+    pub tunnel_ca_key: PathBuf,
+    /// The site registry (SQLite).
+    #[serde(default = "default_registry")]
+    pub registry: PathBuf,
+    /// How long a pairing code stays valid.
+    #[serde(default = "default_code_ttl", with = "humantime_serde")]
+    pub pairing_code_ttl: Duration,
+    /// Attempts after which a pairing code is burned.
+    #[serde(default = "default_max_tries")]
+    pub pairing_max_tries: u32,
     /// Site served when the `Host` is the bare domain or an IP address.
     #[serde(default)]
     pub default_site: Option<String>,
@@ -51,6 +59,15 @@ pub struct RelayConfig {
 
 fn default_listen() -> SocketAddr {
     "0.0.0.0:443".parse().expect("constant address")
+}
+fn default_registry() -> PathBuf {
+    PathBuf::from("registry.db")
+}
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_max_tries() -> u32 {
+    5
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(65)
@@ -74,6 +91,8 @@ impl RelayConfig {
             &mut cfg.tunnel_ca,
             &mut cfg.tunnel_cert,
             &mut cfg.tunnel_key,
+            &mut cfg.tunnel_ca_key,
+            &mut cfg.registry,
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -90,15 +109,12 @@ impl RelayConfig {
         if self.domain.is_empty() {
             bail!("domain: must not be empty");
         }
-        for s in &mut self.sites {
-            *s = s.to_ascii_lowercase();
-            validate_site_name(s).with_context(|| format!("sites: {s:?}"))?;
-        }
         if let Some(d) = &mut self.default_site {
             *d = d.to_ascii_lowercase();
-            if !self.sites.contains(d) {
-                bail!("default_site: {d:?} is not listed in sites");
-            }
+            validate_site_name(d).context("default_site")?;
+        }
+        if self.pairing_max_tries == 0 {
+            bail!("pairing_max_tries: must be at least 1");
         }
         if self.request_timeout.is_zero() {
             bail!("request_timeout: must be more than 0s");
@@ -129,8 +145,8 @@ mod tests {
         tunnel_ca = "ca.pem"
         tunnel_cert = "tunnel.pem"
         tunnel_key = "tunnel.key"
-        sites = ["HQ"]
-        default_site = "hq"
+        tunnel_ca_key = "ca.key"
+        default_site = "HQ"
         request_timeout = "5s"
     "#;
 
@@ -142,23 +158,22 @@ mod tests {
         std::fs::write(&path, MINIMAL).unwrap();
         let cfg = RelayConfig::load(&path).unwrap();
         assert_eq!(cfg.domain, "relay.example.com");
-        assert_eq!(cfg.sites, ["hq"]);
+        assert_eq!(cfg.default_site.as_deref(), Some("hq"));
         assert_eq!(cfg.https_cert, dir.join("https.pem"));
+        assert_eq!(cfg.registry, dir.join("registry.db"));
+        assert_eq!(cfg.pairing_code_ttl, Duration::from_secs(900));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn rejects_typos_bad_names_and_dangling_default() {
+    fn rejects_typos_and_bad_names() {
         let typo = format!("{MINIMAL}\nrequest_timout = \"1s\"");
         let err = toml::from_str::<RelayConfig>(&typo).unwrap_err().to_string();
         assert!(err.contains("request_timout"), "{err}");
 
-        let mut cfg: RelayConfig = toml::from_str(&MINIMAL.replace("[\"HQ\"]", "[\"h q\"]")).unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("sites"));
-
         let mut cfg: RelayConfig =
-            toml::from_str(&MINIMAL.replace("default_site = \"hq\"", "default_site = \"x\"")).unwrap();
+            toml::from_str(&MINIMAL.replace("default_site = \"HQ\"", "default_site = \"h q\"")).unwrap();
         assert!(cfg.validate().unwrap_err().to_string().contains("default_site"));
 
         for bad in ["", "-a", "a-", "a.b", &"a".repeat(64), "A_B"] {

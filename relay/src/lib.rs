@@ -6,11 +6,16 @@
 //! every agent to `Drain` and lets open requests finish within the grace.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agents;
 pub mod config;
 pub mod front;
+pub mod init;
+pub mod pairing;
 pub mod proxy;
+pub mod registry;
 pub mod respond;
+pub mod sites;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -18,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use keyway_certs::files::{load_certs, load_key};
-use keyway_proto::ALPN_TUNNEL;
+use keyway_certs::PrivateCa;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +31,8 @@ use tokio_util::task::TaskTracker;
 
 pub use agents::AgentTable;
 pub use config::RelayConfig;
+pub use registry::Registry;
+pub use sites::SiteCache;
 
 /// A relay with its listeners bound.
 pub struct Relay {
@@ -34,25 +41,44 @@ pub struct Relay {
     tls: TlsAcceptor,
     endpoint: quinn::Endpoint,
     agents: AgentTable,
+    registry: Registry,
+    sites: SiteCache,
+    pairing: Arc<pairing::PairingCtx>,
 }
 
 impl Relay {
     /// Loads certificates and binds the HTTPS (TCP) and QUIC (UDP) listeners.
     pub async fn bind(cfg: RelayConfig) -> anyhow::Result<Self> {
-        let https_cfg = keyway_certs::tls::https_server(load_certs(&cfg.https_cert)?, load_key(&cfg.https_key)?)
+        let public = (load_certs(&cfg.https_cert)?, load_key(&cfg.https_key)?);
+        let https_cfg = keyway_certs::tls::https_server(public.0.clone(), public.1.clone_key())
             .context("public HTTPS certificate")?;
-        let ca = load_certs(&cfg.tunnel_ca)?.remove(0);
-        let tunnel_cfg = keyway_certs::tls::tunnel_server(
-            load_certs(&cfg.tunnel_cert)?,
-            load_key(&cfg.tunnel_key)?,
-            &ca,
-            &[ALPN_TUNNEL],
-        )
-        .context("tunnel certificate")?;
-        let quic_crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(tunnel_cfg).context("tunnel TLS for QUIC")?;
+        let ca_pem = std::fs::read_to_string(&cfg.tunnel_ca).with_context(|| format!("{}", cfg.tunnel_ca.display()))?;
+        let ca_key =
+            std::fs::read_to_string(&cfg.tunnel_ca_key).with_context(|| format!("{}", cfg.tunnel_ca_key.display()))?;
+        let ca = PrivateCa::from_pem(&ca_pem, &ca_key).context("tunnel CA")?;
+        let tunnel = (load_certs(&cfg.tunnel_cert)?, load_key(&cfg.tunnel_key)?);
+        let quic_tls =
+            keyway_certs::tls::relay_quic_server(tunnel, public, ca.cert_der()).context("tunnel certificate")?;
+        let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).context("tunnel TLS for QUIC")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server.transport_config(Arc::new(tunnel::transport_config()));
+
+        let registry = Registry::open(&cfg.registry).with_context(|| format!("registry {}", cfg.registry.display()))?;
+        let sites = SiteCache::default();
+        sites.reload(&registry).await?;
+        if let Some(d) = cfg.default_site.as_deref().filter(|d| !sites.contains(d)) {
+            tracing::warn!("default_site {d:?} is not a site yet (keyway-relay site add {d})");
+        }
+        let pairing = Arc::new(pairing::PairingCtx {
+            registry: registry.clone(),
+            sites: sites.clone(),
+            ca,
+            domain: cfg.domain.clone(),
+            tunnel_name: cfg.domain.clone(),
+            https_port: cfg.https_listen.port(),
+            max_tries: cfg.pairing_max_tries,
+        });
+
         let endpoint = quinn::Endpoint::server(server, cfg.quic_listen)
             .with_context(|| format!("could not bind QUIC (UDP) on {}", cfg.quic_listen))?;
         let https = front::bind(cfg.https_listen)
@@ -64,6 +90,9 @@ impl Relay {
             tls: TlsAcceptor::from(Arc::new(https_cfg)),
             endpoint,
             agents: AgentTable::default(),
+            registry,
+            sites,
+            pairing,
         })
     }
 
@@ -90,15 +119,27 @@ impl Relay {
             tls,
             endpoint,
             agents,
+            registry,
+            sites,
+            pairing,
         } = self;
         let tracker = TaskTracker::new();
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {
-            sites: cfg.sites.clone(),
+            sites: sites.clone(),
+            registry: registry.clone(),
             agents: agents.clone(),
+            pairing,
         });
+        let watch_stop = CancellationToken::new();
+        let watcher = tokio::spawn(sites::watch(
+            registry,
+            sites.clone(),
+            agents.clone(),
+            watch_stop.clone(),
+        ));
         let proxy_ctx = Arc::new(proxy::ProxyCtx {
             domain: cfg.domain.clone(),
-            sites: cfg.sites.clone(),
+            sites,
             default_site: cfg.default_site.clone(),
             agents: agents.clone(),
             request_timeout: cfg.request_timeout,
@@ -120,6 +161,8 @@ impl Relay {
         }
         quic_stop.cancel();
         let _ = quic.await;
+        watch_stop.cancel();
+        let _ = watcher.await;
         endpoint.close(keyway_proto::CloseCode::Shutdown.code().into(), b"relay shutting down");
         tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;

@@ -1,10 +1,13 @@
-//! `keyway-relay`: the public relay.
+//! `keyway-relay`: the public relay and its admin commands.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use keyway_relay::{Relay, RelayConfig};
+use keyway_relay::init::{init, InitOptions};
+use keyway_relay::registry::RegistryError;
+use keyway_relay::{admin, Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Keyway relay: gives UniFi Access consoles on private LANs a public HTTPS
@@ -19,39 +22,223 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Create a relay folder: relay.toml, the private tunnel CA, keys and the
+    /// site registry.
+    Init {
+        /// Folder to create (e.g. /etc/keyway).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Public domain: sites are served at https://<site>.<domain>/.
+        #[arg(long)]
+        domain: String,
+        /// Address for HTTPS (TCP) and QUIC (UDP).
+        #[arg(long, default_value = "0.0.0.0:443")]
+        listen: SocketAddr,
+        /// Also create a development CA and a certificate for <domain>,
+        /// *.<domain> and loopback (written to https-ca.pem; for testing).
+        #[arg(long)]
+        self_signed: bool,
+        /// Overwrite an existing relay folder (unpairs every site).
+        #[arg(long)]
+        force: bool,
+    },
     /// Serve integrations (HTTPS) and agents (QUIC) until SIGTERM or Ctrl-C.
     Serve {
         /// The relay's config file.
         #[arg(long, short, default_value = "/etc/keyway/relay.toml")]
         config: PathBuf,
     },
+    /// Manage sites: add, new pairing code, list, revoke.
+    #[command(subcommand)]
+    Site(SiteCmd),
 }
 
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Create a site and print its one-time pairing code.
+    Add(SiteArgs),
+    /// Print a fresh pairing code for a site (the previous code stops working).
+    Code(SiteArgs),
+    /// List sites: paired, online, last seen, agent version.
+    List(CommonArgs),
+    /// Revoke a site's agent certificate: its tunnel closes within a second
+    /// and it cannot reconnect until paired again (`site code`).
+    Revoke(SiteArgs),
+}
+
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// The relay's config file.
+    #[arg(long, short, default_value = "/etc/keyway/relay.toml")]
+    config: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SiteArgs {
+    /// Site name: a DNS label (a-z, 0-9, '-'), the <site> of https://<site>.<domain>/.
+    name: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Exit codes: 64 bad config or arguments, 3 no such site, 4 site exists.
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.cmd {
+    let result = match cli.cmd {
+        Cmd::Init {
+            dir,
+            domain,
+            listen,
+            self_signed,
+            force,
+        } => run_init(InitOptions {
+            dir,
+            domain,
+            listen,
+            self_signed,
+            force,
+        }),
         Cmd::Serve { config } => {
-            let cfg = match RelayConfig::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("keyway-relay: {e:#}");
-                    return ExitCode::from(64);
-                }
+                Err(code) => return code,
             };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match rt.block_on(serve(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("keyway-relay: {e:#}");
-                    ExitCode::FAILURE
+            rt.block_on(serve(cfg))
+        }
+        Cmd::Site(cmd) => site(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyway-relay: {e:#}");
+            ExitCode::from(match e.downcast_ref::<RegistryError>() {
+                Some(RegistryError::NoSuchSite(_)) => 3,
+                Some(RegistryError::SiteExists(_)) => 4,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn load(config: &std::path::Path) -> Result<RelayConfig, ExitCode> {
+    RelayConfig::load(config).map_err(|e| {
+        eprintln!("keyway-relay: {e:#}");
+        ExitCode::from(64)
+    })
+}
+
+fn run_init(opts: InitOptions) -> anyhow::Result<()> {
+    let report = init(&opts)?;
+    println!("Created a Keyway relay in {}:", opts.dir.display());
+    for f in &report.created {
+        println!("  {}", f.display());
+    }
+    if let Some(ca) = &report.https_ca {
+        println!(
+            "\nThe HTTPS certificate is a development one; clients must trust {}.",
+            ca.display()
+        );
+    } else {
+        println!("\nPut the public certificate chain and key for the domain and *.domain in https.pem and https.key.");
+    }
+    println!("Next: keyway-relay serve --config {}", report.config.display());
+    println!("Then: keyway-relay site add NAME --config {}", report.config.display());
+    Ok(())
+}
+
+fn site(cmd: SiteCmd) -> anyhow::Result<()> {
+    let common = match &cmd {
+        SiteCmd::Add(a) | SiteCmd::Code(a) | SiteCmd::Revoke(a) => &a.common,
+        SiteCmd::List(c) => c,
+    };
+    let cfg = RelayConfig::load(&common.config)?;
+    let json = common.json;
+    match &cmd {
+        SiteCmd::Add(a) | SiteCmd::Code(a) => {
+            let issued = if matches!(cmd, SiteCmd::Add(_)) {
+                admin::add_site(&cfg, &a.name)?
+            } else {
+                admin::new_code(&cfg, &a.name)?
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&issued)?);
+            } else {
+                let minutes = cfg.pairing_code_ttl.as_secs() / 60;
+                println!("Site {} → {}", issued.site, issued.url);
+                println!("Pairing code: {}   (single use, valid {minutes} minutes)", issued.code);
+                println!("On the machine next to the console, run:\n\n  {}\n", issued.command);
+            }
+        }
+        SiteCmd::List(_) => {
+            let sites = admin::list(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sites)?);
+            } else if sites.is_empty() {
+                println!("No sites yet: keyway-relay site add NAME");
+            } else {
+                println!(
+                    "{:<24} {:<7} {:<7} {:<20} AGENT",
+                    "SITE", "PAIRED", "ONLINE", "LAST SEEN (UTC)"
+                );
+                for s in sites {
+                    let seen = s.last_seen.map(format_time).unwrap_or_else(|| "never".into());
+                    let yn = |b: bool| if b { "yes" } else { "no" };
+                    let version = s.agent_version.unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<24} {:<7} {:<7} {:<20} {version}",
+                        s.name,
+                        yn(s.paired),
+                        yn(s.online),
+                        seen
+                    );
                 }
             }
         }
+        SiteCmd::Revoke(a) => {
+            let serial = admin::revoke(&cfg, &a.name)?;
+            if json {
+                println!("{}", serde_json::json!({"site": a.name, "revoked_serial": serial}));
+            } else if let Some(serial) = serial {
+                println!("Revoked the certificate of {} (serial {serial}); a running relay closes its tunnel within a second.", a.name);
+                println!("To pair again: keyway-relay site code {}", a.name);
+            } else {
+                println!(
+                    "{} had no paired agent; its pending code (if any) is cancelled.",
+                    a.name
+                );
+            }
+        }
     }
+    Ok(())
+}
+
+fn format_time(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 async fn serve(cfg: RelayConfig) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ pub struct ProxyCtx {
     /// The public domain (lowercase).
     pub domain: String,
     /// Sites served.
-    pub sites: Vec<String>,
+    pub sites: crate::sites::SiteCache,
     /// Site for bare-domain or IP hosts.
     pub default_site: Option<String>,
     /// Live agents.
@@ -110,7 +110,7 @@ fn site_for_host(host: &str, ctx: &ProxyCtx) -> Option<String> {
         return ctx.default_site.clone();
     }
     let label = host.strip_suffix(ctx.domain.as_str())?.strip_suffix('.')?;
-    ctx.sites.iter().find(|s| s.as_str() == label).cloned()
+    ctx.sites.contains(label).then(|| label.to_string())
 }
 
 async fn forward(
@@ -260,7 +260,7 @@ mod tests {
     fn ctx(default_site: Option<&str>) -> ProxyCtx {
         ProxyCtx {
             domain: "relay.example.com".into(),
-            sites: vec!["hq".into(), "branch-2".into()],
+            sites: crate::sites::SiteCache::with_sites(["hq", "branch-2"]),
             default_site: default_site.map(str::to_string),
             agents: AgentTable::default(),
             request_timeout: Duration::from_secs(1),

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use keyway_proto::control::{read_msg, write_msg, ControlMsg};
-use keyway_proto::{CloseCode, PROTOCOL_VERSION};
+use keyway_proto::{CloseCode, ALPN_PAIR, PROTOCOL_VERSION};
 use rustls_pki_types::CertificateDer;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -18,16 +18,23 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
+use crate::pairing::PairingCtx;
+use crate::registry::{now, Registry};
+use crate::sites::SiteCache;
 
 /// Time allowed for the QUIC handshake and the `Hello` exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the tunnel listener needs.
 pub struct TunnelCtx {
-    /// Sites this relay serves.
-    pub sites: Vec<String>,
+    /// Sites and their current certificates.
+    pub sites: SiteCache,
+    /// The registry (connection records).
+    pub registry: Registry,
     /// Live agents.
     pub agents: AgentTable,
+    /// Pairing, for `keyway-pair/1` connections.
+    pub pairing: Arc<PairingCtx>,
 }
 
 /// Accepts agent connections until `stop` is cancelled.
@@ -55,11 +62,19 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     let conn = timeout(HANDSHAKE_TIMEOUT, incoming)
         .await
         .map_err(|_| anyhow::anyhow!("QUIC handshake timed out"))??;
-    let site = peer_site(&conn)?;
+    if alpn(&conn).as_deref() == Some(ALPN_PAIR) {
+        crate::pairing::serve(conn, ctx.pairing.clone()).await;
+        return Ok(());
+    }
+    let (site, serial) = peer_identity(&conn)?;
     tracing::Span::current().record("site", site.as_str());
     if !ctx.sites.contains(&site) {
         conn.close(CloseCode::UnknownSite.code().into(), b"unknown site");
         anyhow::bail!("certificate names site {site:?}, which this relay does not serve");
+    }
+    if ctx.sites.current_serial(&site).as_deref() != Some(serial.as_str()) {
+        conn.close(CloseCode::Revoked.code().into(), b"certificate revoked");
+        anyhow::bail!("site {site:?} presented a revoked or superseded certificate ({serial})");
     }
 
     let (mut send, mut recv) = timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
@@ -108,6 +123,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     let link = AgentLink {
         id: ctx.agents.next_id(),
         conn: conn.clone(),
+        serial,
         agent_version: agent_version.clone(),
         since: SystemTime::now(),
         drain: drain.clone(),
@@ -128,8 +144,12 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
         );
     }
     info!(site, agent_version, "agent online");
+    record_seen(&ctx.registry, &site, &agent_version, true).await;
 
     let result = control_loop(&mut send, &mut recv, &mut buf, &drain).await;
+    if ctx.agents.get(&site).is_none_or(|l| l.id == id) {
+        record_seen(&ctx.registry, &site, &agent_version, false).await;
+    }
     ctx.agents.remove_if(&site, id);
     info!(site, "agent offline");
     // In-flight requests on a drained connection finish before it closes.
@@ -167,16 +187,44 @@ async fn control_loop(
     }
 }
 
-/// The site id in the verified client certificate.
-fn peer_site(conn: &quinn::Connection) -> anyhow::Result<String> {
+/// The site id and serial of the verified client certificate.
+fn peer_identity(conn: &quinn::Connection) -> anyhow::Result<(String, String)> {
     let certs = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| anyhow::anyhow!("agent presented no certificate"))?;
+        .ok_or_else(|| {
+            conn.close(
+                CloseCode::ProtocolError.code().into(),
+                b"a tunnel needs an agent certificate",
+            );
+            anyhow::anyhow!("agent presented no certificate")
+        })?;
     let leaf = certs
         .first()
         .ok_or_else(|| anyhow::anyhow!("agent presented an empty chain"))?;
-    Ok(keyway_certs::identity::site_from_cert(leaf)?)
+    Ok((
+        keyway_certs::identity::site_from_cert(leaf)?,
+        keyway_certs::identity::serial_hex(leaf)?,
+    ))
+}
+
+/// The ALPN the connection negotiated.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Notes an agent's connection state in the registry (best effort).
+async fn record_seen(registry: &Registry, site: &str, version: &str, online: bool) {
+    let (site, version) = (site.to_string(), version.to_string());
+    if let Err(e) = registry
+        .call(move |s| s.record_seen(&site, &version, online, now()))
+        .await
+    {
+        warn!("could not record the agent's state: {e}");
+    }
 }
 
 /// QUIC transport settings for agent connections.

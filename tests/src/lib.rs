@@ -4,7 +4,7 @@
 
 pub mod client;
 pub mod console;
-pub mod pki;
+pub mod procs;
 pub mod stack;
 
 /// Resolves on SIGINT or SIGTERM.

@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::console::{ConsoleOptions, RunningConsole};
-use crate::pki;
+use keyway_agent::pair::{pair, ConsolePin, PairOptions};
+use keyway_relay::init::{init, InitOptions};
 
 /// Error type of request bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -115,34 +116,60 @@ impl StackBuilder {
         let ip: IpAddr = "127.0.0.1".parse().expect("constant");
         let port = match self.relay_port {
             Some(p) => p,
-            None => pki::free_port(ip)?,
+            None => free_port(ip)?,
         };
         let addr = SocketAddr::new(ip, port);
-        let layout = pki::write(
-            &dir,
-            &pki::Spec {
-                domain: DOMAIN,
-                site: SITE,
-                https_listen: addr,
-                quic_listen: addr,
-                console_url: &console.url,
-                console_fingerprint: self.pin.unwrap_or_else(|| console.fingerprint()),
-                relay_extra: &self.relay_extra,
-                agent_extra: &self.agent_extra,
-            },
-        )?;
-        let relay = Relay::bind(RelayConfig::load(&layout.relay_config)?).await?;
+
+        // The relay, as `keyway-relay init --self-signed` makes it.
+        let relay_dir = dir.join("relay");
+        let report = init(&InitOptions {
+            dir: relay_dir.clone(),
+            domain: DOMAIN.into(),
+            listen: addr,
+            self_signed: true,
+            force: false,
+        })?;
+        let mut extra = format!("default_site = {SITE:?}\n");
+        extra.push_str(&self.relay_extra);
+        append(&report.config, &extra)?;
+        let relay_cfg = RelayConfig::load(&report.config)?;
+        let issued = keyway_relay::admin::add_site(&relay_cfg, SITE)?;
+        let relay = Relay::bind(relay_cfg).await?;
         let agents = relay.agents();
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+        let https_ca = report.https_ca.clone().expect("self-signed relay has a dev CA");
+        let https_ca_der = keyway_certs::files::load_certs(&https_ca)?.remove(0);
+
+        // The agent, enrolled with the code exactly as `keyway-agent pair` does.
+        let agent_dir = dir.join("agent");
+        let paired = pair(&PairOptions {
+            code: issued.code,
+            relay: addr.to_string(),
+            relay_ca: Some(https_ca.clone()),
+            console_url: console.url.clone(),
+            console: ConsolePin::Expect(console.fingerprint()),
+            config: agent_dir.join("agent.toml"),
+            state_dir: agent_dir.clone(),
+            force: false,
+        })
+        .await
+        .context("pairing the agent")?;
+        if let Some(pin) = self.pin {
+            let text = std::fs::read_to_string(&paired.config)?;
+            let text = text.replace(&console.fingerprint().to_string(), &pin.to_string());
+            std::fs::write(&paired.config, text)?;
+        }
+        append(&paired.config, &self.agent_extra)?;
+
         let mut stack = Stack {
             console,
             relay_addr: addr,
             agents,
-            agent_config: layout.agent_config,
-            relay_config: layout.relay_config,
-            https_ca: layout.https_ca,
-            https_ca_der: layout.https_ca_der,
+            agent_config: paired.config,
+            relay_config: report.config,
+            https_ca,
+            https_ca_der,
             relay_stop,
             relay_task: Some(relay_task),
             agent: None,
@@ -339,4 +366,29 @@ impl Stack {
         crate::client::EventListener::connect(self.relay_addr, "127.0.0.1", &self.https_ca_der, &self.console.token)
             .await
     }
+}
+
+fn append(path: &std::path::Path, extra: &str) -> anyhow::Result<()> {
+    if extra.is_empty() {
+        return Ok(());
+    }
+    let mut text = std::fs::read_to_string(path)?;
+    text.push('\n');
+    text.push_str(extra);
+    text.push('\n');
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// A port free on both TCP and UDP at `ip` right now (the relay serves HTTPS
+/// and QUIC on the same number, like 443/tcp + 443/udp in production).
+pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind((ip, 0))?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port free on both TCP and UDP at {ip}")
 }

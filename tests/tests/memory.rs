@@ -1,99 +1,35 @@
 //! Streams, not buffers: 100 MB through the relay and agent processes while
 //! their resident memory is watched.
 
-use std::net::IpAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use keyway_tests::console::{ConsoleOptions, RunningConsole, EXPORT_BYTES_HEADER};
+use keyway_tests::procs::BinaryStack;
+use keyway_tests::rss_bytes;
 use keyway_tests::stack::{body, https_client, TOKEN};
-use keyway_tests::{pki, rss_bytes, workspace_bin};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 const MB: u64 = 1024 * 1024;
+/// The CLI-made relay has no default site: address the site by name.
+const SITE_HOST: &str = "hq.relay.keyway.test";
 const EXPORT: &str = r#"{"topic":"all","since":1700000000,"until":1700086400,"timezone":"UTC"}"#;
-
-/// Kills the child when the test ends, however it ends.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
-}
-
-fn spawn(bin: &str, args: &[&str]) -> Proc {
-    let child = Command::new(workspace_bin(bin))
-        .args(args)
-        .env("KEYWAY_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Proc(child)
-}
-
-/// Waits (bounded) until the child logs a line containing `needle`, then
-/// keeps draining its log so it never blocks on a full pipe.
-async fn wait_for_log(p: &mut Proc, needle: &str) {
-    let stderr = p.0.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let found = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains(needle) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(found, Ok(true), "process never logged {needle:?}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_memory() {
     let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let addr = std::net::SocketAddr::new(ip, pki::free_port(ip).unwrap());
-    let layout = pki::write(
-        dir.path(),
-        &pki::Spec {
-            domain: "relay.keyway.test",
-            site: "hq",
-            https_listen: addr,
-            quic_listen: addr,
-            console_url: &console.url,
-            console_fingerprint: console.fingerprint(),
-            relay_extra: "",
-            agent_extra: "",
-        },
-    )
-    .unwrap();
-    let mut relay = spawn(
-        "keyway-relay",
-        &["serve", "--config", layout.relay_config.to_str().unwrap()],
-    );
-    wait_for_log(&mut relay, "relay serving").await;
-    let mut agent = spawn(
-        "keyway-agent",
-        &["run", "--config", layout.agent_config.to_str().unwrap()],
-    );
-    wait_for_log(&mut agent, "tunnel up").await;
-    let (relay_pid, agent_pid) = (relay.0.id().unwrap(), agent.0.id().unwrap());
-
+    let bins = BinaryStack::start(dir.path(), &console.url).await.unwrap();
+    let (relay_pid, agent_pid, addr) = (bins.relay.pid(), bins.agent.pid(), bins.addr);
+    let layout = &bins;
     let client = https_client(&layout.https_ca_der);
     let export = |bytes: u64| {
         hyper::Request::builder()
             .method(Method::POST)
             .uri(format!("https://{addr}/api/v1/developer/system/logs/export"))
             .header("authorization", format!("Bearer {TOKEN}"))
+            .header("host", SITE_HOST)
             .header("content-type", "application/json")
             .header(EXPORT_BYTES_HEADER, bytes.to_string())
             .body(body(EXPORT))
@@ -130,6 +66,7 @@ async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_mem
                     .method(Method::POST)
                     .uri(format!("https://{addr}/api/v1/developer/users"))
                     .header("authorization", format!("Bearer {TOKEN}"))
+                    .header("host", SITE_HOST)
                     .body(body(r#"{"first_name":"Big","last_name":"Upload"}"#))
                     .unwrap(),
             )
@@ -145,6 +82,7 @@ async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_mem
         .method(Method::POST)
         .uri(format!("https://{addr}/api/v1/developer/users/{user}/avatar"))
         .header("authorization", format!("Bearer {TOKEN}"))
+        .header("host", SITE_HOST)
         .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
         .body(upload)
         .unwrap();

@@ -26,7 +26,7 @@ async fn dial(stack: &Stack, chain_pem: &[u8], key_pem: &[u8]) -> Result<quinn::
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    ep.connect(stack.relay_addr, "127.0.0.1").unwrap().await
+    ep.connect(stack.relay_addr, keyway_tests::stack::DOMAIN).unwrap().await
 }
 
 fn agent_identity(stack: &Stack) -> (Vec<u8>, Vec<u8>) {

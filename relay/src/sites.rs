@@ -1,0 +1,94 @@
+//! The relay's in-memory view of the registry's sites, kept fresh.
+//!
+//! Requests and agent connections consult this cache, never the database.
+//! A watcher notices commits from other processes (the admin CLI) through
+//! SQLite's `data_version` every [`POLL`], reloads, and closes the tunnel of
+//! any agent whose certificate is no longer the site's current one: that is
+//! how `site revoke` takes effect on a running relay within a second.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use keyway_proto::CloseCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agents::AgentTable;
+use crate::registry::Registry;
+
+/// How often the registry is checked for outside changes.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Site name → serial of its current certificate (if paired).
+#[derive(Clone, Default)]
+pub struct SiteCache {
+    inner: Arc<RwLock<HashMap<String, Option<String>>>>,
+}
+
+impl SiteCache {
+    /// Whether the site exists.
+    pub fn contains(&self, site: &str) -> bool {
+        self.inner.read().expect("site cache lock poisoned").contains_key(site)
+    }
+
+    /// The site's current certificate serial.
+    pub fn current_serial(&self, site: &str) -> Option<String> {
+        self.inner
+            .read()
+            .expect("site cache lock poisoned")
+            .get(site)
+            .cloned()
+            .flatten()
+    }
+
+    /// A cache holding these unpaired sites (tests).
+    pub fn with_sites<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let map = names.into_iter().map(|n| (n.to_string(), None)).collect();
+        Self {
+            inner: Arc::new(RwLock::new(map)),
+        }
+    }
+
+    /// Reloads from the registry.
+    pub async fn reload(&self, registry: &Registry) -> Result<(), crate::registry::RegistryError> {
+        let sites = registry.call(|s| s.list_sites()).await?;
+        let map = sites.into_iter().map(|s| (s.name, s.cert_serial)).collect();
+        *self.inner.write().expect("site cache lock poisoned") = map;
+        Ok(())
+    }
+}
+
+/// Keeps `cache` in step with the registry and enforces revocations, until `stop`.
+pub async fn watch(registry: Registry, cache: SiteCache, agents: AgentTable, stop: CancellationToken) {
+    let mut seen = None;
+    loop {
+        match registry.call(|s| s.data_version()).await {
+            Ok(v) if Some(v) != seen => {
+                seen = Some(v);
+                match cache.reload(&registry).await {
+                    Ok(()) => enforce(&cache, &agents),
+                    Err(e) => warn!("could not reload sites: {e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!("could not check the registry: {e}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Closes live tunnels whose certificate is no longer current.
+fn enforce(cache: &SiteCache, agents: &AgentTable) {
+    for (site, link) in agents.all() {
+        if cache.current_serial(&site).as_deref() != Some(link.serial.as_str()) {
+            info!(site, "certificate revoked or superseded: closing the tunnel");
+            link.conn
+                .close(CloseCode::Revoked.code().into(), b"certificate revoked");
+            agents.remove_if(&site, link.id);
+        }
+    }
+}

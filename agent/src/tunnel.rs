@@ -242,6 +242,11 @@ fn ended(conn: &quinn::Connection, err: String) -> End {
     if let Some(reason) = refusal(conn) {
         return End::Refused(reason);
     }
+    if matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
+        // The relay restarted and lost our connection: it is up, go now.
+        info!("the relay restarted (stateless reset); reconnecting");
+        return End::Reconnect(String::new());
+    }
     End::Reconnect(match relay_close(conn) {
         Some((CloseCode::Replaced, _)) => {
             "the relay accepted a newer connection for this site (is a second agent running with this identity?)".into()
@@ -299,7 +304,9 @@ pub fn transport_config() -> quinn::TransportConfig {
             .try_into()
             .expect("10s fits a QUIC idle timeout"),
     ));
-    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    // 1 s also bounds how long a restarted relay waits for the packet it
+    // answers with a stateless reset, i.e. the heal time after a crash.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
     // Each proxied request is one relay-opened stream.
     t.max_concurrent_bidi_streams(1024u32.into());
     t.max_concurrent_uni_streams(0u32.into());

@@ -79,8 +79,7 @@ impl Relay {
             max_tries: cfg.pairing_max_tries,
         });
 
-        let endpoint = quinn::Endpoint::server(server, cfg.quic_listen)
-            .with_context(|| format!("could not bind QUIC (UDP) on {}", cfg.quic_listen))?;
+        let endpoint = bind_quic(&cfg, server)?;
         let https = front::bind(cfg.https_listen)
             .await
             .with_context(|| format!("could not bind HTTPS (TCP) on {}", cfg.https_listen))?;
@@ -168,4 +167,32 @@ impl Relay {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())
     }
+}
+
+/// Binds the QUIC endpoint with a stateless-reset key that survives restarts.
+///
+/// After a crash (kill -9, power loss) agents still hold the old connection.
+/// The restarted relay answers their next packet with a stateless reset, and
+/// because the reset key is derived from the relay's tunnel key (not drawn at
+/// random per process) the agent accepts it and reconnects at once, instead
+/// of waiting out its idle timeout. The secret is derived from the tunnel
+/// key, which only the relay holds.
+fn bind_quic(cfg: &RelayConfig, server: quinn::ServerConfig) -> anyhow::Result<quinn::Endpoint> {
+    use ring::hmac;
+    let secret = std::fs::read(&cfg.tunnel_key).with_context(|| format!("{}", cfg.tunnel_key.display()))?;
+    let derived = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, b"keyway stateless reset v1"),
+        &secret,
+    );
+    let reset_key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+    // The connection-id generator signs the ids it hands out and drops
+    // packets whose id it did not sign; a per-process key would make a
+    // restarted relay drop the agents' packets silently instead of resetting.
+    let cid_key = u64::from_le_bytes(derived.as_ref()[..8].try_into().expect("HMAC output is 32 bytes"));
+    let mut endpoint_cfg = quinn::EndpointConfig::new(Arc::new(reset_key));
+    endpoint_cfg.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let socket = std::net::UdpSocket::bind(cfg.quic_listen)
+        .with_context(|| format!("could not bind QUIC (UDP) on {}", cfg.quic_listen))?;
+    let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+    Ok(quinn::Endpoint::new(endpoint_cfg, Some(server), socket, runtime)?)
 }

@@ -190,3 +190,45 @@ impl BinaryStack {
         })
     }
 }
+
+impl BinaryStack {
+    /// Starts the relay again from its config (same port); returns when it
+    /// logs that it serves.
+    pub async fn start_relay(&mut self) -> anyhow::Result<()> {
+        let mut relay = Proc::spawn("keyway-relay", &["serve", "--config", s(&self.relay_config)])?;
+        relay.wait_for_log("relay serving").await?;
+        self.relay = relay;
+        Ok(())
+    }
+
+    /// Starts the agent again; returns once it is spawned (not yet connected).
+    pub fn spawn_agent(&mut self) -> anyhow::Result<()> {
+        self.agent = Proc::spawn("keyway-agent", &["run", "--config", s(&self.agent_config)])?;
+        Ok(())
+    }
+
+    /// Sends `signal` (e.g. "KILL", "TERM", "STOP", "CONT") to a process.
+    pub async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(st.success(), "kill -{signal} {pid} failed");
+        Ok(())
+    }
+
+    /// SIGKILLs the relay and waits until it is gone.
+    pub async fn kill_relay(&mut self) -> anyhow::Result<()> {
+        Self::signal(self.relay.pid(), "KILL").await?;
+        self.relay.0.wait().await?;
+        Ok(())
+    }
+
+    /// SIGKILLs the agent and waits until it is gone.
+    pub async fn kill_agent(&mut self) -> anyhow::Result<()> {
+        Self::signal(self.agent.pid(), "KILL").await?;
+        self.agent.0.wait().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! Fault injection with the real binaries: crashes, restarts, stops and
+//! graceful shutdowns, each healed without anyone touching the agent.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use keyway_tests::client::{Api, Reply};
+use keyway_tests::console::{ConsoleOptions, RunningConsole, DELAY_HEADER};
+use keyway_tests::procs::BinaryStack;
+use keyway_tests::stack::{empty, https_client, DOMAIN, SITE, TOKEN};
+
+const DOORS: &str = "/api/v1/developer/doors";
+
+struct Fixture {
+    _console: RunningConsole,
+    _dir: tempfile::TempDir,
+    bins: BinaryStack,
+    api: Api,
+}
+
+async fn fixture() -> Fixture {
+    let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bins = BinaryStack::start(dir.path(), &console.url).await.unwrap();
+    let api = Api::with_client(
+        https_client(&bins.https_ca_der),
+        &format!("https://{}", bins.addr),
+        TOKEN,
+    );
+    Fixture {
+        _console: console,
+        _dir: dir,
+        bins,
+        api,
+    }
+}
+
+async fn get(api: &Api, delay_ms: Option<u64>) -> anyhow::Result<Reply> {
+    let mut req = api
+        .request(http::Method::GET, DOORS)
+        .header("host", format!("{SITE}.{DOMAIN}"));
+    if let Some(ms) = delay_ms {
+        req = req.header(DELAY_HEADER, ms.to_string());
+    }
+    api.send(req.body(empty())?).await
+}
+
+/// Time until the first 200 through the tunnel, polling (bounded) from now.
+async fn time_to_first_ok(api: &Api) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) {
+        if let Ok(r) = get(api, None).await {
+            if r.status == StatusCode::OK {
+                return t0.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no 200 through the tunnel within 15 s");
+}
+
+fn report(what: &str, mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    eprintln!(
+        "{what}: n={} p50={:?} p95={:?} max={:?}",
+        v.len(),
+        p(0.5),
+        p(0.95),
+        v[v.len() - 1]
+    );
+    p(0.95)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_crash_and_restart_heals_within_a_second() {
+    let mut f = fixture().await;
+    let mut heal = vec![];
+    for _ in 0..10 {
+        assert_eq!(get(&f.api, None).await.unwrap().status, StatusCode::OK);
+        f.bins.kill_relay().await.unwrap();
+        f.bins.start_relay().await.unwrap();
+        heal.push(time_to_first_ok(&f.api).await);
+    }
+    let p95 = report("relay kill -9 → listening again → first 200", heal);
+    assert!(p95 < Duration::from_secs(1), "p95 heal {p95:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_crash_and_restart_replaces_the_stale_session_at_once() {
+    let mut f = fixture().await;
+    let mut heal = vec![];
+    for _ in 0..3 {
+        f.bins.kill_agent().await.unwrap();
+        // The relay still holds the dead agent's connection; a new one must
+        // replace it rather than wait for the idle timeout.
+        f.bins.spawn_agent().unwrap();
+        heal.push(time_to_first_ok(&f.api).await);
+    }
+    let p95 = report("agent kill -9 → restarted → first 200", heal);
+    assert!(p95 < Duration::from_secs(3), "p95 {p95:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_sigterm_lets_in_flight_requests_finish() {
+    let mut f = fixture().await;
+    let mut inflight = vec![];
+    for _ in 0..20 {
+        let api = f.api.clone();
+        inflight.push(tokio::spawn(async move { get(&api, Some(1500)).await }));
+    }
+    // A fast request sent after them has completed a full round trip, so
+    // the 20 slow ones (1.5 s each at the console) are in flight.
+    assert_eq!(get(&f.api, None).await.unwrap().status, StatusCode::OK);
+    BinaryStack::signal(f.bins.relay.pid(), "TERM").await.unwrap();
+    for r in inflight {
+        let r = r.await.unwrap().expect("in-flight request answered");
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let status = f.bins.relay.0.wait().await.unwrap();
+    assert!(status.success(), "relay exits 0 after draining: {status:?}");
+    f.bins.start_relay().await.unwrap();
+    time_to_first_ok(&f.api).await;
+}

@@ -300,9 +300,9 @@ pub fn transport_config() -> quinn::TransportConfig {
     // A dead path is noticed within the idle timeout; keep-alives keep NAT
     // bindings open and give the idle timer something to see.
     t.max_idle_timeout(Some(
-        Duration::from_secs(10)
+        keyway_proto::IDLE_TIMEOUT
             .try_into()
-            .expect("10s fits a QUIC idle timeout"),
+            .expect("the idle timeout fits QUIC's varint"),
     ));
     // 1 s also bounds how long a restarted relay waits for the packet it
     // answers with a stateless reset, i.e. the heal time after a crash.

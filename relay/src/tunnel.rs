@@ -231,9 +231,9 @@ async fn record_seen(registry: &Registry, site: &str, version: &str, online: boo
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
-        Duration::from_secs(10)
+        keyway_proto::IDLE_TIMEOUT
             .try_into()
-            .expect("10s fits a QUIC idle timeout"),
+            .expect("the idle timeout fits QUIC's varint"),
     ));
     t.keep_alive_interval(Some(Duration::from_secs(3)));
     // Agents open only the control stream; requests are relay-opened.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod console;
+pub mod impair;
 pub mod procs;
 pub mod stack;
 

@@ -237,6 +237,17 @@ impl Stack {
         self.wait_online().await
     }
 
+    /// Points the agent's config at `addr` instead of the relay (a proxy).
+    pub fn route_agent_via(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.agent_config)?;
+        let text = text.replace(
+            &format!("relay = \"{}\"", self.relay_addr),
+            &format!("relay = \"{addr}\""),
+        );
+        std::fs::write(&self.agent_config, text)?;
+        Ok(())
+    }
+
     /// Waits (bounded) until the relay has a live agent for the site.
     pub async fn wait_online(&self) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(20), self.agents.wait_until(|t| t.is_online(SITE)))

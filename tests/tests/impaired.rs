@@ -1,0 +1,98 @@
+//! The tunnel over a bad network: loss, latency and a silent blackhole,
+//! through a userspace UDP impairment proxy between agent and relay.
+
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use keyway_tests::console::{DOOR_IDS, HELLO_FRAME};
+use keyway_tests::impair::{Impairment, UdpProxy};
+use keyway_tests::stack::{Stack, SITE};
+use serde_json::json;
+
+async fn stack_behind_proxy() -> (Stack, UdpProxy) {
+    let mut stack = Stack::builder().without_agent().start().await.unwrap();
+    let proxy = UdpProxy::start(stack.relay_addr).await.unwrap();
+    stack.route_agent_via(proxy.addr).unwrap();
+    stack.start_agent().await.unwrap();
+    (stack, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_loss_and_100_ms_rtt_still_serve_calls_and_events() {
+    let (stack, proxy) = stack_behind_proxy().await;
+    proxy.set(Impairment {
+        loss: 0.05,
+        delay: Duration::from_millis(50),
+        blackhole: false,
+    });
+    let api = stack.api();
+    let mut events = stack.listen_events().await.unwrap();
+    assert_eq!(events.next_text(Duration::from_secs(20)).await.unwrap(), HELLO_FRAME);
+
+    let t0 = Instant::now();
+    for i in 0..30 {
+        let r = api.get("/api/v1/developer/doors").await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "call {i}");
+    }
+    eprintln!(
+        "30 calls over 5 % loss / 100 ms RTT: {:?} ({:?} each)",
+        t0.elapsed(),
+        t0.elapsed() / 30
+    );
+    let door = DOOR_IDS[2];
+    let r = api
+        .json(
+            Method::PUT,
+            &format!("/api/v1/developer/doors/{door}/unlock"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let ev = events.next_event(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(ev["data"]["unique_id"], door);
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_blackhole_is_detected_and_healed_when_it_clears() {
+    let (stack, proxy) = stack_behind_proxy().await;
+    assert_eq!(
+        stack.api().get("/api/v1/developer/doors").await.unwrap().status,
+        StatusCode::OK
+    );
+
+    proxy.set(Impairment {
+        blackhole: true,
+        ..Default::default()
+    });
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), stack.agents.wait_until(|t| !t.is_online(SITE)))
+        .await
+        .expect("relay drops the silent agent");
+    let detected = t0.elapsed();
+    eprintln!("blackhole detected by the relay after {detected:?}");
+    assert!(
+        detected <= Duration::from_secs(12),
+        "idle timeout is 10 s, took {detected:?}"
+    );
+    let r = stack.api().get("/api/v1/developer/doors").await.unwrap();
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "an honest 503 while the path is dead"
+    );
+
+    proxy.set(Impairment::default());
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(45), stack.wait_online())
+        .await
+        .expect("bounded")
+        .unwrap();
+    eprintln!("reconnected {:?} after the path cleared", t0.elapsed());
+    assert_eq!(
+        stack.api().get("/api/v1/developer/doors").await.unwrap().status,
+        StatusCode::OK
+    );
+    stack.shutdown().await.unwrap();
+}

@@ -23,6 +23,9 @@ use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use tokio::time::timeout;
 use tracing::{debug, warn, Instrument};
 
+/// How long one side of an upgraded stream may stay open after the other closed.
+const UPGRADE_LINGER: Duration = Duration::from_secs(5);
+
 /// Body of responses going back into the tunnel.
 pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -159,8 +162,8 @@ pub fn envelope(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
 async fn splice(tunnel: hyper::upgrade::OnUpgrade, console: hyper::upgrade::OnUpgrade) {
     match tokio::try_join!(tunnel, console) {
         Ok((t, c)) => {
-            let r = tokio::io::copy_bidirectional(&mut TokioIo::new(t), &mut TokioIo::new(c)).await;
-            debug!("upgraded stream closed: {r:?}");
+            let (up, down) = keyway_proto::io::splice(TokioIo::new(t), TokioIo::new(c), UPGRADE_LINGER).await;
+            debug!(up, down, "upgraded stream closed");
         }
         Err(e) => debug!("upgrade failed: {e}"),
     }

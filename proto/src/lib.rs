@@ -11,6 +11,7 @@
 pub mod control;
 pub mod envelope;
 pub mod headers;
+pub mod io;
 pub mod pair;
 pub mod preamble;
 

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod respond;
 pub mod sites;
 pub mod tunnel;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,9 +70,11 @@ impl Relay {
         if let Some(d) = cfg.default_site.as_deref().filter(|d| !sites.contains(d)) {
             tracing::warn!("default_site {d:?} is not a site yet (keyway-relay site add {d})");
         }
+        let agents = AgentTable::default();
         let pairing = Arc::new(pairing::PairingCtx {
             registry: registry.clone(),
             sites: sites.clone(),
+            agents: agents.clone(),
             ca,
             domain: cfg.domain.clone(),
             tunnel_name: cfg.domain.clone(),
@@ -88,7 +91,7 @@ impl Relay {
             https,
             tls: TlsAcceptor::from(Arc::new(https_cfg)),
             endpoint,
-            agents: AgentTable::default(),
+            agents,
             registry,
             sites,
             pairing,
@@ -129,6 +132,17 @@ impl Relay {
             agents: agents.clone(),
             pairing,
         });
+        let upgrades = upgrade::Upgrades::default();
+        // At shutdown, WebSockets get "service restart" (1012) at once: an
+        // event stream never finishes by itself, and its client should
+        // reconnect to the relay that replaces this one.
+        tokio::spawn({
+            let (stop, closing) = (stop.clone(), upgrades.closing.clone());
+            async move {
+                stop.cancelled().await;
+                closing.cancel();
+            }
+        });
         let watch_stop = CancellationToken::new();
         let watcher = tokio::spawn(sites::watch(
             registry,
@@ -142,6 +156,7 @@ impl Relay {
             default_site: cfg.default_site.clone(),
             agents: agents.clone(),
             request_timeout: cfg.request_timeout,
+            upgrades: upgrades.clone(),
         });
         tracing::info!(https = %https.local_addr()?, quic = %endpoint.local_addr()?, domain = cfg.domain, "relay serving");
         let quic_stop = CancellationToken::new();
@@ -153,8 +168,10 @@ impl Relay {
         ));
         front::serve(https, tls, proxy_ctx, cfg.header_read_timeout, cfg.shutdown_grace, stop).await;
 
-        // The front has stopped and its requests are done (or out of grace):
-        // tell agents to move on, then close.
+        // The front has stopped and its requests are done (or out of grace);
+        // WebSockets have their close frames. Then tell agents to move on.
+        upgrades.tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), upgrades.tracker.wait()).await;
         for (_, link) in agents.all() {
             link.drain.cancel();
         }

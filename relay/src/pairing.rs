@@ -32,6 +32,8 @@ pub struct PairingCtx {
     /// The relay's site cache, refreshed when a pairing completes (the
     /// watcher sees only other processes' commits).
     pub sites: crate::sites::SiteCache,
+    /// Live agents: a new pairing closes the tunnel of the certificate it supersedes.
+    pub agents: crate::agents::AgentTable,
     /// The private CA (signs agent certificates).
     pub ca: PrivateCa,
     /// Public domain.
@@ -187,6 +189,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
         Err(e) => return Err(e.into()),
     };
     ctx.sites.reload(&ctx.registry).await?;
+    crate::sites::enforce(&ctx.sites, &ctx.agents);
     let ca = ctx.ca.cert_pem().to_string();
     let url = if ctx.https_port == 443 {
         format!("https://{site}.{}/", ctx.domain)

@@ -36,6 +36,8 @@ pub struct ProxyCtx {
     pub agents: AgentTable,
     /// Time allowed for the response head.
     pub request_timeout: Duration,
+    /// Upgraded connections.
+    pub upgrades: crate::upgrade::Upgrades,
 }
 
 /// The hyper service: route, forward, answer. Never fails at the HTTP level.
@@ -195,9 +197,10 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade, resp_upgrade) {
             (Some(client), Some(proto)) => {
+                let websocket = proto.as_bytes().eq_ignore_ascii_case(b"websocket");
                 set_upgrade(resp.headers_mut(), proto);
                 let tunnel = hyper::upgrade::on(&mut resp);
-                tokio::spawn(splice(client, tunnel).instrument(tracing::Span::current()));
+                ctx.upgrades.spawn(client, tunnel, websocket);
             }
             _ => {
                 return error(
@@ -213,23 +216,6 @@ async fn forward(
 enum Failure {
     Offline(quinn::ConnectionError),
     Tunnel(String),
-}
-
-/// Copies bytes both ways between the integration and the tunnel after a `101`.
-async fn splice(client: hyper::upgrade::OnUpgrade, tunnel: hyper::upgrade::OnUpgrade) {
-    let (client, tunnel) = match tokio::try_join!(client, tunnel) {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!("upgrade failed: {e}");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut tunnel = TokioIo::new(tunnel);
-    match tokio::io::copy_bidirectional(&mut client, &mut tunnel).await {
-        Ok((up, down)) => debug!(up, down, "upgraded stream closed"),
-        Err(e) => debug!("upgraded stream ended: {e}"),
-    }
 }
 
 /// The relay is the edge: what the client claims about forwarding is replaced.
@@ -264,6 +250,7 @@ mod tests {
             default_site: default_site.map(str::to_string),
             agents: AgentTable::default(),
             request_timeout: Duration::from_secs(1),
+            upgrades: Default::default(),
         }
     }
 

@@ -82,7 +82,7 @@ pub async fn watch(registry: Registry, cache: SiteCache, agents: AgentTable, sto
 }
 
 /// Closes live tunnels whose certificate is no longer current.
-fn enforce(cache: &SiteCache, agents: &AgentTable) {
+pub fn enforce(cache: &SiteCache, agents: &AgentTable) {
     for (site, link) in agents.all() {
         if cache.current_serial(&site).as_deref() != Some(link.serial.as_str()) {
             info!(site, "certificate revoked or superseded: closing the tunnel");

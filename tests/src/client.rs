@@ -211,6 +211,23 @@ impl EventListener {
         }
     }
 
+    /// Waits (bounded) for the server's close frame, skipping other
+    /// messages; returns its code (None: closed without a frame).
+    pub async fn close_code(&mut self, wait: Duration) -> anyhow::Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .context("no close in time")?
+            {
+                Some(Ok(Message::Close(f))) => return Ok(f.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => anyhow::bail!("connection failed without a close frame: {e}"),
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// Closes cleanly.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

@@ -74,3 +74,34 @@ async fn websocket_without_the_token_is_refused_by_the_console() {
     assert!(format!("{err:#}").contains("401"), "{err:#}");
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dropped_tunnel_closes_the_websocket_with_1011() {
+    let stack = Stack::start().await.unwrap();
+    let mut l = stack.listen_events().await.unwrap();
+    assert_eq!(l.next_text(WAIT).await.unwrap(), HELLO_FRAME);
+    // Revoking the site cuts its tunnel under the open WebSocket.
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    keyway_relay::admin::revoke(&cfg, keyway_tests::stack::SITE).unwrap();
+    assert_eq!(
+        l.close_code(WAIT).await.unwrap(),
+        Some(1011),
+        "the client is told to reconnect, not left hanging"
+    );
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn relay_shutdown_closes_websockets_with_1012() {
+    let mut stack = Stack::start().await.unwrap();
+    let mut l = stack.listen_events().await.unwrap();
+    assert_eq!(l.next_text(WAIT).await.unwrap(), HELLO_FRAME);
+    let restart = tokio::spawn(async move {
+        stack.restart_relay().await.unwrap();
+        stack
+    });
+    assert_eq!(l.close_code(WAIT).await.unwrap(), Some(1012));
+    let stack = restart.await.unwrap();
+    stack.wait_online().await.unwrap();
+    stack.shutdown().await.unwrap();
+}

@@ -176,10 +176,10 @@ impl Relay {
             link.drain.cancel();
         }
         quic_stop.cancel();
-        let _ = quic.await;
         watch_stop.cancel();
         let _ = watcher.await;
         endpoint.close(keyway_proto::CloseCode::Shutdown.code().into(), b"relay shutting down");
+        let _ = quic.await;
         tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
         Ok(())

@@ -56,6 +56,12 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<TunnelCtx>, stop: Cancell
             .instrument(info_span!("agent", %remote, site = tracing::field::Empty)),
         );
     }
+    // Shutting down: turn newcomers away at once (until the endpoint closes),
+    // so an agent told to drain finds the replacement process quickly
+    // instead of waiting out a handshake with this one.
+    while let Some(incoming) = endpoint.accept().await {
+        incoming.refuse();
+    }
 }
 
 async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: CancellationToken) -> anyhow::Result<()> {

@@ -122,3 +122,92 @@ async fn relay_sigterm_lets_in_flight_requests_finish() {
     f.bins.start_relay().await.unwrap();
     time_to_first_ok(&f.api).await;
 }
+
+/// Polls (bounded) until `pred` holds for a response status.
+async fn until_status(api: &Api, deadline: Duration, pred: impl Fn(StatusCode) -> bool) -> Duration {
+    let t0 = Instant::now();
+    while t0.elapsed() < deadline {
+        if let Ok(r) = get(api, None).await {
+            if pred(r.status) {
+                return t0.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached within {deadline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_is_dropped_and_reconnects_when_it_wakes() {
+    let f = fixture().await;
+    let agent = f.bins.agent.pid();
+    BinaryStack::signal(agent, "STOP").await.unwrap();
+    let dropped = until_status(&f.api, Duration::from_secs(15), |s| {
+        s == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    eprintln!(
+        "relay dropped the frozen agent after {dropped:?} (idle timeout {:?})",
+        keyway_proto::IDLE_TIMEOUT
+    );
+    assert!(dropped <= keyway_proto::IDLE_TIMEOUT + Duration::from_secs(2));
+    BinaryStack::signal(agent, "CONT").await.unwrap();
+    let back = until_status(&f.api, Duration::from_secs(15), |s| s == StatusCode::OK).await;
+    eprintln!("agent serving again {back:?} after SIGCONT");
+    let list = keyway_tests::procs::cli(
+        "keyway-relay",
+        &[
+            "site",
+            "list",
+            "--json",
+            "--config",
+            f.bins.relay_config.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    let sites: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(sites[0]["online"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_across_five_relay_restarts_never_hang() {
+    let mut f = fixture().await;
+    let (mut ok, mut envelope, mut refused) = (0, 0, 0);
+    let mut slowest = Duration::ZERO;
+    let mut last_ok = false;
+    for i in 0..1000 {
+        if i > 0 && i % 200 == 0 {
+            assert!(last_ok, "the tunnel was back before restart {}", i / 200);
+            BinaryStack::signal(f.bins.relay.pid(), "TERM").await.unwrap();
+            f.bins.relay.0.wait().await.unwrap();
+            f.bins.start_relay().await.unwrap();
+        }
+        let t0 = Instant::now();
+        // The client's own deadline (60 s) is far above any answer here.
+        match get(&f.api, None).await {
+            Ok(r) if r.status == StatusCode::OK => {
+                ok += 1;
+                last_ok = true;
+            }
+            Ok(r) => {
+                last_ok = false;
+                let v = r.json();
+                assert!(
+                    v["code"].as_str().is_some_and(|c| c.starts_with("CODE_KEYWAY_")),
+                    "not an envelope: {v}"
+                );
+                envelope += 1;
+            }
+            Err(_) => {
+                last_ok = false;
+                refused += 1;
+            }
+        }
+        slowest = slowest.max(t0.elapsed());
+    }
+    eprintln!("1000 requests, 5 restarts: {ok} ok, {envelope} envelope errors, {refused} connection errors; slowest {slowest:?}");
+    assert_eq!(ok + envelope + refused, 1000);
+    assert!(slowest < Duration::from_secs(10), "a request hung for {slowest:?}");
+    assert!(last_ok, "the tunnel was back after the last restart");
+}

@@ -40,10 +40,16 @@ pub struct AgentConfig {
     /// Time allowed for the console's response head.
     #[serde(default = "default_console_timeout", with = "humantime_serde")]
     pub console_timeout: Duration,
+    /// How often the console's reachability is checked and reported to the relay.
+    #[serde(default = "default_console_check", with = "humantime_serde")]
+    pub console_check_interval: Duration,
 }
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_console_check() -> Duration {
+    Duration::from_secs(15)
 }
 fn default_console_timeout() -> Duration {
     Duration::from_secs(60)

@@ -59,6 +59,7 @@ impl Agent {
             relay_name: cfg.relay_server_name(),
             console: Arc::new(console),
             state: state_tx,
+            console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
         };
         Ok(Self {
             ctx: Arc::new(ctx),

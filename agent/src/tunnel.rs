@@ -61,6 +61,8 @@ pub struct TunnelCtx {
     pub console: Arc<Console>,
     /// Published state.
     pub state: watch::Sender<AgentState>,
+    /// How often console reachability is checked and reported.
+    pub console_check: Duration,
 }
 
 /// How a session ended.
@@ -137,7 +139,8 @@ async fn connect(ctx: &TunnelCtx) -> anyhow::Result<quinn::Connection> {
 }
 
 async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationToken) -> End {
-    let (mut send, mut recv, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&conn)).await {
+    let mut console_ok = ctx.console.reachable().await;
+    let (mut send, mut recv, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&conn, console_ok)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => match e.downcast::<RelayRefused>() {
             Ok(RelayRefused(reason)) => return End::Refused(reason),
@@ -150,8 +153,18 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
 
     let requests = TaskTracker::new();
     let mut buf = BytesMut::new();
+    let mut check = tokio::time::interval(ctx.console_check);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
+            _ = check.tick() => {
+                let now_ok = ctx.console.reachable().await;
+                if now_ok != console_ok {
+                    console_ok = now_ok;
+                    if console_ok { info!("console reachable again") } else { warn!("console unreachable") }
+                    let _ = write_msg(&mut send, &ControlMsg::Status { console_ok }).await;
+                }
+            }
             _ = stop.cancelled() => {
                 let _ = write_msg(&mut send, &ControlMsg::Drain { reason: "agent stopping".into() }).await;
                 requests.close();
@@ -193,14 +206,17 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
 }
 
 /// Opens the control stream and exchanges Hello/Welcome.
-async fn hello(conn: &quinn::Connection) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, String)> {
+async fn hello(
+    conn: &quinn::Connection,
+    console_ok: bool,
+) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, String)> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_msg(
         &mut send,
         &ControlMsg::Hello {
             version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            console_ok: true,
+            console_ok,
         },
     )
     .await?;

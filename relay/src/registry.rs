@@ -101,6 +101,8 @@ pub struct SiteRecord {
     pub online: bool,
     /// The agent's version at its last connection.
     pub agent_version: Option<String>,
+    /// Whether the agent reached the console at its last report.
+    pub console_ok: Option<bool>,
     /// A pending pairing code expires at (Unix seconds).
     pub code_expires: Option<i64>,
 }
@@ -143,6 +145,8 @@ pub trait SiteStore: Send + Sync + 'static {
     fn admission(&self, site: &str, serial: &str) -> Result<Admission, RegistryError>;
     /// Records an agent's connection state.
     fn record_seen(&self, site: &str, agent_version: &str, online: bool, now: i64) -> Result<(), RegistryError>;
+    /// Records whether the site's agent reaches its console.
+    fn record_console(&self, site: &str, ok: bool) -> Result<(), RegistryError>;
     /// Changes whenever another process commits (for cache refresh).
     fn data_version(&self) -> Result<i64, RegistryError>;
 }
@@ -172,6 +176,8 @@ const MIGRATIONS: &[&str] = &[
         issued_at INTEGER NOT NULL,
         revoked_at INTEGER
      );",
+    // 2: console reachability as the agent last reported it.
+    "ALTER TABLE sites ADD COLUMN console_ok INTEGER;",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -329,7 +335,8 @@ impl SiteStore for SqliteStore {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
-                        (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL)
+                        (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
+                        s.console_ok
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -342,6 +349,7 @@ impl SiteStore for SqliteStore {
                     online: r.get::<_, i64>(3)? != 0,
                     agent_version: r.get(4)?,
                     code_expires: r.get(5)?,
+                    console_ok: r.get::<_, Option<i64>>(6)?.map(|v| v != 0),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -388,6 +396,16 @@ impl SiteStore for SqliteStore {
             c.execute(
                 "UPDATE sites SET last_seen = ?2, agent_version = ?3, online = ?4 WHERE name = ?1",
                 params![site, now, agent_version, online as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn record_console(&self, site: &str, ok: bool) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sites SET console_ok = ?2 WHERE name = ?1",
+                params![site, ok as i64],
             )?;
             Ok(())
         })

@@ -15,7 +15,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
 use crate::pairing::PairingCtx;
@@ -90,10 +90,12 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     let hello = timeout(HANDSHAKE_TIMEOUT, read_msg(&mut recv, &mut buf))
         .await
         .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
-    let agent_version = match hello {
+    let (agent_version, console_ok) = match hello {
         ControlMsg::Hello {
-            version, agent_version, ..
-        } if version == PROTOCOL_VERSION => agent_version,
+            version,
+            agent_version,
+            console_ok,
+        } if version == PROTOCOL_VERSION => (agent_version, console_ok),
         ControlMsg::Hello {
             version, agent_version, ..
         } => {
@@ -151,8 +153,9 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     }
     info!(site, agent_version, "agent online");
     record_seen(&ctx.registry, &site, &agent_version, true).await;
+    record_console(&ctx.registry, &site, console_ok).await;
 
-    let result = control_loop(&mut send, &mut recv, &mut buf, &drain).await;
+    let result = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx.registry, &site).await;
     if ctx.agents.get(&site).is_none_or(|l| l.id == id) {
         record_seen(&ctx.registry, &site, &agent_version, false).await;
     }
@@ -171,6 +174,8 @@ async fn control_loop(
     recv: &mut quinn::RecvStream,
     buf: &mut BytesMut,
     drain: &CancellationToken,
+    registry: &Registry,
+    site: &str,
 ) -> anyhow::Result<()> {
     loop {
         tokio::select! {
@@ -182,7 +187,10 @@ async fn control_loop(
             msg = read_msg(recv, buf) => match msg? {
                 ControlMsg::Ping { nonce } => write_msg(send, &ControlMsg::Pong { nonce }).await?,
                 ControlMsg::Pong { .. } => {}
-                ControlMsg::Status { console_ok } => debug!(console_ok, "agent status"),
+                ControlMsg::Status { console_ok } => {
+                    info!(console_ok, "agent reports console reachability");
+                    record_console(registry, site, console_ok).await;
+                }
                 ControlMsg::Drain { reason } => {
                     info!(reason, "agent is draining");
                     return Ok(());
@@ -220,6 +228,14 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .downcast::<quinn::crypto::rustls::HandshakeData>()
         .ok()?
         .protocol
+}
+
+/// Notes whether the agent can reach its console (best effort).
+async fn record_console(registry: &Registry, site: &str, ok: bool) {
+    let site = site.to_string();
+    if let Err(e) = registry.call(move |s| s.record_console(&site, ok)).await {
+        warn!("could not record the console's state: {e}");
+    }
 }
 
 /// Notes an agent's connection state in the registry (best effort).

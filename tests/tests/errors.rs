@@ -179,3 +179,37 @@ async fn conflicting_framing_cannot_smuggle_a_second_request() {
     assert_eq!(stack.api().get(DOORS).await.unwrap().status, StatusCode::OK);
     stack.shutdown().await.unwrap();
 }
+
+/// Polls the registry (bounded) until the site's reported console state is `want`.
+async fn console_state_becomes(stack: &Stack, want: bool) -> Duration {
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let sites = keyway_relay::admin::list(&cfg).unwrap();
+        if sites[0].online && sites[0].console_ok == Some(want) {
+            return t0.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("site list never showed console_ok = {want}");
+}
+
+#[tokio::test]
+async fn the_agent_reports_console_reachability_to_the_relay() {
+    let mut stack = Stack::builder()
+        .agent_extra("console_check_interval = \"100ms\"")
+        .start()
+        .await
+        .unwrap();
+    console_state_becomes(&stack, true).await;
+    let again = stack.console.restart_options();
+    stack.console.stop().await;
+    let t = console_state_becomes(&stack, false).await;
+    eprintln!("console down reported in {t:?}");
+    // Agent online, console down: 502, not 503.
+    let r = stack.api().get(DOORS).await.unwrap();
+    assert_envelope(&r, StatusCode::BAD_GATEWAY, "CODE_KEYWAY_CONSOLE_UNREACHABLE");
+    stack.console = RunningConsole::start(again).await.unwrap();
+    console_state_becomes(&stack, true).await;
+    stack.shutdown().await.unwrap();
+}

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use keyway_tests::client::{Api, Reply};
-use keyway_tests::console::{ConsoleOptions, RunningConsole, DELAY_HEADER};
+use keyway_tests::client::{Api, EventListener, Reply};
+use keyway_tests::console::{ConsoleOptions, RunningConsole, DELAY_HEADER, HELLO_FRAME};
 use keyway_tests::procs::BinaryStack;
 use keyway_tests::stack::{empty, https_client, DOMAIN, SITE, TOKEN};
 
@@ -102,8 +102,16 @@ async fn agent_crash_and_restart_replaces_the_stale_session_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_sigterm_lets_in_flight_requests_finish() {
+async fn relay_sigterm_lets_in_flight_requests_finish_and_restarts_websockets() {
     let mut f = fixture().await;
+    let mut sockets = vec![];
+    for _ in 0..5 {
+        let mut l = EventListener::connect(f.bins.addr, &format!("{SITE}.{DOMAIN}"), &f.bins.https_ca_der, TOKEN)
+            .await
+            .unwrap();
+        assert_eq!(l.next_text(Duration::from_secs(10)).await.unwrap(), HELLO_FRAME);
+        sockets.push(l);
+    }
     let mut inflight = vec![];
     for _ in 0..20 {
         let api = f.api.clone();
@@ -116,6 +124,10 @@ async fn relay_sigterm_lets_in_flight_requests_finish() {
     for r in inflight {
         let r = r.await.unwrap().expect("in-flight request answered");
         assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    for mut l in sockets {
+        let code = l.close_code(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(code, Some(1012), "WebSockets are told the service restarts");
     }
     let status = f.bins.relay.0.wait().await.unwrap();
     assert!(status.success(), "relay exits 0 after draining: {status:?}");
@@ -212,4 +224,30 @@ async fn a_thousand_requests_across_five_relay_restarts_never_hang() {
     assert!(slowest < Duration::from_secs(10), "a request hung for {slowest:?}");
     let healed = until_status(&f.api, Duration::from_secs(15), |s| s == StatusCode::OK).await;
     eprintln!("last restart healed {healed:?} after the requests (last_ok={last_ok})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sigterm_lets_in_flight_requests_finish() {
+    let mut f = fixture().await;
+    let mut inflight = vec![];
+    for _ in 0..10 {
+        let api = f.api.clone();
+        inflight.push(tokio::spawn(async move { get(&api, Some(1000)).await }));
+    }
+    assert_eq!(get(&f.api, None).await.unwrap().status, StatusCode::OK);
+    BinaryStack::signal(f.bins.agent.pid(), "TERM").await.unwrap();
+    for r in inflight {
+        let r = r.await.unwrap().expect("in-flight request answered");
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let status = f.bins.agent.0.wait().await.unwrap();
+    assert!(status.success(), "agent exits 0 after draining: {status:?}");
+    let r = get(&f.api, None).await.unwrap();
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the relay knows the agent left"
+    );
+    f.bins.spawn_agent().unwrap();
+    time_to_first_ok(&f.api).await;
 }

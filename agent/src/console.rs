@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_certs::pin::find_pin_mismatch;
 use keyway_certs::ConsoleTrust;
-use keyway_proto::envelope::{Envelope, ErrorCode};
+use keyway_proto::envelope::ErrorCode;
 use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use tokio::time::timeout;
 use tracing::{debug, warn, Instrument};
@@ -166,14 +166,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// An envelope response produced by the agent.
 pub fn envelope(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
-    let body = Full::new(Bytes::from(Envelope::error(code, msg).to_json()))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = code.status();
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    keyway_proto::envelope::response(code, msg).map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync())
 }
 
 async fn splice(tunnel: hyper::upgrade::OnUpgrade, console: hyper::upgrade::OnUpgrade) {

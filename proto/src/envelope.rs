@@ -87,6 +87,18 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// A complete error response: status, `Content-Type: application/json` and
+/// the envelope body. Each end wraps the bytes in its own body type.
+pub fn response(code: ErrorCode, msg: &str) -> http::Response<bytes::Bytes> {
+    let mut resp = http::Response::new(bytes::Bytes::from(Envelope::error(code, msg).to_json()));
+    *resp.status_mut() = code.status();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,29 +1,22 @@
 //! Responses the relay produces itself, in the console's envelope.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
 use http::Response;
 use http_body_util::{BodyExt, Full};
-use keyway_proto::envelope::{Envelope, ErrorCode};
+use keyway_proto::envelope::ErrorCode;
 
 /// The body type of every relay response: streamed from the tunnel, or ours.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// An error response with the envelope for `code`.
 pub fn error(code: ErrorCode, msg: &str) -> Response<ProxyBody> {
-    let body = Full::new(Bytes::from(Envelope::error(code, msg).to_json()))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = code.status();
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    keyway_proto::envelope::response(code, msg).map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_TYPE;
 
     #[tokio::test]
     async fn error_responses_carry_status_type_and_envelope() {

@@ -72,6 +72,20 @@ impl Agent {
         self.state.clone()
     }
 
+    /// Tells the relay this agent is being unpaired, so it revokes the
+    /// certificate now rather than when an operator remembers to.
+    pub async fn notify_unpair(&self) -> anyhow::Result<()> {
+        use keyway_proto::control::{write_msg, ControlMsg};
+        let conn = tunnel::connect(&self.ctx).await?;
+        let (mut send, _recv, site) = tunnel::hello(&conn, true).await?;
+        write_msg(&mut send, &ControlMsg::Unpair).await?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+        match tunnel::relay_close(&conn) {
+            Some((keyway_proto::CloseCode::Revoked, _)) => Ok(()),
+            other => anyhow::bail!("the relay did not confirm the revocation of site {site:?} ({other:?})"),
+        }
+    }
+
     /// Serves until `stop` is cancelled, reconnecting as needed.
     pub async fn run(self, stop: CancellationToken) {
         tunnel::run(self.ctx.clone(), stop).await;

@@ -54,7 +54,8 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Remove this machine's identity (key, certificates) and config.
+    /// Tell the relay to revoke this agent, then remove its identity (key,
+    /// certificates) and config.
     Unpair {
         /// The agent's config file.
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
@@ -126,12 +127,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Unpair { config } => match keyway_agent::pair::unpair(&config) {
+        Cmd::Unpair { config } => match tell_relay(&config).and_then(|()| keyway_agent::pair::unpair(&config)) {
             Ok(removed) => {
                 for p in removed {
                     println!("removed {}", p.display());
                 }
-                println!("Unpaired. Ask the relay operator to run `keyway-relay site revoke SITE` as well.");
+                println!("Unpaired: the relay revoked this agent's certificate.");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -157,6 +158,16 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Asks the relay to revoke this agent before its identity is deleted; if
+/// the relay cannot be told, nothing is deleted (run again, or have the
+/// operator revoke the site and delete the files by hand).
+fn tell_relay(config: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(config)?;
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async { Agent::new(&cfg)?.notify_unpair().await })
+        .map_err(|e| e.context("could not tell the relay; nothing was removed (keyway-relay site revoke SITE does it from the relay side)"))
 }
 
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {

@@ -118,7 +118,7 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
     }
 }
 
-async fn connect(ctx: &TunnelCtx) -> anyhow::Result<quinn::Connection> {
+pub(crate) async fn connect(ctx: &TunnelCtx) -> anyhow::Result<quinn::Connection> {
     // Re-resolved on every attempt: the relay may have moved.
     let addr: SocketAddr = tokio::net::lookup_host(&ctx.relay)
         .await
@@ -206,7 +206,7 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
 }
 
 /// Opens the control stream and exchanges Hello/Welcome.
-async fn hello(
+pub(crate) async fn hello(
     conn: &quinn::Connection,
     console_ok: bool,
 ) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, String)> {
@@ -273,7 +273,7 @@ fn ended(conn: &quinn::Connection, err: String) -> End {
 }
 
 /// The relay's close code and reason text, if it closed the connection.
-fn relay_close(conn: &quinn::Connection) -> Option<(CloseCode, String)> {
+pub(crate) fn relay_close(conn: &quinn::Connection) -> Option<(CloseCode, String)> {
     match conn.close_reason()? {
         quinn::ConnectionError::ApplicationClosed(c) => Some((
             CloseCode::from_code(c.error_code.into_inner())?,

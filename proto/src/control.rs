@@ -69,6 +69,8 @@ pub enum ControlMsg {
         /// Whether the console answers.
         console_ok: bool,
     },
+    /// Agent → relay: this agent is being unpaired; revoke its certificate.
+    Unpair,
 }
 
 /// Why a control frame could not be decoded. Each one ends the connection.
@@ -207,6 +209,7 @@ mod tests {
                 reason: "restart".into(),
             },
             ControlMsg::Status { console_ok: false },
+            ControlMsg::Unpair,
         ]
     }
 

@@ -155,7 +155,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     record_seen(&ctx.registry, &site, &agent_version, true).await;
     record_console(&ctx.registry, &site, console_ok).await;
 
-    let result = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx.registry, &site).await;
+    let result = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site).await;
     if ctx.agents.get(&site).is_none_or(|l| l.id == id) {
         record_seen(&ctx.registry, &site, &agent_version, false).await;
     }
@@ -174,9 +174,10 @@ async fn control_loop(
     recv: &mut quinn::RecvStream,
     buf: &mut BytesMut,
     drain: &CancellationToken,
-    registry: &Registry,
+    ctx: &TunnelCtx,
     site: &str,
 ) -> anyhow::Result<()> {
+    let registry = &ctx.registry;
     loop {
         tokio::select! {
             _ = drain.cancelled() => {
@@ -193,6 +194,14 @@ async fn control_loop(
                 }
                 ControlMsg::Drain { reason } => {
                     info!(reason, "agent is draining");
+                    return Ok(());
+                }
+                ControlMsg::Unpair => {
+                    info!(site, "agent unpaired itself: revoking its certificate");
+                    let s = site.to_string();
+                    registry.call(move |r| r.revoke(&s, now())).await?;
+                    ctx.sites.reload(registry).await?;
+                    crate::sites::enforce(&ctx.sites, &ctx.agents);
                     return Ok(());
                 }
                 other => warn!("ignoring unexpected control message {other:?}"),

@@ -298,3 +298,39 @@ async fn a_tls_terminating_man_in_the_middle_cannot_pair() {
     pair(&options(&stack, &code, dir.path())).await.unwrap();
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpair_tells_the_relay_and_removes_the_identity() {
+    let stack = Stack::start().await.unwrap();
+    let cfg = keyway_agent::AgentConfig::load(&stack.agent_config).unwrap();
+    let out = cli(
+        "keyway-agent",
+        &["unpair", "--config", stack.agent_config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for p in [&cfg.key, &cfg.cert, &stack.agent_config] {
+        assert!(!p.exists(), "{} removed", p.display());
+    }
+    let sites = admin::list(&RelayConfig::load(&stack.relay_config).unwrap()).unwrap();
+    assert!(!sites[0].paired, "the relay revoked the certificate");
+    tokio::time::timeout(Duration::from_secs(10), stack.agents.wait_until(|t| !t.is_online(SITE)))
+        .await
+        .expect("the tunnel closes");
+    assert_eq!(
+        stack.api().get("/api/v1/developer/doors").await.unwrap().status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Nothing left to unpair: a clear error, not a panic.
+    let out = cli(
+        "keyway-agent",
+        &["unpair", "--config", stack.agent_config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("could not read"), "{}", out.stderr);
+    stack.shutdown().await.unwrap();
+}

@@ -22,6 +22,9 @@ pub struct RelayConfig {
     /// QUIC listener for agents (UDP).
     #[serde(default = "default_listen")]
     pub quic_listen: SocketAddr,
+    /// Admin listener (`/healthz`); off when absent. Keep it on loopback.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
     /// PEM certificate chain of the public HTTPS front.
     pub https_cert: PathBuf,
     /// PEM private key of the public HTTPS front.

@@ -17,6 +17,8 @@ pub struct InitOptions {
     pub domain: String,
     /// Where HTTPS (TCP) and QUIC (UDP) listen.
     pub listen: SocketAddr,
+    /// Admin listener (`/healthz`), if wanted.
+    pub admin_listen: Option<SocketAddr>,
     /// Also create a development HTTPS CA and a wildcard certificate.
     pub self_signed: bool,
     /// Overwrite an existing relay folder.
@@ -102,7 +104,12 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
          registry = \"registry.db\"\n\
          pairing_code_ttl = \"15m\"\n\
          pairing_max_tries = 5\n\
+         {admin}\
          # default_site = \"hq\"      # serve this site on the bare domain or an IP\n",
+        admin = match opts.admin_listen {
+            Some(a) => format!("admin_listen = \"{a}\"  # /healthz, plain HTTP: keep on loopback\n"),
+            None => "# admin_listen = \"127.0.0.1:9090\"  # /healthz, plain HTTP: keep on loopback\n".to_string(),
+        },
         listen = opts.listen,
         https = if opts.self_signed {
             "https_cert = \"https.pem\"   # development certificate (signed by https-ca.pem)\n".to_string()

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_http;
 pub mod agents;
 pub mod config;
 pub mod front;
@@ -45,6 +46,7 @@ pub struct Relay {
     registry: Registry,
     sites: SiteCache,
     pairing: Arc<pairing::PairingCtx>,
+    admin: Option<TcpListener>,
 }
 
 impl Relay {
@@ -86,7 +88,16 @@ impl Relay {
         let https = front::bind(cfg.https_listen)
             .await
             .with_context(|| format!("could not bind HTTPS (TCP) on {}", cfg.https_listen))?;
+        let admin = match cfg.admin_listen {
+            Some(a) => Some(
+                admin_http::bind(a)
+                    .await
+                    .with_context(|| format!("could not bind the admin listener on {a}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
+            admin,
             cfg,
             https,
             tls: TlsAcceptor::from(Arc::new(https_cfg)),
@@ -108,6 +119,11 @@ impl Relay {
         self.endpoint.local_addr().expect("bound endpoint has an address")
     }
 
+    /// Where the admin listener is bound, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The live agent table (to wait for a site to come online).
     pub fn agents(&self) -> AgentTable {
         self.agents.clone()
@@ -124,7 +140,11 @@ impl Relay {
             registry,
             sites,
             pairing,
+            admin,
         } = self;
+        if let Some(listener) = admin {
+            tokio::spawn(admin_http::serve(listener, agents.clone(), sites.clone(), stop.clone()));
+        }
         let tracker = TaskTracker::new();
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {
             sites: sites.clone(),

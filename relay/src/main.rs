@@ -34,6 +34,9 @@ enum Cmd {
         /// Address for HTTPS (TCP) and QUIC (UDP).
         #[arg(long, default_value = "0.0.0.0:443")]
         listen: SocketAddr,
+        /// Serve /healthz on this address (plain HTTP; keep it on loopback).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Also create a development CA and a certificate for <domain>,
         /// *.<domain> and loopback (written to https-ca.pem; for testing).
         #[arg(long)]
@@ -96,12 +99,14 @@ fn main() -> ExitCode {
             dir,
             domain,
             listen,
+            admin_listen,
             self_signed,
             force,
         } => run_init(InitOptions {
             dir,
             domain,
             listen,
+            admin_listen,
             self_signed,
             force,
         }),

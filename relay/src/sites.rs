@@ -32,6 +32,16 @@ impl SiteCache {
         self.inner.read().expect("site cache lock poisoned").contains_key(site)
     }
 
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.inner.read().expect("site cache lock poisoned").len()
+    }
+
+    /// Whether there are no sites.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The site's current certificate serial.
     pub fn current_serial(&self, site: &str) -> Option<String> {
         self.inner

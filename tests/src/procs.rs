@@ -102,6 +102,8 @@ pub struct BinaryStack {
     pub agent: Proc,
     /// Relay address (TCP and UDP).
     pub addr: SocketAddr,
+    /// The relay's admin listener (`/healthz`).
+    pub admin_addr: SocketAddr,
     /// The development HTTPS CA (DER).
     pub https_ca_der: CertificateDer<'static>,
     /// Its PEM path.
@@ -123,10 +125,14 @@ impl BinaryStack {
         let addr = SocketAddr::new(ip, free_port(ip)?);
         let relay_dir = dir.join("relay");
         let listen = addr.to_string();
+        let admin_addr = SocketAddr::new(ip, free_port(ip)?);
+        let admin = admin_addr.to_string();
         let init = cli(
             "keyway-relay",
             &[
                 "init",
+                "--admin-listen",
+                &admin,
                 "--dir",
                 s(&relay_dir),
                 "--domain",
@@ -183,6 +189,7 @@ impl BinaryStack {
             relay,
             agent,
             addr,
+            admin_addr,
             https_ca_der,
             https_ca,
             relay_config,

@@ -126,6 +126,7 @@ impl StackBuilder {
             dir: relay_dir.clone(),
             domain: DOMAIN.into(),
             listen: addr,
+            admin_listen: None,
             self_signed: true,
             force: false,
         })?;

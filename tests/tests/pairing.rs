@@ -65,6 +65,12 @@ async fn the_cli_flow_pairs_serves_refuses_reuse_and_revokes() {
         api.send(req).await.unwrap()
     };
     assert_eq!(get().await.status, StatusCode::OK, "served at https://hq.DOMAIN/");
+    let health = healthz(bins.admin_addr).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.contains(r#""agents_online":1"#) && health.contains(r#""sites":1"#),
+        "{health}"
+    );
 
     let cfg = bins.relay_config.to_str().unwrap().to_string();
     let list = cli("keyway-relay", &["site", "list", "--config", &cfg, "--json"])
@@ -333,4 +339,19 @@ async fn unpair_tells_the_relay_and_removes_the_identity() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("could not read"), "{}", out.stderr);
     stack.shutdown().await.unwrap();
+}
+
+/// `GET /healthz` on the admin listener (plain HTTP on loopback).
+async fn healthz(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
 }

@@ -213,3 +213,39 @@ async fn the_agent_reports_console_reachability_to_the_relay() {
     console_state_becomes(&stack, true).await;
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_console_reset_mid_body_is_a_clean_error_and_the_tunnel_stays_up() {
+    let stack = Stack::start().await.unwrap();
+    let api = stack.api();
+    let req = api
+        .request(http::Method::POST, "/api/v1/developer/system/logs/export")
+        .header(
+            keyway_tests::console::EXPORT_BYTES_HEADER,
+            (4 * 1024 * 1024).to_string(),
+        )
+        .header(keyway_tests::console::FAIL_AFTER_HEADER, (512 * 1024).to_string())
+        .header("content-type", "application/json")
+        .body(keyway_tests::stack::body(
+            r#"{"topic":"all","since":1700000000,"until":1700086400,"timezone":"UTC"}"#,
+        ))
+        .unwrap();
+    // The head arrived (200), then the body breaks: the client sees an
+    // error, not a truncated body passed off as complete, and not a hang.
+    let outcome = api.send(req).await;
+    match outcome {
+        Err(e) => assert!(!format!("{e:#}").contains("no response in 60s"), "{e:#}"),
+        Ok(r) => panic!(
+            "a reset body must not read as complete ({} bytes, {})",
+            r.body.len(),
+            r.status
+        ),
+    }
+    assert_eq!(
+        api.get(DOORS).await.unwrap().status,
+        StatusCode::OK,
+        "the tunnel is still up"
+    );
+    assert!(stack.agents.is_online(keyway_tests::stack::SITE));
+    stack.shutdown().await.unwrap();
+}

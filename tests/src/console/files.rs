@@ -16,6 +16,9 @@ use super::state::{now_secs, State};
 pub const MAX_UPLOAD_BYTES: u64 = 128 * 1024 * 1024;
 /// Test hook: how many bytes the log export should produce.
 pub const EXPORT_BYTES_HEADER: &str = "x-sim-export-bytes";
+/// Test hook: the console breaks the connection after this many bytes of
+/// the export (a console that crashes or resets mid-body).
+pub const FAIL_AFTER_HEADER: &str = "x-sim-fail-after-bytes";
 const DEFAULT_EXPORT_BYTES: u64 = 256 * 1024;
 const MAX_EXPORT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -149,9 +152,18 @@ pub fn export_logs(headers: &HeaderMap, body: &Value) -> Reply {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(DEFAULT_EXPORT_BYTES)
         .min(MAX_EXPORT_BYTES);
+    let fail_after = headers
+        .get(FAIL_AFTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let stream = futures_util::stream::unfold((0u64, 0u64), move |(sent, line)| async move {
         if sent >= total {
             return None;
+        }
+        if fail_after.is_some_and(|f| sent >= f) {
+            // An error in the body makes hyper abort the connection mid-body.
+            let err = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "simulated console reset");
+            return Some((Err(err), (total, line)));
         }
         let mut chunk = Vec::with_capacity(64 * 1024);
         let mut line_no = line;

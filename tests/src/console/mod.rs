@@ -39,7 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-pub use files::{qr_image, EXPORT_BYTES_HEADER};
+pub use files::{qr_image, EXPORT_BYTES_HEADER, FAIL_AFTER_HEADER};
 use reply::{err, read_json, Reply, SimBody};
 pub use state::{DOOR_IDS, HUB_ID};
 

@@ -34,17 +34,6 @@ pub fn site_from_cert(der: &[u8]) -> Result<String, CertError> {
         .ok_or_else(|| CertError::Identity("no keyway site id in subjectAltName".into()))
 }
 
-/// Seconds until the certificate expires (negative when it has).
-pub fn seconds_to_expiry(der: &[u8]) -> Result<i64, CertError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Ok(cert.validity().not_after.timestamp() - now)
-}
-
 /// The certificate's serial number, lowercase hex (as the CA records it).
 pub fn serial_hex(der: &[u8]) -> Result<String, CertError> {
     let (_, cert) =
@@ -65,7 +54,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unparsable"));
-        assert!(seconds_to_expiry(plain.cert.der()).unwrap() > 0);
         assert!(!serial_hex(plain.cert.der()).unwrap().is_empty());
     }
 }

@@ -21,24 +21,6 @@ fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, CertError> 
     Ok(Arc::new(roots))
 }
 
-/// The relay's tunnel server: requires an agent certificate signed by `ca`.
-pub fn tunnel_server(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    ca: &CertificateDer<'static>,
-    alpn: &[&[u8]],
-) -> Result<ServerConfig, CertError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
-        .build()
-        .map_err(|e| CertError::Identity(format!("client verifier: {e}")))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(cfg)
-}
-
 /// The agent's tunnel client: presents its certificate, trusts only `ca`.
 pub fn tunnel_client(
     chain: Vec<CertificateDer<'static>>,

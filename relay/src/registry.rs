@@ -211,6 +211,11 @@ impl SqliteStore {
     }
 }
 
+/// A UNIQUE/PRIMARY KEY violation: the row exists already.
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
 fn site_exists(c: &Connection, site: &str) -> Result<bool, RegistryError> {
     Ok(c.query_row("SELECT 1 FROM sites WHERE name = ?1", [site], |_| Ok(()))
         .optional()?
@@ -225,9 +230,7 @@ impl SiteStore for SqliteStore {
                 params![name, now],
             ) {
                 Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(RegistryError::SiteExists(name.into()))
-                }
+                Err(e) if is_constraint(&e) => Err(RegistryError::SiteExists(name.into())),
                 Err(e) => Err(e.into()),
             }
         })
@@ -256,9 +259,7 @@ impl SiteStore for SqliteStore {
                 params![code_id, site, &hash[..], expires_at],
             ) {
                 Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    return Err(RegistryError::CodeIdTaken)
-                }
+                Err(e) if is_constraint(&e) => return Err(RegistryError::CodeIdTaken),
                 Err(e) => return Err(e.into()),
             }
             tx.commit()?;

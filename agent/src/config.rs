@@ -43,6 +43,40 @@ pub struct AgentConfig {
     /// How often the console's reachability is checked and reported to the relay.
     #[serde(default = "default_console_check", with = "humantime_serde")]
     pub console_check_interval: Duration,
+    /// How to reach the relay: `auto` (QUIC, falling back to TLS over TCP
+    /// when UDP is blocked), `quic` or `tcp`.
+    #[serde(default)]
+    pub transport: TransportMode,
+    /// The relay's TLS/TCP address, `host:port`; defaults to `relay` (the
+    /// relay serves QUIC on UDP and HTTPS + tunnels on TCP at one port).
+    #[serde(default)]
+    pub relay_tcp: Option<String>,
+    /// In `auto`, how long a QUIC handshake may take before TCP is tried.
+    #[serde(default = "default_quic_deadline", with = "humantime_serde")]
+    pub quic_deadline: Duration,
+    /// In `auto` while on TCP, how often QUIC is tried again in the background.
+    #[serde(default = "default_quic_probe", with = "humantime_serde")]
+    pub quic_probe_interval: Duration,
+}
+
+/// `transport` in `agent.toml`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportMode {
+    /// QUIC first; TLS over TCP if no QUIC handshake completes in time.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+fn default_quic_deadline() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_quic_probe() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -95,6 +129,11 @@ impl AgentConfig {
             bail!("console_url: must look like https://HOST:12445");
         }
         Ok(uri)
+    }
+
+    /// The relay's TLS/TCP address.
+    pub fn relay_tcp_addr(&self) -> String {
+        self.relay_tcp.clone().unwrap_or_else(|| self.relay.clone())
     }
 
     /// The TLS name for the relay.

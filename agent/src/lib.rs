@@ -1,5 +1,5 @@
 //! The Keyway agent: runs beside a UniFi Access console, dials out to the
-//! relay over QUIC and forwards the requests the relay sends it to the
+//! relay over QUIC (or TLS over TCP where UDP is blocked) and forwards the requests the relay sends it to the
 //! console, whose certificate it pins.
 //!
 //! [`Agent::new`] checks the configuration and builds the clients;
@@ -21,7 +21,8 @@ use keyway_proto::ALPN_TUNNEL;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, TransportMode};
+pub use keyway_transport::TransportKind;
 pub use tunnel::AgentState;
 
 /// A configured agent, not yet running.
@@ -36,6 +37,7 @@ impl Agent {
         let ca = load_certs(&cfg.relay_ca)?.remove(0);
         let tls = keyway_certs::tls::tunnel_client(load_certs(&cfg.cert)?, load_key(&cfg.key)?, &ca, &[ALPN_TUNNEL])
             .context("agent certificate")?;
+        let tcp_tls = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("tunnel TLS for QUIC")?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
         client.transport_config(Arc::new(tunnel::transport_config()));
@@ -55,8 +57,14 @@ impl Agent {
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = tunnel::TunnelCtx {
             endpoint,
+            tcp_tls,
             relay: cfg.relay.clone(),
+            relay_tcp: cfg.relay_tcp_addr(),
             relay_name: cfg.relay_server_name(),
+            mode: cfg.transport,
+            quic_deadline: cfg.quic_deadline,
+            quic_probe: cfg.quic_probe_interval.max(std::time::Duration::from_millis(100)),
+            udp_blocked: Default::default(),
             console: Arc::new(console),
             state: state_tx,
             console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
@@ -76,11 +84,11 @@ impl Agent {
     /// certificate now rather than when an operator remembers to.
     pub async fn notify_unpair(&self) -> anyhow::Result<()> {
         use keyway_proto::control::{write_msg, ControlMsg};
-        let conn = tunnel::connect(&self.ctx).await?;
-        let (mut send, _recv, site) = tunnel::hello(&conn, true).await?;
-        write_msg(&mut send, &ControlMsg::Unpair).await?;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
-        match tunnel::relay_close(&conn) {
+        let tunnel = tunnel::connect(&self.ctx).await?;
+        let (mut control, site) = tunnel::hello(&*tunnel, true, false).await?;
+        write_msg(&mut control, &ControlMsg::Unpair).await?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tunnel.closed()).await;
+        match keyway_transport::peer_close(&*tunnel) {
             Some((keyway_proto::CloseCode::Revoked, _)) => Ok(()),
             other => anyhow::bail!("the relay did not confirm the revocation of site {site:?} ({other:?})"),
         }

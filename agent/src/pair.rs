@@ -90,7 +90,7 @@ pub enum PairError {
     #[error("the pairing code does not match (mistyped, or something between you and the relay is not the relay); check the code and try again")]
     ProofFailed,
     /// No relay answered.
-    #[error("could not reach the relay at {0}: check the address and that UDP to its port is allowed")]
+    #[error("could not reach the relay ({0}): check the address, and that UDP or TCP to its port is allowed")]
     RelayUnreachable(String),
     /// The relay's certificate was not trusted.
     #[error("the relay's certificate is not trusted ({0}); pass the right --relay-ca, or check the relay address")]
@@ -162,9 +162,9 @@ pub async fn pair(opts: &PairOptions) -> Result<Paired, PairError> {
     let (host, port) = split_host_port(&opts.relay).map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
     let roots = relay_roots(opts.relay_ca.as_deref())?;
     let key = rcgen::KeyPair::generate().map_err(anyhow::Error::from)?;
-    let conn = connect(&host, port, roots).await?;
-    let done = exchange(&conn, &code, &key).await;
-    conn.close(0u32.into(), b"pairing over");
+    let mut link = connect(&host, port, roots).await?;
+    let done = exchange(&mut link, &code, &key).await;
+    link.close().await;
     let (site, url, tunnel_name, cert, ca) = done?;
 
     let state = &opts.state_dir;
@@ -298,7 +298,29 @@ pub fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
     }
 }
 
-async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<quinn::Connection, PairError> {
+/// How long a QUIC handshake may take before pairing tries TLS over TCP.
+const QUIC_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A pairing connection: one byte stream and the TLS session's exporter.
+struct PairLink {
+    stream: Box<dyn keyway_transport::StreamIo>,
+    exporter: [u8; 32],
+    quic: Option<quinn::Connection>,
+}
+
+impl PairLink {
+    async fn close(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.shutdown().await;
+        if let Some(conn) = self.quic {
+            conn.close(0u32.into(), b"pairing over");
+        }
+    }
+}
+
+/// Connects over QUIC, or over TLS/TCP to the same port when no QUIC
+/// handshake completes within [`QUIC_DEADLINE`] (UDP blocked).
+async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<PairLink, PairError> {
     let target = format!("{host}:{port}");
     let addr: SocketAddr = tokio::net::lookup_host((host, port))
         .await
@@ -306,6 +328,28 @@ async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<quinn::C
         .next()
         .ok_or_else(|| PairError::RelayUnreachable(target.clone()))?;
     let tls = keyway_certs::tls::pairing_client(roots).map_err(anyhow::Error::from)?;
+    let quic_err = match connect_quic(host, addr, tls.clone()).await {
+        Ok(link) => return Ok(link),
+        Err(PairError::RelayUnreachable(e)) => e,
+        Err(e) => return Err(e),
+    };
+    connect_tcp(host, addr, tls).await.map_err(|e| match e {
+        PairError::RelayUnreachable(tcp) => {
+            PairError::RelayUnreachable(format!("{target}: over QUIC: {quic_err}; over TCP: {tcp}"))
+        }
+        e => e,
+    })
+}
+
+fn tls_failure(text: String) -> PairError {
+    if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName") {
+        PairError::RelayUntrusted(text)
+    } else {
+        PairError::RelayUnreachable(text)
+    }
+}
+
+async fn connect_quic(host: &str, addr: SocketAddr, tls: rustls::ClientConfig) -> Result<PairLink, PairError> {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(anyhow::Error::from)?;
     let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
@@ -314,26 +358,64 @@ async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<quinn::C
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     let connecting = endpoint
         .connect(addr, host)
-        .map_err(|e| PairError::RelayUnreachable(format!("{target}: {e}")))?;
-    match timeout(Duration::from_secs(10), connecting).await {
-        Err(_) => Err(PairError::RelayUnreachable(target)),
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => {
-            let text = e.to_string();
-            if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName") {
-                Err(PairError::RelayUntrusted(text))
-            } else {
-                Err(PairError::RelayUnreachable(format!("{target}: {text}")))
-            }
+        .map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
+    let conn = match timeout(QUIC_DEADLINE, connecting).await {
+        Err(_) => {
+            return Err(PairError::RelayUnreachable(format!(
+                "no QUIC handshake within {QUIC_DEADLINE:?}"
+            )))
         }
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(tls_failure(e.to_string())),
+    };
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
+    let (send, recv) = conn.open_bi().await.map_err(anyhow::Error::from)?;
+    Ok(PairLink {
+        stream: Box::new(tokio::io::join(recv, send)),
+        exporter,
+        quic: Some(conn),
+    })
+}
+
+async fn connect_tcp(host: &str, addr: SocketAddr, tls: rustls::ClientConfig) -> Result<PairLink, PairError> {
+    let name = ServerName::try_from(host.to_string()).map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
+        tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_failure(e.to_string()))
+    };
+    let stream = timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| PairError::RelayUnreachable("no TLS handshake within 10s".into()))??;
+    if stream.get_ref().1.alpn_protocol() != Some(keyway_proto::ALPN_PAIR) {
+        return Err(PairError::RelayUnreachable(
+            "the server on this port does not accept Keyway pairing".into(),
+        ));
     }
+    let exporter = stream
+        .get_ref()
+        .1
+        .export_keying_material([0u8; 32], EXPORTER_LABEL, Some(b""))
+        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
+    Ok(PairLink {
+        stream: Box::new(stream),
+        exporter,
+        quic: None,
+    })
 }
 
 type Identity = (String, String, String, String, String);
 
-async fn exchange(conn: &quinn::Connection, code: &PairingCode, key: &rcgen::KeyPair) -> Result<Identity, PairError> {
+async fn exchange(link: &mut PairLink, code: &PairingCode, key: &rcgen::KeyPair) -> Result<Identity, PairError> {
     let io = |e: keyway_proto::control::ControlError| anyhow::anyhow!("pairing connection: {e}");
-    let (mut send, mut recv) = conn.open_bi().await.map_err(anyhow::Error::from)?;
+    let exporter = link.exporter;
+    let stream = &mut link.stream;
     let pake = Pake::start(Side::Agent, &code.hash());
     let start = PairMsg::Start {
         version: PROTOCOL_VERSION,
@@ -341,30 +423,27 @@ async fn exchange(conn: &quinn::Connection, code: &PairingCode, key: &rcgen::Key
         spake: hex(pake.message()),
         public_key: hex(&key.subject_public_key_info()),
     };
-    write_frame(&mut send, &start).await.map_err(io)?;
+    write_frame(stream, &start).await.map_err(io)?;
     let mut buf = BytesMut::new();
-    let (spake_b, relay_confirm) = match step(&mut recv, &mut buf).await? {
+    let (spake_b, relay_confirm) = match step(stream, &mut buf).await? {
         PairMsg::Challenge { spake, confirm } => (spake, confirm),
         PairMsg::Error { kind, message } => return Err(PairError::Refused { kind, message }),
         other => return Err(anyhow::anyhow!("unexpected pairing message {other:?}").into()),
     };
-    let mut exporter = [0u8; 32];
-    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
     let spake_b = unhex(&spake_b).ok_or(PairError::ProofFailed)?;
     let keys = pake.finish(&spake_b, &exporter).map_err(|_| PairError::ProofFailed)?;
     if !unhex(&relay_confirm).is_some_and(|t| keys.verify(Side::Relay, &t)) {
         return Err(PairError::ProofFailed);
     }
     write_frame(
-        &mut send,
+        stream,
         &PairMsg::Confirm {
             confirm: hex(&keys.confirm(Side::Agent)),
         },
     )
     .await
     .map_err(io)?;
-    match step(&mut recv, &mut buf).await? {
+    match step(stream, &mut buf).await? {
         PairMsg::Done {
             site,
             domain,
@@ -392,7 +471,7 @@ async fn exchange(conn: &quinn::Connection, code: &PairingCode, key: &rcgen::Key
     }
 }
 
-async fn step(recv: &mut quinn::RecvStream, buf: &mut BytesMut) -> Result<PairMsg, PairError> {
+async fn step(recv: &mut Box<dyn keyway_transport::StreamIo>, buf: &mut BytesMut) -> Result<PairMsg, PairError> {
     match timeout(STEP_TIMEOUT, read_frame(recv, buf)).await {
         Ok(Ok(m)) => Ok(m),
         Ok(Err(e)) => Err(anyhow::anyhow!("the relay hung up during pairing: {e}").into()),

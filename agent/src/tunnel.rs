@@ -1,10 +1,12 @@
 //! The agent's side of the tunnel: dial out, say `Hello`, serve the streams
 //! the relay opens, and come back after every failure.
 //!
-//! The agent never listens: every byte from the internet arrives on a QUIC
-//! connection the agent itself opened to the relay it was paired with.
+//! The agent never listens: every byte from the internet arrives on a
+//! connection the agent itself opened to the relay it was paired with, over
+//! QUIC or, where UDP is blocked, TLS over TCP.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,12 @@ use bytes::BytesMut;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use keyway_proto::control::{read_msg, write_msg, ControlMsg};
 use keyway_proto::preamble::StreamKind;
-use keyway_proto::{CloseCode, PROTOCOL_VERSION};
+use keyway_proto::{CloseCode, ALPN_TUNNEL, PROTOCOL_VERSION};
+use keyway_transport::h2::H2Tunnel;
+use keyway_transport::quic::QuicTunnel;
+use keyway_transport::{peer_close, Closed, TransportKind, Tunnel, TunnelStream};
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +28,15 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::backoff::Backoff;
+use crate::config::TransportMode;
 use crate::console::Console;
 
 /// Time allowed for the QUIC handshake and the Hello/Welcome exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the relay to send a stream's preamble and request head.
 const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive interval, both transports.
+const KEEPALIVE: Duration = Duration::from_millis(500);
 /// A connection that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// How long in-flight requests may run when the agent stops.
@@ -41,6 +51,8 @@ pub enum AgentState {
     Online {
         /// The site the relay says this connection serves.
         site: String,
+        /// What carries the tunnel.
+        transport: TransportKind,
     },
     /// The last attempt failed for this reason; retrying.
     Retrying {
@@ -53,10 +65,22 @@ pub enum AgentState {
 pub struct TunnelCtx {
     /// QUIC client endpoint (with the client config installed).
     pub endpoint: quinn::Endpoint,
-    /// `host:port` of the relay.
+    /// TLS client for the TCP transport (ALPN `keyway/1`).
+    pub tcp_tls: tokio_rustls::TlsConnector,
+    /// `host:port` of the relay (QUIC).
     pub relay: String,
+    /// `host:port` of the relay (TLS over TCP).
+    pub relay_tcp: String,
     /// TLS name of the relay.
     pub relay_name: String,
+    /// Which transports to use.
+    pub mode: TransportMode,
+    /// In `auto`: time a QUIC handshake gets before TCP is tried.
+    pub quic_deadline: Duration,
+    /// In `auto` on TCP: how often QUIC is tried again.
+    pub quic_probe: Duration,
+    /// In `auto`: QUIC failed last time and TCP worked, so start with TCP.
+    pub udp_blocked: AtomicBool,
     /// Where requests go.
     pub console: Arc<Console>,
     /// Published state.
@@ -73,18 +97,24 @@ enum End {
     Reconnect(String),
     /// The relay refused us for a reason retrying soon will not fix.
     Refused(String),
+    /// A background QUIC probe connected while on TCP: hand over to it.
+    Switch(Arc<dyn Tunnel>),
 }
 
 /// Connects, serves and reconnects until `stop` is cancelled.
 pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut next: Option<Arc<dyn Tunnel>> = None;
     loop {
-        ctx.state.send_replace(AgentState::Connecting);
+        let handover = next.is_some();
+        if !handover {
+            ctx.state.send_replace(AgentState::Connecting);
+        }
         let started = Instant::now();
         let end = tokio::select! {
             _ = stop.cancelled() => End::Stopped,
-            r = connect(&ctx) => match r {
-                Ok(conn) => session(conn, &ctx, &stop).await,
+            r = async { match next.take() { Some(t) => Ok(t), None => connect(&ctx).await } } => match r {
+                Ok(tunnel) => session(tunnel, &ctx, &stop, handover).await,
                 Err(e) => End::Reconnect(format!("{e:#}")),
             },
         };
@@ -93,6 +123,10 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
         }
         let delay = match end {
             End::Stopped => return,
+            End::Switch(tunnel) => {
+                next = Some(tunnel);
+                continue;
+            }
             End::Reconnect(reason) if reason.is_empty() => {
                 backoff.reset();
                 Duration::ZERO
@@ -118,43 +152,106 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
     }
 }
 
-pub(crate) async fn connect(ctx: &TunnelCtx) -> anyhow::Result<quinn::Connection> {
+/// Connects to the relay over the configured transport(s).
+pub(crate) async fn connect(ctx: &TunnelCtx) -> anyhow::Result<Arc<dyn Tunnel>> {
+    match ctx.mode {
+        TransportMode::Quic => connect_quic(ctx, HANDSHAKE_TIMEOUT).await,
+        TransportMode::Tcp => connect_tcp(ctx).await,
+        TransportMode::Auto if ctx.udp_blocked.load(Ordering::Relaxed) => match connect_tcp(ctx).await {
+            Ok(t) => Ok(t),
+            Err(tcp) => connect_quic(ctx, ctx.quic_deadline)
+                .await
+                .map_err(|quic| anyhow!("{tcp:#}; over QUIC: {quic:#}")),
+        },
+        TransportMode::Auto => match connect_quic(ctx, ctx.quic_deadline).await {
+            Ok(t) => Ok(t),
+            Err(quic) => {
+                info!("QUIC failed ({quic:#}); trying TLS over TCP");
+                let t = connect_tcp(ctx)
+                    .await
+                    .map_err(|tcp| anyhow!("{quic:#}; over TCP: {tcp:#}"))?;
+                // TCP works where QUIC did not: UDP is blocked on this path.
+                ctx.udp_blocked.store(true, Ordering::Relaxed);
+                warn!(
+                    "the relay is reachable over TCP but not over UDP (blocked?); serving over TLS/TCP, \
+                     trying QUIC again every {:?}",
+                    ctx.quic_probe
+                );
+                Ok(t)
+            }
+        },
+    }
+}
+
+async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
     // Re-resolved on every attempt: the relay may have moved.
-    let addr: SocketAddr = tokio::net::lookup_host(&ctx.relay)
+    tokio::net::lookup_host(target)
         .await
-        .with_context(|| format!("could not resolve relay {}", ctx.relay))?
+        .with_context(|| format!("could not resolve relay {target}"))?
         .next()
-        .ok_or_else(|| anyhow!("relay {} resolves to no address", ctx.relay))?;
+        .ok_or_else(|| anyhow!("relay {target} resolves to no address"))
+}
+
+async fn connect_quic(ctx: &TunnelCtx, deadline: Duration) -> anyhow::Result<Arc<dyn Tunnel>> {
+    let addr = resolve(&ctx.relay).await?;
     let connecting = ctx
         .endpoint
         .connect(addr, &ctx.relay_name)
         .context("could not start QUIC connection")?;
-    let conn = timeout(HANDSHAKE_TIMEOUT, connecting)
+    let conn = timeout(deadline, connecting)
         .await
-        .map_err(|_| {
-            anyhow!("relay {addr} did not complete a QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)")
-        })?
-        .with_context(|| format!("could not connect to relay {addr}"))?;
-    Ok(conn)
+        .map_err(|_| anyhow!("relay {addr} did not complete a QUIC handshake within {deadline:?} (UDP blocked?)"))?
+        .with_context(|| format!("could not connect to relay {addr} over QUIC"))?;
+    Ok(Arc::new(QuicTunnel(conn)))
 }
 
-async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationToken) -> End {
+async fn connect_tcp(ctx: &TunnelCtx) -> anyhow::Result<Arc<dyn Tunnel>> {
+    let addr = resolve(&ctx.relay_tcp).await?;
+    let name = ServerName::try_from(ctx.relay_name.clone()).context("relay name")?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("could not connect to relay {addr} over TCP"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = ctx
+            .tcp_tls
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS with relay {addr} failed"))?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_TUNNEL) {
+            bail!("{addr} does not serve Keyway tunnels over TCP (no keyway/1 in its TLS handshake)");
+        }
+        let tunnel = H2Tunnel::agent(tls, addr, KEEPALIVE).await?;
+        Ok::<_, anyhow::Error>(Arc::new(tunnel) as Arc<dyn Tunnel>)
+    };
+    timeout(HANDSHAKE_TIMEOUT, connect)
+        .await
+        .map_err(|_| anyhow!("relay {addr} did not complete a TLS handshake within {HANDSHAKE_TIMEOUT:?}"))?
+}
+
+async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationToken, handover: bool) -> End {
     let mut console_ok = ctx.console.reachable().await;
-    let (mut send, mut recv, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&conn, console_ok)).await {
+    let (control, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, console_ok, handover)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => match e.downcast::<RelayRefused>() {
             Ok(RelayRefused(reason)) => return End::Refused(reason),
-            Err(e) => return ended(&conn, format!("{e:#}")),
+            Err(e) => return ended(&*tunnel, format!("{e:#}")),
         },
         Err(_) => return End::Reconnect("the relay did not answer Hello in time".into()),
     };
-    info!(site, relay = %conn.remote_address(), "tunnel up");
-    ctx.state.send_replace(AgentState::Online { site });
+    let transport = tunnel.kind();
+    info!(site, relay = %tunnel.remote_address(), %transport, "tunnel up");
+    ctx.state.send_replace(AgentState::Online { site, transport });
+    let (mut recv, mut send) = tokio::io::split(control);
 
     let requests = TaskTracker::new();
     let mut buf = BytesMut::new();
     let mut check = tokio::time::interval(ctx.console_check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probing = ctx.mode == TransportMode::Auto && transport == TransportKind::Tcp;
+    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + ctx.quic_probe, ctx.quic_probe);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_task: Option<tokio::task::JoinHandle<anyhow::Result<Arc<dyn Tunnel>>>> = None;
     let end = loop {
         tokio::select! {
             _ = check.tick() => {
@@ -165,22 +262,39 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
                     let _ = write_msg(&mut send, &ControlMsg::Status { console_ok }).await;
                 }
             }
+            _ = probe.tick(), if probing && probe_task.is_none() => {
+                let (endpoint, relay, name, deadline) =
+                    (ctx.endpoint.clone(), ctx.relay.clone(), ctx.relay_name.clone(), ctx.quic_deadline);
+                probe_task = Some(tokio::spawn(async move { probe_quic(endpoint, relay, name, deadline).await }));
+            }
+            done = async { probe_task.as_mut().expect("guarded").await }, if probe_task.is_some() => {
+                probe_task = None;
+                match done {
+                    Ok(Ok(quic)) => {
+                        info!("QUIC reaches the relay again; moving the tunnel off TCP");
+                        ctx.udp_blocked.store(false, Ordering::Relaxed);
+                        break End::Switch(quic);
+                    }
+                    Ok(Err(e)) => debug!("QUIC still unavailable: {e:#}"),
+                    Err(e) => debug!("QUIC probe failed: {e}"),
+                }
+            }
             _ = stop.cancelled() => {
                 let _ = write_msg(&mut send, &ControlMsg::Drain { reason: "agent stopping".into() }).await;
                 requests.close();
                 if timeout(STOP_GRACE, requests.wait()).await.is_err() {
                     warn!("stopping with requests still open after {STOP_GRACE:?}");
                 }
-                conn.close(CloseCode::Shutdown.code().into(), b"agent stopping");
+                tunnel.close(CloseCode::Shutdown, "agent stopping");
                 break End::Stopped;
             }
-            stream = conn.accept_bi() => match stream {
-                Ok((send, recv)) => {
+            stream = tunnel.accept() => match stream {
+                Ok(stream) => {
                     let console = ctx.console.clone();
-                    let span = info_span!("stream", id = %send.id());
-                    requests.spawn(serve_stream(send, recv, console).instrument(span));
+                    let span = info_span!("stream", id = stream.id);
+                    requests.spawn(serve_stream(stream, console).instrument(span));
                 }
-                Err(e) => break ended(&conn, format!("connection lost: {e}")),
+                Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
             msg = read_msg(&mut recv, &mut buf) => match msg {
                 Ok(ControlMsg::Ping { nonce }) => { let _ = write_msg(&mut send, &ControlMsg::Pong { nonce }).await; }
@@ -190,41 +304,60 @@ async fn session(conn: quinn::Connection, ctx: &TunnelCtx, stop: &CancellationTo
                     break End::Reconnect(String::new());
                 }
                 Ok(other) => debug!("ignoring control message {other:?}"),
-                Err(e) => break ended(&conn, format!("control stream: {e}")),
+                Err(e) => break ended(&*tunnel, format!("control stream: {e}")),
             },
         }
     };
-    if matches!(end, End::Reconnect(_)) {
+    if let Some(p) = probe_task {
+        p.abort();
+    }
+    if matches!(end, End::Reconnect(_) | End::Switch(_)) {
         // Let in-flight requests finish on the old connection, then close it.
         requests.close();
         tokio::spawn(async move {
             let _ = timeout(STOP_GRACE, requests.wait()).await;
-            conn.close(CloseCode::Normal.code().into(), b"drained");
+            drop(send);
+            tunnel.close(CloseCode::Normal, "drained");
         });
     }
     end
 }
 
+async fn probe_quic(
+    endpoint: quinn::Endpoint,
+    relay: String,
+    name: String,
+    deadline: Duration,
+) -> anyhow::Result<Arc<dyn Tunnel>> {
+    let addr = resolve(&relay).await?;
+    let conn = timeout(deadline, endpoint.connect(addr, &name)?)
+        .await
+        .map_err(|_| anyhow!("no QUIC handshake within {deadline:?}"))??;
+    Ok(Arc::new(QuicTunnel(conn)))
+}
+
 /// Opens the control stream and exchanges Hello/Welcome.
 pub(crate) async fn hello(
-    conn: &quinn::Connection,
+    tunnel: &dyn Tunnel,
     console_ok: bool,
-) -> anyhow::Result<(quinn::SendStream, quinn::RecvStream, String)> {
-    let (mut send, mut recv) = conn.open_bi().await?;
+    handover: bool,
+) -> anyhow::Result<(TunnelStream, String)> {
+    let mut control = tunnel.open_control().await?;
     write_msg(
-        &mut send,
+        &mut control,
         &ControlMsg::Hello {
             version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             console_ok,
+            handover,
         },
     )
     .await?;
     let mut buf = BytesMut::new();
-    match read_msg(&mut recv, &mut buf).await? {
-        ControlMsg::Welcome { site, .. } => Ok((send, recv, site)),
+    match read_msg(&mut control, &mut buf).await? {
+        ControlMsg::Welcome { site, .. } => Ok((control, site)),
         ControlMsg::Refused { reason } => {
-            conn.close(CloseCode::Normal.code().into(), b"refused");
+            tunnel.close(CloseCode::Normal, "refused");
             Err(RelayRefused(reason).into())
         }
         other => bail!("expected Welcome, got {other:?}"),
@@ -244,8 +377,8 @@ impl std::fmt::Display for RelayRefused {
 impl std::error::Error for RelayRefused {}
 
 /// A reason the relay gave for closing, if it was one retrying soon won't fix.
-fn refusal(conn: &quinn::Connection) -> Option<String> {
-    match relay_close(conn)? {
+fn refusal(tunnel: &dyn Tunnel) -> Option<String> {
+    match peer_close(tunnel)? {
         (CloseCode::VersionMismatch, text) => Some(text),
         (CloseCode::UnknownSite, _) => Some("the relay does not serve this agent's site".into()),
         (CloseCode::Revoked, _) => Some("this agent's certificate was revoked; pair again".into()),
@@ -254,16 +387,16 @@ fn refusal(conn: &quinn::Connection) -> Option<String> {
 }
 
 /// How a session that ended on `err` should end the loop.
-fn ended(conn: &quinn::Connection, err: String) -> End {
-    if let Some(reason) = refusal(conn) {
+fn ended(tunnel: &dyn Tunnel, err: String) -> End {
+    if let Some(reason) = refusal(tunnel) {
         return End::Refused(reason);
     }
-    if matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
+    if tunnel.close_reason() == Some(Closed::Reset) {
         // The relay restarted and lost our connection: it is up, go now.
-        info!("the relay restarted (stateless reset); reconnecting");
+        info!("the relay restarted (connection reset); reconnecting");
         return End::Reconnect(String::new());
     }
-    End::Reconnect(match relay_close(conn) {
+    End::Reconnect(match peer_close(tunnel) {
         Some((CloseCode::Replaced, _)) => {
             "the relay accepted a newer connection for this site (is a second agent running with this identity?)".into()
         }
@@ -272,21 +405,10 @@ fn ended(conn: &quinn::Connection, err: String) -> End {
     })
 }
 
-/// The relay's close code and reason text, if it closed the connection.
-pub(crate) fn relay_close(conn: &quinn::Connection) -> Option<(CloseCode, String)> {
-    match conn.close_reason()? {
-        quinn::ConnectionError::ApplicationClosed(c) => Some((
-            CloseCode::from_code(c.error_code.into_inner())?,
-            String::from_utf8_lossy(&c.reason).into_owned(),
-        )),
-        _ => None,
-    }
-}
-
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, console: Arc<Console>) {
+async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>) {
     let mut kind = [0u8; 1];
-    match timeout(STREAM_HEAD_TIMEOUT, recv.read_exact(&mut kind)).await {
+    match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return debug!("stream closed before its preamble: {e}"),
         Err(_) => return debug!("no preamble within {STREAM_HEAD_TIMEOUT:?}"),
@@ -295,7 +417,7 @@ async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, cons
         warn!("{e}");
         return;
     }
-    let io = TokioIo::new(tokio::io::join(recv, send));
+    let io = TokioIo::new(stream);
     let service = hyper::service::service_fn(move |req| {
         let console = console.clone();
         async move { Ok::<_, std::convert::Infallible>(console.forward(req).await) }
@@ -320,9 +442,11 @@ pub fn transport_config() -> quinn::TransportConfig {
             .try_into()
             .expect("the idle timeout fits QUIC's varint"),
     ));
-    // 1 s also bounds how long a restarted relay waits for the packet it
-    // answers with a stateless reset, i.e. the heal time after a crash.
-    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    // The interval also bounds how long a restarted relay waits for the
+    // packet it answers with a stateless reset, i.e. the heal time after a
+    // crash (interval + one handshake). Two small packets a second cost
+    // nothing next to a door that stays unreachable.
+    t.keep_alive_interval(Some(KEEPALIVE));
     // Each proxied request is one relay-opened stream.
     t.max_concurrent_bidi_streams(1024u32.into());
     t.max_concurrent_uni_streams(0u32.into());

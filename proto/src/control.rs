@@ -33,6 +33,11 @@ pub enum ControlMsg {
         agent_version: String,
         /// Whether the agent could reach its console when it connected.
         console_ok: bool,
+        /// This connection takes over from the agent's current one (moving
+        /// from TCP back to QUIC): the relay drains the old connection so its
+        /// in-flight requests finish, rather than closing it as a duplicate.
+        #[serde(default)]
+        handover: bool,
     },
     /// The relay's answer to an acceptable `Hello`.
     Welcome {
@@ -196,6 +201,7 @@ mod tests {
                 version: 1,
                 agent_version: "0.1.0".into(),
                 console_ok: true,
+                handover: false,
             },
             ControlMsg::Welcome {
                 version: 1,

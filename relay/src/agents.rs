@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AgentLink {
     /// Unique per connection, so a late disconnect cannot remove a newer link.
     pub id: u64,
-    /// The QUIC connection to the agent.
-    pub conn: quinn::Connection,
+    /// The tunnel to the agent (QUIC or TLS/TCP).
+    pub conn: Arc<dyn keyway_transport::Tunnel>,
     /// Serial of the agent's certificate (checked against revocations).
     pub serial: String,
     /// The agent's software version from `Hello`.

@@ -27,7 +27,6 @@ use anyhow::Context;
 use keyway_certs::files::{load_certs, load_key};
 use keyway_certs::PrivateCa;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,7 +39,7 @@ pub use sites::SiteCache;
 pub struct Relay {
     cfg: RelayConfig,
     https: TcpListener,
-    tls: TlsAcceptor,
+    tls: front::FrontTls,
     endpoint: quinn::Endpoint,
     agents: AgentTable,
     registry: Registry,
@@ -62,6 +61,10 @@ impl Relay {
         let tunnel = (load_certs(&cfg.tunnel_cert)?, load_key(&cfg.tunnel_key)?);
         let quic_tls =
             keyway_certs::tls::relay_quic_server(tunnel, public, ca.cert_der()).context("tunnel certificate")?;
+        let tls = front::FrontTls {
+            https: Arc::new(https_cfg),
+            tunnel: Arc::new(quic_tls.clone()),
+        };
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls).context("tunnel TLS for QUIC")?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server.transport_config(Arc::new(tunnel::transport_config()));
@@ -100,7 +103,7 @@ impl Relay {
             admin,
             cfg,
             https,
-            tls: TlsAcceptor::from(Arc::new(https_cfg)),
+            tls,
             endpoint,
             agents,
             registry,
@@ -180,13 +183,27 @@ impl Relay {
         });
         tracing::info!(https = %https.local_addr()?, quic = %endpoint.local_addr()?, domain = cfg.domain, "relay serving");
         let quic_stop = CancellationToken::new();
+        let tcp_agents = front::TcpAgents {
+            ctx: tunnel_ctx.clone(),
+            stop: quic_stop.clone(),
+            tracker: tracker.clone(),
+        };
         let quic = tokio::spawn(tunnel::serve(
             endpoint.clone(),
             tunnel_ctx,
             quic_stop.clone(),
             tracker.clone(),
         ));
-        front::serve(https, tls, proxy_ctx, cfg.header_read_timeout, cfg.shutdown_grace, stop).await;
+        front::serve(
+            https,
+            tls,
+            tcp_agents,
+            proxy_ctx,
+            cfg.header_read_timeout,
+            cfg.shutdown_grace,
+            stop,
+        )
+        .await;
 
         // The front has stopped and its requests are done (or out of grace);
         // WebSockets have their close frames. Then tell agents to move on.

@@ -190,18 +190,30 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                 println!("No sites yet: keyway-relay site add NAME");
             } else {
                 println!(
-                    "{:<24} {:<7} {:<7} {:<20} AGENT",
-                    "SITE", "PAIRED", "ONLINE", "LAST SEEN (UTC)"
+                    "{:<24} {:<7} {:<7} {:<8} {:<20} AGENT",
+                    "SITE", "PAIRED", "ONLINE", "CONSOLE", "LAST SEEN (UTC)"
                 );
                 for s in sites {
                     let seen = s.last_seen.map(format_time).unwrap_or_else(|| "never".into());
                     let yn = |b: bool| if b { "yes" } else { "no" };
                     let version = s.agent_version.unwrap_or_else(|| "-".into());
+                    // Online shows what carries the tunnel: quic, or tcp
+                    // where the agent's network blocks UDP.
+                    let online = match (s.online, s.transport.as_deref()) {
+                        (true, Some(t)) => t,
+                        (online, _) => yn(online),
+                    };
+                    let console = match s.console_ok {
+                        Some(true) => "ok",
+                        Some(false) => "DOWN",
+                        None => "-",
+                    };
                     println!(
-                        "{:<24} {:<7} {:<7} {:<20} {version}",
+                        "{:<24} {:<7} {:<7} {:<8} {:<20} {version}",
                         s.name,
                         yn(s.paired),
-                        yn(s.online),
+                        online,
+                        console,
                         seen
                     );
                 }

@@ -15,6 +15,7 @@ use keyway_certs::PrivateCa;
 use keyway_proto::control::{read_frame, write_frame};
 use keyway_proto::pair::{PairErrorKind, PairMsg};
 use keyway_proto::{CloseCode, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::{info, warn};
 
@@ -46,9 +47,18 @@ pub struct PairingCtx {
     pub max_tries: u32,
 }
 
-/// Runs one pairing connection to its end.
+/// Runs one pairing connection (QUIC) to its end.
 pub async fn serve(conn: quinn::Connection, ctx: Arc<PairingCtx>) {
-    let result = timeout(STEP_TIMEOUT * 3, exchange(&conn, &ctx)).await;
+    let run = async {
+        let (mut send, mut recv) = timeout(STEP_TIMEOUT, conn.accept_bi())
+            .await
+            .context("no pairing stream")??;
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| anyhow!("TLS exporter unavailable"))?;
+        exchange(&mut send, &mut recv, &exporter, &ctx).await
+    };
+    let result = timeout(STEP_TIMEOUT * 3, run).await;
     match result {
         Ok(Ok(site)) => {
             info!(site, "agent paired");
@@ -69,21 +79,51 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<PairingCtx>) {
     }
 }
 
-async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<String> {
-    let (mut send, mut recv) = timeout(STEP_TIMEOUT, conn.accept_bi())
-        .await
-        .context("no pairing stream")??;
+/// Runs one pairing connection (TLS over TCP, for agents whose UDP is
+/// blocked) to its end.
+pub async fn serve_tls<S>(tls: tokio_rustls::server::TlsStream<S>, ctx: Arc<PairingCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut exporter = [0u8; 32];
+    if tls
+        .get_ref()
+        .1
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
+        .is_err()
+    {
+        return warn!("TLS exporter unavailable");
+    }
+    let (mut recv, mut send) = tokio::io::split(tls);
+    match timeout(STEP_TIMEOUT * 3, exchange(&mut send, &mut recv, &exporter, &ctx)).await {
+        Ok(Ok(site)) => info!(site, "agent paired (over TCP)"),
+        Ok(Err(e)) => info!("pairing failed: {e:#}"),
+        Err(_) => return info!("pairing timed out"),
+    }
+    // Let the agent read the last message and hang up first.
+    let mut rest = [0u8; 64];
+    let _ = timeout(Duration::from_secs(5), async {
+        while matches!(recv.read(&mut rest).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+async fn exchange<W, R>(send: &mut W, recv: &mut R, exporter: &[u8; 32], ctx: &PairingCtx) -> anyhow::Result<String>
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
     let mut buf = BytesMut::new();
     let refuse = |kind: PairErrorKind, message: &str| PairMsg::Error {
         kind,
         message: message.to_string(),
     };
 
-    let (code_id, spake_a, public_key) = match timeout(STEP_TIMEOUT, read_frame(&mut recv, &mut buf)).await?? {
+    let (code_id, spake_a, public_key) = match timeout(STEP_TIMEOUT, read_frame(recv, &mut buf)).await?? {
         PairMsg::Start { version, .. } if version != PROTOCOL_VERSION => {
             let msg =
                 format!("this relay speaks pairing protocol {PROTOCOL_VERSION}, the agent {version}: update the agent");
-            write_frame(&mut send, &refuse(PairErrorKind::Version, &msg)).await?;
+            write_frame(send, &refuse(PairErrorKind::Version, &msg)).await?;
             return Err(anyhow!(msg));
         }
         PairMsg::Start {
@@ -95,18 +135,14 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
         other => return Err(anyhow!("expected Start, got {other:?}")),
     };
     let (Some(spake_a), Some(public_key)) = (unhex(&spake_a), unhex(&public_key)) else {
-        write_frame(
-            &mut send,
-            &refuse(PairErrorKind::ProofFailed, "malformed pairing message"),
-        )
-        .await?;
+        write_frame(send, &refuse(PairErrorKind::ProofFailed, "malformed pairing message")).await?;
         return Err(anyhow!("malformed Start"));
     };
     let spki = match rcgen::SubjectPublicKeyInfo::from_der(&public_key) {
         Ok(k) => k,
         Err(_) => {
             write_frame(
-                &mut send,
+                send,
                 &refuse(PairErrorKind::ProofFailed, "the public key is not usable"),
             )
             .await?;
@@ -118,12 +154,12 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
     let pending = match ctx.registry.call(move |s| s.begin_pairing(&id, max, now())).await {
         Ok(p) => p,
         Err(RegistryError::Code(r)) => {
-            write_frame(&mut send, &refuse(r.kind(), r.message())).await?;
+            write_frame(send, &refuse(r.kind(), r.message())).await?;
             return Err(anyhow!("code refused: {r:?}"));
         }
         Err(e) => {
             write_frame(
-                &mut send,
+                send,
                 &refuse(PairErrorKind::Internal, "the relay could not read its registry"),
             )
             .await?;
@@ -131,24 +167,17 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
         }
     };
 
-    let mut exporter = [0u8; 32];
-    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow!("TLS exporter unavailable"))?;
     let pake = Pake::start(Side::Relay, &pending.hash);
     let spake_b = hex(pake.message());
-    let keys = match pake.finish(&spake_a, &exporter) {
+    let keys = match pake.finish(&spake_a, exporter) {
         Ok(k) => k,
         Err(e) => {
-            write_frame(
-                &mut send,
-                &refuse(PairErrorKind::ProofFailed, "malformed pairing message"),
-            )
-            .await?;
+            write_frame(send, &refuse(PairErrorKind::ProofFailed, "malformed pairing message")).await?;
             return Err(e.into());
         }
     };
     write_frame(
-        &mut send,
+        send,
         &PairMsg::Challenge {
             spake: spake_b,
             confirm: hex(&keys.confirm(Side::Relay)),
@@ -156,7 +185,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
     )
     .await?;
 
-    let confirm = match timeout(STEP_TIMEOUT, read_frame(&mut recv, &mut buf)).await {
+    let confirm = match timeout(STEP_TIMEOUT, read_frame(recv, &mut buf)).await {
         Ok(Ok(PairMsg::Confirm { confirm })) => confirm,
         // The agent hangs up when the relay's proof fails (wrong code, or an
         // impostor in between): the attempt already counted.
@@ -167,7 +196,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
     if !unhex(&confirm).is_some_and(|t| keys.verify(Side::Agent, &t)) {
         warn!(code = %code_id, "pairing proof failed (wrong code or a man in the middle)");
         write_frame(
-            &mut send,
+            send,
             &refuse(PairErrorKind::ProofFailed, "the pairing code does not match"),
         )
         .await?;
@@ -183,7 +212,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
     {
         Ok(site) => site,
         Err(RegistryError::Code(r)) => {
-            write_frame(&mut send, &refuse(r.kind(), r.message())).await?;
+            write_frame(send, &refuse(r.kind(), r.message())).await?;
             return Err(anyhow!("lost the race for the code: {r:?}"));
         }
         Err(e) => return Err(e.into()),
@@ -206,7 +235,7 @@ async fn exchange(conn: &quinn::Connection, ctx: &PairingCtx) -> anyhow::Result<
         ca,
         mac: hex(&keys.seal(&transcript)),
     };
-    write_frame(&mut send, &done).await?;
-    let _ = send.finish();
+    write_frame(send, &done).await?;
+    let _ = send.shutdown().await;
     Ok(site)
 }

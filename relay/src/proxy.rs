@@ -1,8 +1,8 @@
 //! Forwarding one integration request through the tunnel.
 //!
-//! Each request rides its own relay-opened QUIC stream: a one-byte preamble,
+//! Each request rides its own relay-opened tunnel stream: a one-byte preamble,
 //! then plain HTTP/1.1 spoken by hyper on both ends, so bodies stream in both
-//! directions with QUIC flow control as back-pressure, and an
+//! directions with the transport's flow control as back-pressure, and an
 //! `Upgrade: websocket` exchange becomes a raw byte pipe after the `101`.
 
 use std::convert::Infallible;
@@ -18,11 +18,13 @@ use hyper_util::rt::TokioIo;
 use keyway_proto::envelope::ErrorCode;
 use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use keyway_proto::preamble::StreamKind;
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
 use crate::respond::{error, ProxyBody};
+use keyway_transport::TunnelStream;
 
 /// What the proxy needs per request.
 pub struct ProxyCtx {
@@ -143,13 +145,16 @@ async fn forward(
     parts.version = Version::HTTP_11;
     let out = Request::from_parts(parts, body);
 
-    let conn = link.conn.clone();
+    let agents = ctx.agents.clone();
+    let site_name = site.to_string();
+    let first = link.clone();
     let exchange = async move {
-        let (mut send, recv) = conn.open_bi().await.map_err(Failure::Offline)?;
-        send.write_all(&[StreamKind::Http.to_byte()])
+        let mut stream = open_stream(&agents, &site_name, first).await?;
+        stream
+            .write_all(&[StreamKind::Http.to_byte()])
             .await
             .map_err(|e| Failure::Tunnel(e.to_string()))?;
-        let io = TokioIo::new(tokio::io::join(recv, send));
+        let io = TokioIo::new(stream);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| Failure::Tunnel(e.to_string()))?;
@@ -213,8 +218,24 @@ async fn forward(
     resp.map(|b| b.boxed_unsync())
 }
 
+/// Opens a stream on `link`; if that link closed a moment ago and the agent
+/// has a newer one (a reconnect, a move from TCP to QUIC), on the newer one.
+/// Nothing of the request was sent yet, so moving it is safe.
+async fn open_stream(agents: &AgentTable, site: &str, link: AgentLink) -> Result<TunnelStream, Failure> {
+    match link.conn.open().await {
+        Ok(s) => Ok(s),
+        Err(e) => match agents.get(site).filter(|newer| newer.id != link.id) {
+            Some(newer) => {
+                debug!("link {} closed ({e}); using the newer link {}", link.id, newer.id);
+                newer.conn.open().await.map_err(Failure::Offline)
+            }
+            None => Err(Failure::Offline(e)),
+        },
+    }
+}
+
 enum Failure {
-    Offline(quinn::ConnectionError),
+    Offline(std::io::Error),
     Tunnel(String),
 }
 

@@ -105,6 +105,8 @@ pub struct SiteRecord {
     pub console_ok: Option<bool>,
     /// A pending pairing code expires at (Unix seconds).
     pub code_expires: Option<i64>,
+    /// `quic` or `tcp` while the agent is connected.
+    pub transport: Option<String>,
 }
 
 /// Whether a certificate may open a tunnel.
@@ -144,7 +146,14 @@ pub trait SiteStore: Send + Sync + 'static {
     /// Whether this site's certificate `serial` may connect.
     fn admission(&self, site: &str, serial: &str) -> Result<Admission, RegistryError>;
     /// Records an agent's connection state.
-    fn record_seen(&self, site: &str, agent_version: &str, online: bool, now: i64) -> Result<(), RegistryError>;
+    /// `transport` is `Some("quic" | "tcp")` while connected, `None` once gone.
+    fn record_seen(
+        &self,
+        site: &str,
+        agent_version: &str,
+        transport: Option<&str>,
+        now: i64,
+    ) -> Result<(), RegistryError>;
     /// Records whether the site's agent reaches its console.
     fn record_console(&self, site: &str, ok: bool) -> Result<(), RegistryError>;
     /// Changes whenever another process commits (for cache refresh).
@@ -178,6 +187,8 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 2: console reachability as the agent last reported it.
     "ALTER TABLE sites ADD COLUMN console_ok INTEGER;",
+    // 3: which transport carries the agent's tunnel.
+    "ALTER TABLE sites ADD COLUMN transport TEXT;",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -337,7 +348,7 @@ impl SiteStore for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
                         (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                        s.console_ok
+                        s.console_ok, s.transport
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -351,6 +362,7 @@ impl SiteStore for SqliteStore {
                     agent_version: r.get(4)?,
                     code_expires: r.get(5)?,
                     console_ok: r.get::<_, Option<i64>>(6)?.map(|v| v != 0),
+                    transport: r.get(7)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -392,11 +404,17 @@ impl SiteStore for SqliteStore {
         })
     }
 
-    fn record_seen(&self, site: &str, agent_version: &str, online: bool, now: i64) -> Result<(), RegistryError> {
+    fn record_seen(
+        &self,
+        site: &str,
+        agent_version: &str,
+        transport: Option<&str>,
+        now: i64,
+    ) -> Result<(), RegistryError> {
         self.with(|c| {
             c.execute(
-                "UPDATE sites SET last_seen = ?2, agent_version = ?3, online = ?4 WHERE name = ?1",
-                params![site, now, agent_version, online as i64],
+                "UPDATE sites SET last_seen = ?2, agent_version = ?3, online = ?4, transport = ?5 WHERE name = ?1",
+                params![site, now, agent_version, transport.is_some() as i64, transport],
             )?;
             Ok(())
         })

@@ -96,8 +96,7 @@ pub fn enforce(cache: &SiteCache, agents: &AgentTable) {
     for (site, link) in agents.all() {
         if cache.current_serial(&site).as_deref() != Some(link.serial.as_str()) {
             info!(site, "certificate revoked or superseded: closing the tunnel");
-            link.conn
-                .close(CloseCode::Revoked.code().into(), b"certificate revoked");
+            link.conn.close(CloseCode::Revoked, "certificate revoked");
             agents.remove_if(&site, link.id);
         }
     }

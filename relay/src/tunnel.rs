@@ -1,17 +1,23 @@
-//! The QUIC listener agents dial into, and each agent's control stream.
+//! The QUIC listener agents dial into, the TLS/TCP tunnels the HTTPS front
+//! hands over, and each agent's control stream (the same for both).
 //!
 //! An agent connection is accepted only with a client certificate from the
 //! relay's CA naming a site this relay serves, and only after a `Hello` of the
 //! same protocol version. It then sits in the [`AgentTable`] until it closes,
 //! is replaced by a newer connection of the same site, or is drained.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use keyway_proto::control::{read_msg, write_msg, ControlMsg};
 use keyway_proto::{CloseCode, ALPN_PAIR, PROTOCOL_VERSION};
+use keyway_transport::h2::H2Tunnel;
+use keyway_transport::quic::QuicTunnel;
+use keyway_transport::{TransportKind, Tunnel, TunnelStream};
 use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +30,8 @@ use crate::sites::SiteCache;
 
 /// Time allowed for the QUIC handshake and the `Hello` exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ping interval of TCP tunnels (QUIC tunnels use the transport's keep-alive).
+const KEEPALIVE: Duration = Duration::from_secs(3);
 
 /// What the tunnel listener needs.
 pub struct TunnelCtx {
@@ -72,30 +80,73 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
         crate::pairing::serve(conn, ctx.pairing.clone()).await;
         return Ok(());
     }
-    let (site, serial) = peer_identity(&conn)?;
+    let certs = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|c| *c);
+    handle_tunnel(Arc::new(QuicTunnel(conn)), certs, ctx, stop).await
+}
+
+/// Serves an agent that connected over TLS/TCP (ALPN `keyway/1` on the
+/// HTTPS port) until it goes away.
+pub async fn handle_tcp<S>(
+    tls: tokio_rustls::server::TlsStream<S>,
+    peer: SocketAddr,
+    ctx: Arc<TunnelCtx>,
+    stop: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let certs = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+    let tunnel = timeout(HANDSHAKE_TIMEOUT, H2Tunnel::relay(tls, peer, KEEPALIVE))
+        .await
+        .map_err(|_| anyhow::anyhow!("HTTP/2 handshake timed out"))??;
+    handle_tunnel(Arc::new(tunnel), certs, ctx, stop).await
+}
+
+async fn handle_tunnel(
+    tunnel: Arc<dyn Tunnel>,
+    certs: Option<Vec<CertificateDer<'static>>>,
+    ctx: Arc<TunnelCtx>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let (site, serial) = match certs.as_deref().and_then(<[_]>::first) {
+        Some(leaf) => (
+            keyway_certs::identity::site_from_cert(leaf)?,
+            keyway_certs::identity::serial_hex(leaf)?,
+        ),
+        None => {
+            tunnel.close(CloseCode::ProtocolError, "a tunnel needs an agent certificate");
+            anyhow::bail!("agent presented no certificate");
+        }
+    };
+    let transport = tunnel.kind();
     tracing::Span::current().record("site", site.as_str());
     if !ctx.sites.contains(&site) {
-        conn.close(CloseCode::UnknownSite.code().into(), b"unknown site");
+        tunnel.close(CloseCode::UnknownSite, "unknown site");
         anyhow::bail!("certificate names site {site:?}, which this relay does not serve");
     }
     if ctx.sites.current_serial(&site).as_deref() != Some(serial.as_str()) {
-        conn.close(CloseCode::Revoked.code().into(), b"certificate revoked");
+        tunnel.close(CloseCode::Revoked, "certificate revoked");
         anyhow::bail!("site {site:?} presented a revoked or superseded certificate ({serial})");
     }
 
-    let (mut send, mut recv) = timeout(HANDSHAKE_TIMEOUT, conn.accept_bi())
+    let control = timeout(HANDSHAKE_TIMEOUT, tunnel.accept_control())
         .await
         .map_err(|_| anyhow::anyhow!("no control stream within {HANDSHAKE_TIMEOUT:?}"))??;
+    let (mut recv, mut send) = tokio::io::split(control);
     let mut buf = BytesMut::new();
     let hello = timeout(HANDSHAKE_TIMEOUT, read_msg(&mut recv, &mut buf))
         .await
         .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
-    let (agent_version, console_ok) = match hello {
+    let (agent_version, console_ok, handover) = match hello {
         ControlMsg::Hello {
             version,
             agent_version,
             console_ok,
-        } if version == PROTOCOL_VERSION => (agent_version, console_ok),
+            handover,
+        } if version == PROTOCOL_VERSION => (agent_version, console_ok, handover),
         ControlMsg::Hello {
             version, agent_version, ..
         } => {
@@ -104,16 +155,16 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
                 env!("CARGO_PKG_VERSION")
             );
             let _ = write_msg(&mut send, &ControlMsg::Refused { reason: reason.clone() }).await;
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             // Give the agent a moment to read the refusal and hang up itself;
             // closing at once would discard the unsent message (the close
             // frame repeats the reason for an agent that misses it).
-            let _ = timeout(Duration::from_secs(2), conn.closed()).await;
-            conn.close(CloseCode::VersionMismatch.code().into(), reason.as_bytes());
+            let _ = timeout(Duration::from_secs(2), tunnel.closed()).await;
+            tunnel.close(CloseCode::VersionMismatch, &reason);
             anyhow::bail!(reason);
         }
         other => {
-            conn.close(CloseCode::ProtocolError.code().into(), b"expected Hello");
+            tunnel.close(CloseCode::ProtocolError, "expected Hello");
             anyhow::bail!("expected Hello, got {other:?}");
         }
     };
@@ -130,7 +181,7 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     let drain = stop.child_token();
     let link = AgentLink {
         id: ctx.agents.next_id(),
-        conn: conn.clone(),
+        conn: tunnel.clone(),
         serial,
         agent_version: agent_version.clone(),
         since: SystemTime::now(),
@@ -138,40 +189,46 @@ async fn handle(incoming: quinn::Incoming, ctx: Arc<TunnelCtx>, stop: Cancellati
     };
     let id = link.id;
     if let Some(old) = ctx.agents.insert(&site, link) {
-        // The agent only dials again once it has given up on its previous
-        // connection (or was told to drain, which already took that one out
-        // of the table), so the old one is stale or belongs to a second agent
-        // with the same identity: close it rather than let it linger.
-        info!(
-            old = old.id,
-            "a newer connection for this site replaces the previous one"
-        );
-        old.conn.close(
-            CloseCode::Replaced.code().into(),
-            b"replaced by a newer connection for this site",
-        );
+        if handover {
+            // The same agent moving to a better transport: new requests go
+            // to the new connection from now on; the old one finishes its
+            // in-flight requests and is closed by the agent.
+            info!(old = old.id, %transport, "the agent moved its tunnel to a new connection");
+            old.drain.cancel();
+        } else {
+            // The agent only dials again once it has given up on its previous
+            // connection (or was told to drain, which already took that one out
+            // of the table), so the old one is stale or belongs to a second agent
+            // with the same identity: close it rather than let it linger.
+            info!(
+                old = old.id,
+                "a newer connection for this site replaces the previous one"
+            );
+            old.conn
+                .close(CloseCode::Replaced, "replaced by a newer connection for this site");
+        }
     }
-    info!(site, agent_version, "agent online");
-    record_seen(&ctx.registry, &site, &agent_version, true).await;
+    info!(site, agent_version, %transport, "agent online");
+    record_seen(&ctx.registry, &site, &agent_version, Some(transport)).await;
     record_console(&ctx.registry, &site, console_ok).await;
 
     let result = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site).await;
     if ctx.agents.get(&site).is_none_or(|l| l.id == id) {
-        record_seen(&ctx.registry, &site, &agent_version, false).await;
+        record_seen(&ctx.registry, &site, &agent_version, None).await;
     }
     ctx.agents.remove_if(&site, id);
     info!(site, "agent offline");
     // In-flight requests on a drained connection finish before it closes.
     if drain.is_cancelled() {
-        let _ = send.finish();
-        conn.closed().await;
+        let _ = send.shutdown().await;
+        tunnel.closed().await;
     }
     result
 }
 
 async fn control_loop(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    send: &mut WriteHalf<TunnelStream>,
+    recv: &mut ReadHalf<TunnelStream>,
     buf: &mut BytesMut,
     drain: &CancellationToken,
     ctx: &TunnelCtx,
@@ -210,27 +267,6 @@ async fn control_loop(
     }
 }
 
-/// The site id and serial of the verified client certificate.
-fn peer_identity(conn: &quinn::Connection) -> anyhow::Result<(String, String)> {
-    let certs = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| {
-            conn.close(
-                CloseCode::ProtocolError.code().into(),
-                b"a tunnel needs an agent certificate",
-            );
-            anyhow::anyhow!("agent presented no certificate")
-        })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("agent presented an empty chain"))?;
-    Ok((
-        keyway_certs::identity::site_from_cert(leaf)?,
-        keyway_certs::identity::serial_hex(leaf)?,
-    ))
-}
-
 /// The ALPN the connection negotiated.
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()?
@@ -247,11 +283,13 @@ async fn record_console(registry: &Registry, site: &str, ok: bool) {
     }
 }
 
-/// Notes an agent's connection state in the registry (best effort).
-async fn record_seen(registry: &Registry, site: &str, version: &str, online: bool) {
+/// Notes an agent's connection state (online over a transport, or offline)
+/// in the registry (best effort).
+async fn record_seen(registry: &Registry, site: &str, version: &str, online: Option<TransportKind>) {
     let (site, version) = (site.to_string(), version.to_string());
+    let transport = online.map(TransportKind::as_str);
     if let Err(e) = registry
-        .call(move |s| s.record_seen(&site, &version, online, now()))
+        .call(move |s| s.record_seen(&site, &version, transport, now()))
         .await
     {
         warn!("could not record the agent's state: {e}");

@@ -37,7 +37,12 @@ impl Drop for UdpProxy {
 impl UdpProxy {
     /// Forwards datagrams between whoever talks to it and `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        Self::start_on("127.0.0.1:0".parse().expect("constant"), upstream).await
+    }
+
+    /// The same, listening on `listen`.
+    pub async fn start_on(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind(listen).await?);
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         back.connect(upstream).await?;
         let addr = front.local_addr()?;

@@ -182,6 +182,11 @@ impl BinaryStack {
         )
         .await?;
         anyhow::ensure!(pair.code == 0, "pair failed ({}): {}", pair.code, pair.stderr);
+        if let Ok(t) = std::env::var("KEYWAY_TEST_TRANSPORT") {
+            // As `StackBuilder` does: the suite runs once per transport.
+            let text = std::fs::read_to_string(&agent_config)?;
+            std::fs::write(&agent_config, format!("{text}\ntransport = {t:?}\n"))?;
+        }
         let mut agent = Proc::spawn("keyway-agent", &["run", "--config", s(&agent_config)])?;
         agent.wait_for_log("tunnel up").await?;
         let https_ca_der = keyway_certs::files::load_certs(&https_ca)?.remove(0);

@@ -49,6 +49,8 @@ pub struct StackBuilder {
     agent_extra: String,
     relay_port: Option<u16>,
     dir: Option<PathBuf>,
+    transport: Option<String>,
+    udp_blocked: bool,
 }
 
 impl Default for StackBuilder {
@@ -61,6 +63,8 @@ impl Default for StackBuilder {
             agent_extra: String::new(),
             relay_port: None,
             dir: None,
+            transport: None,
+            udp_blocked: false,
         }
     }
 }
@@ -102,6 +106,22 @@ impl StackBuilder {
         self
     }
 
+    /// The agent's `transport` setting (`auto`, `quic`, `tcp`). Unset, it is
+    /// `$KEYWAY_TEST_TRANSPORT` if set (how the end-to-end suite runs over
+    /// each transport), else the default (`auto`).
+    pub fn transport(mut self, transport: &str) -> Self {
+        self.transport = Some(transport.to_string());
+        self
+    }
+
+    /// Nothing answers UDP at the relay's address: its QUIC listener is
+    /// moved to another port ([`Stack::quic_addr`]), so pairing and the
+    /// agent find only TCP there, as behind a firewall that drops UDP.
+    pub fn udp_blocked(mut self) -> Self {
+        self.udp_blocked = true;
+        self
+    }
+
     /// Starts everything; returns once the agent is online (if started).
     pub async fn start(self) -> anyhow::Result<Stack> {
         let console = RunningConsole::start(self.console).await?;
@@ -133,6 +153,19 @@ impl StackBuilder {
         let mut extra = format!("default_site = {SITE:?}\n");
         extra.push_str(&self.relay_extra);
         append(&report.config, &extra)?;
+        let quic_addr = if self.udp_blocked {
+            let elsewhere = SocketAddr::new(ip, free_port(ip)?);
+            let text = std::fs::read_to_string(&report.config)?;
+            let moved = text.replace(
+                &format!("quic_listen = \"{addr}\""),
+                &format!("quic_listen = \"{elsewhere}\""),
+            );
+            anyhow::ensure!(moved != text, "relay config has no quic_listen line to move");
+            std::fs::write(&report.config, moved)?;
+            elsewhere
+        } else {
+            addr
+        };
         let relay_cfg = RelayConfig::load(&report.config)?;
         let issued = keyway_relay::admin::add_site(&relay_cfg, SITE)?;
         let relay = Relay::bind(relay_cfg).await?;
@@ -161,11 +194,17 @@ impl StackBuilder {
             let text = text.replace(&console.fingerprint().to_string(), &pin.to_string());
             std::fs::write(&paired.config, text)?;
         }
-        append(&paired.config, &self.agent_extra)?;
+        let transport = self.transport.or_else(|| std::env::var("KEYWAY_TEST_TRANSPORT").ok());
+        let mut agent_extra = self.agent_extra;
+        if let Some(t) = transport {
+            agent_extra.push_str(&format!("\ntransport = {t:?}\n"));
+        }
+        append(&paired.config, &agent_extra)?;
 
         let mut stack = Stack {
             console,
             relay_addr: addr,
+            quic_addr,
             agents,
             agent_config: paired.config,
             relay_config: report.config,
@@ -193,8 +232,10 @@ struct RunningAgent {
 pub struct Stack {
     /// The simulated console.
     pub console: RunningConsole,
-    /// Relay address (HTTPS on TCP, QUIC on UDP).
+    /// Relay address (HTTPS and TCP tunnels on TCP, QUIC on UDP).
     pub relay_addr: SocketAddr,
+    /// Where the relay's QUIC listener is (`relay_addr` unless `udp_blocked`).
+    pub quic_addr: SocketAddr,
     /// The relay's live agents.
     pub agents: AgentTable,
     /// The agent's config file.
@@ -254,6 +295,21 @@ impl Stack {
         tokio::time::timeout(Duration::from_secs(20), self.agents.wait_until(|t| t.is_online(SITE)))
             .await
             .with_context(|| format!("agent did not come online; last state {:?}", self.agent_state()))
+    }
+
+    /// Waits (bounded by `limit`) until the agent is online over `transport`.
+    pub async fn wait_transport(&self, transport: keyway_agent::TransportKind, limit: Duration) -> anyhow::Result<()> {
+        let mut state = self.agent.as_ref().context("no agent running")?.state.clone();
+        let want = |s: &AgentState| matches!(s, AgentState::Online { transport: t, .. } if *t == transport);
+        tokio::time::timeout(limit, state.wait_for(want))
+            .await
+            .with_context(|| {
+                format!(
+                    "agent not online over {transport} within {limit:?}; state {:?}",
+                    self.agent_state()
+                )
+            })??;
+        Ok(())
     }
 
     /// The agent's last published state.

@@ -10,7 +10,13 @@ use keyway_tests::stack::{Stack, SITE};
 use serde_json::json;
 
 async fn stack_behind_proxy() -> (Stack, UdpProxy) {
-    let mut stack = Stack::builder().without_agent().start().await.unwrap();
+    // The impairments act on UDP: this is the QUIC path, whatever the suite's transport.
+    let mut stack = Stack::builder()
+        .transport("quic")
+        .without_agent()
+        .start()
+        .await
+        .unwrap();
     let proxy = UdpProxy::start(stack.relay_addr).await.unwrap();
     stack.route_agent_via(proxy.addr).unwrap();
     stack.start_agent().await.unwrap();

@@ -51,6 +51,7 @@ async fn a_newer_protocol_version_is_refused_with_both_versions_named() {
         version: PROTOCOL_VERSION + 1,
         agent_version: "9.9.9".into(),
         console_ok: true,
+        handover: false,
     };
     write_msg(&mut send, &hello).await.unwrap();
     let mut buf = BytesMut::new();
@@ -135,11 +136,19 @@ async fn a_newer_connection_replaces_the_old_one_and_requests_follow_it() {
     .expect("the newer connection takes over");
     let r = stack.api().get(DOORS).await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
+    let second_id = stack.agents.get(SITE).unwrap().id;
 
     // When the second one leaves, the first comes back by itself.
     stop.cancel();
     task.await.unwrap();
-    stack.wait_online().await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        stack
+            .agents
+            .wait_until(|t| t.get(SITE).is_some_and(|l| l.id > second_id)),
+    )
+    .await
+    .expect("the first agent reconnects");
     assert_eq!(stack.api().get(DOORS).await.unwrap().status, StatusCode::OK);
     stack.shutdown().await.unwrap();
 }

@@ -1,0 +1,77 @@
+//! The QUIC transport (quinn).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keyway_proto::CloseCode;
+
+use crate::{BoxFut, Closed, TransportKind, Tunnel, TunnelStream};
+
+/// A tunnel over a QUIC connection.
+#[derive(Clone, Debug)]
+pub struct QuicTunnel(pub quinn::Connection);
+
+impl QuicTunnel {
+    async fn bi(conn: &quinn::Connection, open: bool) -> io::Result<TunnelStream> {
+        let (send, recv) = if open {
+            conn.open_bi().await
+        } else {
+            conn.accept_bi().await
+        }
+        .map_err(io::Error::other)?;
+        Ok(TunnelStream::new(send.id().index(), tokio::io::join(recv, send)))
+    }
+}
+
+impl Tunnel for QuicTunnel {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Quic
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    fn rtt(&self) -> Duration {
+        self.0.rtt()
+    }
+
+    fn open_control(&self) -> BoxFut<'_, io::Result<TunnelStream>> {
+        Box::pin(Self::bi(&self.0, true))
+    }
+
+    fn accept_control(&self) -> BoxFut<'_, io::Result<TunnelStream>> {
+        Box::pin(Self::bi(&self.0, false))
+    }
+
+    fn open(&self) -> BoxFut<'_, io::Result<TunnelStream>> {
+        Box::pin(Self::bi(&self.0, true))
+    }
+
+    fn accept(&self) -> BoxFut<'_, io::Result<TunnelStream>> {
+        Box::pin(Self::bi(&self.0, false))
+    }
+
+    fn close(&self, code: CloseCode, reason: &str) {
+        self.0.close(code.code().into(), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            self.0.closed().await;
+        })
+    }
+
+    fn close_reason(&self) -> Option<Closed> {
+        Some(match self.0.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(c) => Closed::ByPeer {
+                code: CloseCode::from_code(c.error_code.into_inner()),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            quinn::ConnectionError::Reset => Closed::Reset,
+            quinn::ConnectionError::LocallyClosed => Closed::Locally,
+            e => Closed::Lost(e.to_string()),
+        })
+    }
+}

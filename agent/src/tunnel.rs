@@ -245,6 +245,9 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
     let (mut recv, mut send) = tokio::io::split(control);
 
     let requests = TaskTracker::new();
+    // Cancelled when the session ends: idle keep-alive streams close at once.
+    let closing = CancellationToken::new();
+    let _closing_guard = closing.clone().drop_guard();
     let mut buf = BytesMut::new();
     let mut check = tokio::time::interval(ctx.console_check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,6 +284,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             }
             _ = stop.cancelled() => {
                 let _ = write_msg(&mut send, &ControlMsg::Drain { reason: "agent stopping".into() }).await;
+                closing.cancel();
                 requests.close();
                 if timeout(STOP_GRACE, requests.wait()).await.is_err() {
                     warn!("stopping with requests still open after {STOP_GRACE:?}");
@@ -292,7 +296,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                 Ok(stream) => {
                     let console = ctx.console.clone();
                     let span = info_span!("stream", id = stream.id);
-                    requests.spawn(serve_stream(stream, console).instrument(span));
+                    requests.spawn(serve_stream(stream, console, closing.clone()).instrument(span));
                 }
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
@@ -313,6 +317,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
     }
     if matches!(end, End::Reconnect(_) | End::Switch(_)) {
         // Let in-flight requests finish on the old connection, then close it.
+        closing.cancel();
         requests.close();
         tokio::spawn(async move {
             let _ = timeout(STOP_GRACE, requests.wait()).await;
@@ -406,7 +411,12 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
 }
 
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>) {
+///
+/// The relay keeps idle streams for its next requests, so a stream serves
+/// requests until it is idle past the header timeout, the relay drops it, or
+/// `closing` is cancelled (the session ends), which closes it once its
+/// current request, if any, is answered.
+async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>, closing: CancellationToken) {
     let mut kind = [0u8; 1];
     match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
@@ -427,7 +437,15 @@ async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>) {
         .header_read_timeout(STREAM_HEAD_TIMEOUT)
         .serve_connection(io, service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!("stream ended: {e}");
     }
 }

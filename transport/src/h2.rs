@@ -329,6 +329,10 @@ async fn drive_agent<T>(
                 let (code, _) = shared.close_cmd();
                 conn.abrupt_shutdown(h2::Reason::from(code.code()));
                 let _ = timeout(CLOSE_LINGER, std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
+                // The GOAWAY is written; hold the socket open (unread) a
+                // moment so the relay reads it before it sees the connection
+                // end, rather than a broken pipe on its next write.
+                tokio::time::sleep(CLOSE_LINGER).await;
                 break Closed::Locally;
             }
         }

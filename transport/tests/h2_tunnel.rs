@@ -74,6 +74,11 @@ async fn the_agents_close_code_reaches_the_relay() {
     let (relay, agent) = pair().await;
     agent.close(CloseCode::Shutdown, "agent stopping");
     tokio::time::timeout(WAIT, relay.closed()).await.unwrap();
-    assert_eq!(peer_close(&relay).map(|(c, _)| c), Some(CloseCode::Shutdown), "{:?}", relay.close_reason());
+    assert_eq!(
+        peer_close(&relay).map(|(c, _)| c),
+        Some(CloseCode::Shutdown),
+        "{:?}",
+        relay.close_reason()
+    );
     assert!(relay.open().await.is_err());
 }

@@ -1,0 +1,116 @@
+//! Many idle agents from one process, to measure what a connected site
+//! costs the relay. Sites are registered straight in the relay's registry
+//! with certificates from its CA (pairing a thousand sites one by one would
+//! measure PBKDF2, not the relay); each connection then says `Hello` and
+//! stays idle with the agent's own keep-alive settings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::BytesMut;
+use futures_util::stream::{self, StreamExt};
+use keyway_certs::PrivateCa;
+use keyway_proto::control::{read_msg, write_msg, ControlMsg};
+use keyway_proto::{ALPN_TUNNEL, PROTOCOL_VERSION};
+use keyway_relay::RelayConfig;
+
+const CROCKFORD: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// One idle agent connection, kept open while held.
+pub struct Idle {
+    _conn: quinn::Connection,
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+/// Registers sites `{prefix}{from..to}` and connects an idle agent for each.
+pub async fn connect(
+    cfg: &RelayConfig,
+    endpoint: &quinn::Endpoint,
+    quic: SocketAddr,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<Vec<Idle>> {
+    let ca = PrivateCa::from_pem(
+        &std::fs::read_to_string(&cfg.tunnel_ca)?,
+        &std::fs::read_to_string(&cfg.tunnel_ca_key)?,
+    )?;
+    let registry = keyway_relay::Registry::open(&cfg.registry)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let mut identities = Vec::with_capacity(range.len());
+    for i in range.clone() {
+        let site = format!("{prefix}{i}");
+        let key = rcgen::KeyPair::generate()?;
+        let issued = ca.issue_agent(&site, &key, keyway_certs::ca::AGENT_VALIDITY)?;
+        let store = registry.blocking();
+        store.add_site(&site, now)?;
+        // A one-off code id (not a usable code: the hash is of nothing).
+        let id: String = [i / 1024, (i / 32) % 32, i % 32]
+            .iter()
+            .map(|&d| CROCKFORD[d % 32] as char)
+            .collect();
+        store.set_code(&site, &id, &[0u8; 32], now + 600, now)?;
+        store.complete_pairing(&id, &issued.serial, now)?;
+        identities.push((site, issued, key));
+    }
+    let ca_der = ca.cert_der().clone();
+    let name = cfg.domain.clone();
+    let conns = stream::iter(identities)
+        .map(|(site, issued, key)| {
+            let (ca_der, name) = (ca_der.clone(), name.clone());
+            async move {
+                let key = keyway_certs::files::key_from_pem("key", key.serialize_pem().as_bytes())?;
+                let tls = keyway_certs::tls::tunnel_client(vec![issued.der], key, &ca_der, &[ALPN_TUNNEL])?;
+                let mut client =
+                    quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+                client.transport_config(Arc::new(keyway_agent::tunnel::transport_config()));
+                // The relay picks new sites up from the registry within a
+                // second; until then it answers "unknown site".
+                let mut last = None;
+                for _ in 0..20 {
+                    match hello(endpoint, client.clone(), quic, &name).await {
+                        Ok(idle) => return Ok(idle),
+                        Err(e) => last = Some(e),
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(last.expect("tried").context(format!("site {site}")))
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<anyhow::Result<Idle>>>()
+        .await;
+    conns.into_iter().collect()
+}
+
+async fn hello(
+    endpoint: &quinn::Endpoint,
+    client: quinn::ClientConfig,
+    quic: SocketAddr,
+    name: &str,
+) -> anyhow::Result<Idle> {
+    let conn = endpoint.connect_with(client, quic, name)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let hello = ControlMsg::Hello {
+        version: PROTOCOL_VERSION,
+        agent_version: "bench".into(),
+        console_ok: true,
+        handover: false,
+    };
+    write_msg(&mut send, &hello).await?;
+    match read_msg(&mut recv, &mut BytesMut::new()).await? {
+        ControlMsg::Welcome { .. } => Ok(Idle {
+            _conn: conn,
+            _control: (send, recv),
+        }),
+        other => bail!("relay answered {other:?}"),
+    }
+}
+
+/// A client endpoint for the swarm.
+pub fn endpoint() -> anyhow::Result<quinn::Endpoint> {
+    quinn::Endpoint::client("127.0.0.1:0".parse().expect("constant")).context("UDP socket")
+}

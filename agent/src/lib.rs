@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod config;
 pub mod console;
 pub mod pair;
+pub mod status;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub use tunnel::AgentState;
 pub struct Agent {
     ctx: Arc<tunnel::TunnelCtx>,
     state: watch::Receiver<AgentState>,
+    status_file: std::path::PathBuf,
 }
 
 impl Agent {
@@ -72,6 +74,7 @@ impl Agent {
         Ok(Self {
             ctx: Arc::new(ctx),
             state,
+            status_file: status::path_for(&cfg.key),
         })
     }
 
@@ -96,10 +99,18 @@ impl Agent {
 
     /// Serves until `stop` is cancelled, reconnecting as needed.
     pub async fn run(self, stop: CancellationToken) {
+        let writer = tokio::spawn(status::keep_written(
+            self.status_file.clone(),
+            self.ctx.relay.clone(),
+            self.state.clone(),
+        ));
         tunnel::run(self.ctx.clone(), stop).await;
         self.ctx
             .endpoint
             .close(keyway_proto::CloseCode::Shutdown.code().into(), b"agent stopping");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.ctx.endpoint.wait_idle()).await;
+        // The state channel closes with the context: the file says "stopped".
+        drop(self);
+        let _ = writer.await;
     }
 }

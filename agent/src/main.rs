@@ -61,6 +61,17 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
         config: PathBuf,
     },
+    /// Show what the running agent is doing: paired site, relay, transport
+    /// (QUIC, or TLS over TCP where UDP is blocked), since when, or why it
+    /// is not connected. Exit code 0 when online, 3 otherwise.
+    Status {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect to the relay and forward requests to the console until SIGTERM
     /// or Ctrl-C. Reconnects by itself after any failure.
     Run {
@@ -140,6 +151,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Status { config, json } => {
+            let read = AgentConfig::load(&config).and_then(|cfg| keyway_agent::status::read(&cfg.key));
+            match read {
+                Ok((s, running)) => {
+                    if json {
+                        let mut v = serde_json::to_value(&s).expect("status serialises");
+                        v["running"] = running.into();
+                        println!("{v}");
+                    } else {
+                        println!("{}", keyway_agent::status::describe(&s, running));
+                    }
+                    if running && s.state == "online" {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("keyway-agent: {e:#}");
+                    ExitCode::from(64)
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,

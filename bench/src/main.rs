@@ -190,10 +190,6 @@ async fn run(targets: &std::path::Path, out: &std::path::Path, quick: bool, sel:
         })
         .collect();
     memory.insert("idle_rss_bytes".into(), serde_json::to_value(&idle)?);
-    if let Some(sw) = t.swarm.as_ref().filter(|_| !sel.merge) {
-        memory.insert("relay_swarm".into(), swarm_memory(sw).await?);
-    }
-
     let mut workloads: BTreeMap<String, BTreeMap<String, Outcome>> = BTreeMap::new();
     for p in &paths {
         let name = p.spec.name.clone();
@@ -235,6 +231,11 @@ async fn run(targets: &std::path::Path, out: &std::path::Path, quick: bool, sel:
     for outcomes in workloads.values_mut() {
         ratios(outcomes);
     }
+    // Last, so the relay's peak memory under load above is its own.
+    if let Some(sw) = t.swarm.as_ref().filter(|_| !sel.merge) {
+        memory.insert("relay_swarm".into(), swarm_memory(sw).await?);
+    }
+
     let workloads: BTreeMap<String, BTreeMap<String, serde_json::Value>> = workloads
         .into_iter()
         .map(|(w, m)| {

@@ -142,7 +142,7 @@ fn text(r: &Results, results: &Path, plot: &str) -> String {
         let _ = writeln!(md, "{head}\n{rule}");
         for path in &r.paths {
             let Some(o) = rows.get(path) else {
-                let _ = writeln!(md, "| {path} | failed or skipped | | | |");
+                let _ = writeln!(md, "| {path} | not measured (see the run's log) | | | |");
                 continue;
             };
             let v = &o["value"];
@@ -192,9 +192,10 @@ fn text(r: &Results, results: &Path, plot: &str) -> String {
         };
         let _ = writeln!(
             md,
-            "Relay resident memory with its two benchmark agents: {}; with 100 more idle sites: {}; \
-             with 1,000: {} → **{:.1} KB per idle site** (a swarm of real QUIC agent connections from \
-             one process, each with its own certificate, `Hello` and the agent's keep-alive).\n",
+            "Relay resident memory after the load workloads, with its two benchmark agents: {}; with \
+             100 more idle sites: {}; with 1,000: {} → **{:.1} KB per idle site** (a swarm of real \
+             QUIC agent connections from one process, each with its own certificate, `Hello` and the \
+             agent's keep-alive).\n",
             mb("baseline_bytes"),
             mb("sites_100_bytes"),
             mb("sites_1000_bytes"),

@@ -45,10 +45,10 @@ impl Settings {
                 rounds: 3,
                 warmup: Duration::from_millis(300),
                 duration: Duration::from_secs(1),
-                listings: 2,
+                listings: 1,
                 transfers: 2,
-                new_conns: 60,
-                events: 50,
+                new_conns: 30,
+                events: 30,
             }
         } else {
             Self {

@@ -227,7 +227,10 @@ fn new_request_id() -> String {
     ring::rand::SystemRandom::new()
         .fill(&mut b)
         .expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    b.iter()
+        .flat_map(|x| [HEX[usize::from(x >> 4)] as char, HEX[usize::from(x & 15)] as char])
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use keyway_agent::TransportKind;
 use keyway_tests::console::{DELAY_HEADER, DOOR_IDS, HELLO_FRAME};
 use keyway_tests::impair::UdpProxy;
+use keyway_tests::procs::cli;
 use keyway_tests::stack::{empty, Stack, SITE};
 use serde_json::json;
 
@@ -53,6 +54,18 @@ async fn with_udp_blocked_a_fresh_agent_pairs_and_serves_over_tcp_within_five_se
         sites[0].transport.as_deref(),
         Some("tcp"),
         "site list shows the transport"
+    );
+    let config = stack.agent_config.to_str().unwrap();
+    let status = cli("keyway-agent", &["status", "--config", config]).await.unwrap();
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stdout.contains("TLS over TCP"), "{}", status.stdout);
+    let json = cli("keyway-agent", &["status", "--config", config, "--json"])
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["transport"].as_str()),
+        (Some("online"), Some("tcp"))
     );
     events.close().await;
     stack.shutdown().await.unwrap();

@@ -3,7 +3,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use super::reply::{err, invalid, not_found, ok, page, paging, query_pairs, s, Reply};
+use super::reply::{err, invalid, not_found, ok, page, page_window, paging, query_pairs, s, Reply};
 use super::state::{now_secs, Inner};
 
 /// `POST /users`.
@@ -71,7 +71,7 @@ pub fn list_users(db: &mut Inner, query: Option<&str>, search: bool) -> Reply {
         .map(|(_, v)| v.to_lowercase());
     let expand = params.iter().any(|(k, v)| k == "expand[]" && v == "access_policy");
     let policies = db.collection("access_policies").clone();
-    let users: Vec<Value> = db
+    let matching: Vec<&Value> = db
         .collection("users")
         .values()
         .filter(|u| {
@@ -79,14 +79,19 @@ pub fn list_users(db: &mut Inner, query: Option<&str>, search: bool) -> Reply {
                 s(u, "full_name").to_lowercase().contains(k) || s(u, "user_email").to_lowercase().contains(k)
             })
         })
+        .collect();
+    let total = matching.len();
+    // Only the requested page is built (10,000 members page quickly).
+    let window: Vec<Value> = matching
+        .into_iter()
+        .skip((num - 1) * size)
+        .take(size)
         .map(|u| with_policies(u, &policies, expand))
         .collect();
     if search {
-        return ok(Value::Array(
-            users.into_iter().skip((num - 1) * size).take(size).collect(),
-        ));
+        return ok(Value::Array(window));
     }
-    page(users, num, size)
+    page_window(window, num, size, total)
 }
 
 /// `GET /users/{id}`.

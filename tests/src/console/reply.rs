@@ -47,6 +47,11 @@ pub fn page(items: Vec<Value>, page_num: usize, page_size: usize) -> Reply {
         .skip((page_num - 1) * page_size)
         .take(page_size)
         .collect();
+    page_window(data, page_num, page_size, total)
+}
+
+/// An already cut page of a list of `total` items, with `pagination`.
+pub fn page_window(data: Vec<Value>, page_num: usize, page_size: usize, total: usize) -> Reply {
     Ok(json_response(
         StatusCode::OK,
         &json!({"code": "SUCCESS", "msg": "success", "data": data,

@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod config;
 pub mod console;
+pub mod doctor;
 pub mod pair;
 pub mod status;
 pub mod tunnel;
@@ -95,6 +96,14 @@ impl Agent {
             Some((keyway_proto::CloseCode::Revoked, _)) => Ok(()),
             other => anyhow::bail!("the relay did not confirm the revocation of site {site:?} ({other:?})"),
         }
+    }
+
+    /// Whether a tunnel handshake over `transport` completes now (QUIC within
+    /// the configured deadline), for `doctor`. The connection is closed at once.
+    pub async fn probe(&self, transport: keyway_transport::TransportKind) -> anyhow::Result<()> {
+        let tunnel = tunnel::connect_over(&self.ctx, transport).await?;
+        tunnel.close(keyway_proto::CloseCode::Normal, "doctor");
+        Ok(())
     }
 
     /// Serves until `stop` is cancelled, reconnecting as needed.

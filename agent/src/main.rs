@@ -72,6 +72,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check what this agent needs and say what to fix: the config, the relay
+    /// over UDP (QUIC) and over TCP (says plainly when UDP is blocked), the
+    /// console and its pinned certificate. Exit code 1 if any check fails.
+    Doctor {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
     /// Connect to the relay and forward requests to the console until SIGTERM
     /// or Ctrl-C. Reconnects by itself after any failure.
     Run {
@@ -172,6 +180,17 @@ fn main() -> ExitCode {
                     eprintln!("keyway-agent: {e:#}");
                     ExitCode::from(64)
                 }
+            }
+        }
+        Cmd::Doctor { config } => {
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let checks = rt.block_on(keyway_agent::doctor::run(&config));
+            let (text, failed) = keyway_agent::doctor::report(&checks);
+            print!("{text}");
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
             }
         }
         Cmd::Run { config } => {

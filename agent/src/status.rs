@@ -57,9 +57,13 @@ fn status(state: &AgentState, relay: &str) -> Status {
     }
 }
 
+/// Replaces the file (write + rename, so readers never see half of it; no
+/// fsync: it is rewritten on the next change and must not stall the agent
+/// on a busy SD card).
 fn write(path: &Path, s: &Status) {
     let json = serde_json::to_vec_pretty(s).expect("status serialises");
-    if let Err(e) = keyway_certs::files::write_atomic(path, &json, false) {
+    let tmp = path.with_extension("json.tmp");
+    if let Err(e) = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path)) {
         tracing::warn!("could not write {}: {e}", path.display());
     }
 }
@@ -68,15 +72,16 @@ fn write(path: &Path, s: &Status) {
 /// then marks it stopped.
 pub async fn keep_written(path: PathBuf, relay: String, mut state: watch::Receiver<AgentState>) {
     loop {
-        let current = state.borrow_and_update().clone();
-        write(&path, &status(&current, &relay));
+        let current = status(&state.borrow_and_update().clone(), &relay);
+        let p = path.clone();
+        let _ = tokio::task::spawn_blocking(move || write(&p, &current)).await;
         if state.changed().await.is_err() {
             break;
         }
     }
     let mut stopped = status(&AgentState::Connecting, &relay);
     stopped.state = "stopped".into();
-    write(&path, &stopped);
+    let _ = tokio::task::spawn_blocking(move || write(&path, &stopped)).await;
 }
 
 /// Reads the status of the agent using `key`, noting whether it still runs.

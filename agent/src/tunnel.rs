@@ -183,6 +183,14 @@ pub(crate) async fn connect(ctx: &TunnelCtx) -> anyhow::Result<Arc<dyn Tunnel>> 
     }
 }
 
+/// Connects over one transport only (QUIC within the `auto` deadline).
+pub(crate) async fn connect_over(ctx: &TunnelCtx, transport: TransportKind) -> anyhow::Result<Arc<dyn Tunnel>> {
+    match transport {
+        TransportKind::Quic => connect_quic(ctx, ctx.quic_deadline).await,
+        TransportKind::Tcp => connect_tcp(ctx).await,
+    }
+}
+
 async fn resolve(target: &str) -> anyhow::Result<SocketAddr> {
     // Re-resolved on every attempt: the relay may have moved.
     tokio::net::lookup_host(target)
@@ -245,9 +253,6 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
     let (mut recv, mut send) = tokio::io::split(control);
 
     let requests = TaskTracker::new();
-    // Cancelled when the session ends: idle keep-alive streams close at once.
-    let closing = CancellationToken::new();
-    let _closing_guard = closing.clone().drop_guard();
     let mut buf = BytesMut::new();
     let mut check = tokio::time::interval(ctx.console_check);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,7 +289,6 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             }
             _ = stop.cancelled() => {
                 let _ = write_msg(&mut send, &ControlMsg::Drain { reason: "agent stopping".into() }).await;
-                closing.cancel();
                 requests.close();
                 if timeout(STOP_GRACE, requests.wait()).await.is_err() {
                     warn!("stopping with requests still open after {STOP_GRACE:?}");
@@ -296,7 +300,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                 Ok(stream) => {
                     let console = ctx.console.clone();
                     let span = info_span!("stream", id = stream.id);
-                    requests.spawn(serve_stream(stream, console, closing.clone()).instrument(span));
+                    requests.spawn(serve_stream(stream, console).instrument(span));
                 }
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
@@ -315,15 +319,46 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
     if let Some(p) = probe_task {
         p.abort();
     }
-    if matches!(end, End::Reconnect(_) | End::Switch(_)) {
-        // Let in-flight requests finish on the old connection, then close it.
-        closing.cancel();
-        requests.close();
-        tokio::spawn(async move {
-            let _ = timeout(STOP_GRACE, requests.wait()).await;
-            drop(send);
-            tunnel.close(CloseCode::Normal, "drained");
-        });
+    match end {
+        End::Switch(_) => {
+            // Until the relay has read the handover Hello it may still send
+            // requests here: keep serving this connection until it says
+            // Drain and a moment passes without a new stream.
+            let console = ctx.console.clone();
+            tokio::spawn(async move {
+                let mut drained = false;
+                loop {
+                    let quiet = if drained { Duration::from_secs(1) } else { STOP_GRACE };
+                    tokio::select! {
+                        stream = tunnel.accept() => match stream {
+                            Ok(stream) => {
+                                let span = info_span!("stream", id = stream.id);
+                                requests.spawn(serve_stream(stream, console.clone()).instrument(span));
+                            }
+                            Err(_) => break,
+                        },
+                        msg = read_msg(&mut recv, &mut buf), if !drained => {
+                            drained = matches!(msg, Ok(ControlMsg::Drain { .. }) | Err(_));
+                        }
+                        _ = tokio::time::sleep(quiet) => break,
+                    }
+                }
+                requests.close();
+                let _ = timeout(STOP_GRACE, requests.wait()).await;
+                drop(send);
+                tunnel.close(CloseCode::Normal, "moved to a new connection");
+            });
+        }
+        End::Reconnect(_) => {
+            // Let in-flight requests finish on the old connection, then close it.
+            requests.close();
+            tokio::spawn(async move {
+                let _ = timeout(STOP_GRACE, requests.wait()).await;
+                drop(send);
+                tunnel.close(CloseCode::Normal, "drained");
+            });
+        }
+        _ => {}
     }
     end
 }
@@ -411,12 +446,7 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
 }
 
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-///
-/// The relay keeps idle streams for its next requests, so a stream serves
-/// requests until it is idle past the header timeout, the relay drops it, or
-/// `closing` is cancelled (the session ends), which closes it once its
-/// current request, if any, is answered.
-async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>, closing: CancellationToken) {
+async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>) {
     let mut kind = [0u8; 1];
     match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
@@ -437,15 +467,7 @@ async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>, closing: 
         .header_read_timeout(STREAM_HEAD_TIMEOUT)
         .serve_connection(io, service)
         .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = closing.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = conn.await {
         debug!("stream ended: {e}");
     }
 }

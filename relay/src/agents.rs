@@ -19,8 +19,6 @@ pub struct AgentLink {
     pub id: u64,
     /// The tunnel to the agent (QUIC or TLS/TCP).
     pub conn: Arc<dyn keyway_transport::Tunnel>,
-    /// HTTP/1.1 over the tunnel's streams, idle streams kept for reuse.
-    pub http: crate::link_client::LinkClient,
     /// Serial of the agent's certificate (checked against revocations).
     pub serial: String,
     /// The agent's software version from `Hello`.

@@ -12,7 +12,6 @@ pub mod agents;
 pub mod config;
 pub mod front;
 pub mod init;
-pub mod link_client;
 pub mod pairing;
 pub mod proxy;
 pub mod registry;

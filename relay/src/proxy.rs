@@ -14,13 +14,17 @@ use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use keyway_proto::envelope::ErrorCode;
 use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
+use keyway_proto::preamble::StreamKind;
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
 use crate::respond::{error, ProxyBody};
+use keyway_transport::TunnelStream;
 
 /// What the proxy needs per request.
 pub struct ProxyCtx {
@@ -139,17 +143,31 @@ async fn forward(
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let mut out = Request::from_parts(parts, body);
+    let out = Request::from_parts(parts, body);
 
-    // A link that closed a moment ago may still be listed: use the newer
-    // one if the agent has already reconnected (a restart, a move from TCP
-    // to QUIC). Nothing of the request has been sent yet.
-    let link = match ctx.agents.get(site) {
-        Some(newer) if link.conn.close_reason().is_some() && newer.id != link.id => newer,
-        _ => link,
+    let agents = ctx.agents.clone();
+    let site_name = site.to_string();
+    let first = link.clone();
+    let exchange = async move {
+        let mut stream = open_stream(&agents, &site_name, first).await?;
+        stream
+            .write_all(&[StreamKind::Http.to_byte()])
+            .await
+            .map_err(|e| Failure::Tunnel(e.to_string()))?;
+        let io = TokioIo::new(stream);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| Failure::Tunnel(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                debug!("tunnel stream ended: {e}");
+            }
+        });
+        sender
+            .send_request(out)
+            .await
+            .map_err(|e| Failure::Tunnel(e.to_string()))
     };
-    parts_uri_for_pool(&mut out);
-    let exchange = link.http.request(out);
     let mut resp = match timeout(ctx.request_timeout, exchange).await {
         Ok(Ok(resp)) => resp,
         Err(_) => {
@@ -158,21 +176,21 @@ async fn forward(
                 &format!("site {site:?} did not answer within {}s", ctx.request_timeout.as_secs()),
             )
         }
-        Ok(Err(e)) if e.is_connect() => {
-            info!("agent connection lost: {e:#}");
+        Ok(Err(Failure::Offline(e))) => {
+            info!("agent connection lost: {e}");
             return error(
                 ErrorCode::AgentOffline,
                 &format!("the agent of site {site:?} disconnected"),
             );
         }
-        Ok(Err(e)) => {
+        Ok(Err(Failure::Tunnel(e))) => {
             if link.conn.close_reason().is_some() {
                 return error(
                     ErrorCode::AgentOffline,
                     &format!("the agent of site {site:?} disconnected during the request"),
                 );
             }
-            info!("tunnel stream failed: {e:#}");
+            info!("tunnel stream failed: {e}");
             return error(
                 ErrorCode::TunnelFailed,
                 &format!("the tunnel to site {site:?} failed during the request"),
@@ -200,13 +218,25 @@ async fn forward(
     resp.map(|b| b.boxed_unsync())
 }
 
-/// The pooled client needs an absolute URI (it keys its pool on it); the
-/// agent receives the origin form, as before.
-fn parts_uri_for_pool(req: &mut Request<Incoming>) {
-    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    if let Ok(uri) = format!("http://agent{pq}").parse() {
-        *req.uri_mut() = uri;
+/// Opens a stream on `link`; if that link closed a moment ago and the agent
+/// has a newer one (a reconnect, a move from TCP to QUIC), on the newer one.
+/// Nothing of the request was sent yet, so moving it is safe.
+async fn open_stream(agents: &AgentTable, site: &str, link: AgentLink) -> Result<TunnelStream, Failure> {
+    match link.conn.open().await {
+        Ok(s) => Ok(s),
+        Err(e) => match agents.get(site).filter(|newer| newer.id != link.id) {
+            Some(newer) => {
+                debug!("link {} closed ({e}); using the newer link {}", link.id, newer.id);
+                newer.conn.open().await.map_err(Failure::Offline)
+            }
+            None => Err(Failure::Offline(e)),
+        },
     }
+}
+
+enum Failure {
+    Offline(std::io::Error),
+    Tunnel(String),
 }
 
 /// The relay is the edge: what the client claims about forwarding is replaced.

@@ -182,7 +182,6 @@ async fn handle_tunnel(
     let link = AgentLink {
         id: ctx.agents.next_id(),
         conn: tunnel.clone(),
-        http: crate::link_client::client(tunnel.clone()),
         serial,
         agent_version: agent_version.clone(),
         since: SystemTime::now(),

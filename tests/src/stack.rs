@@ -124,6 +124,13 @@ impl StackBuilder {
 
     /// Starts everything; returns once the agent is online (if started).
     pub async fn start(self) -> anyhow::Result<Stack> {
+        // KEYWAY_TEST_LOG=info (or a filter) shows relay and agent logs.
+        if let Ok(filter) = std::env::var("KEYWAY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let console = RunningConsole::start(self.console).await?;
         let (tmp, dir) = match self.dir {
             Some(d) => (None, d),

@@ -56,8 +56,14 @@ async fn with_udp_blocked_a_fresh_agent_pairs_and_serves_over_tcp_within_five_se
         "site list shows the transport"
     );
     let config = stack.agent_config.to_str().unwrap();
-    let status = cli("keyway-agent", &["status", "--config", config]).await.unwrap();
-    assert_eq!(status.code, 0, "{}", status.stderr);
+    // status.json follows the agent's state a moment after it changes.
+    let mut status = cli("keyway-agent", &["status", "--config", config]).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while status.code != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = cli("keyway-agent", &["status", "--config", config]).await.unwrap();
+    }
+    assert_eq!(status.code, 0, "{}{}", status.stdout, status.stderr);
     assert!(status.stdout.contains("TLS over TCP"), "{}", status.stdout);
     let json = cli("keyway-agent", &["status", "--config", config, "--json"])
         .await

@@ -277,9 +277,15 @@ async fn drive_relay<T>(
                 if let Ok(v) = HeaderValue::from_str(&printable(&reason)) {
                     req.headers_mut().insert(CLOSE_REASON, v);
                 }
-                if let Ok(mut s) = send.ready().await {
-                    let _ = s.send_request(req, true);
-                }
+                // Hold the handle and the stream: with neither, h2 would end
+                // the connection before the close stream is on the wire.
+                let _held = match send.ready().await {
+                    Ok(mut s) => {
+                        let stream = s.send_request(req, true);
+                        Some((s, stream))
+                    }
+                    Err(_) => None,
+                };
                 // The agent hangs up once it has read the close.
                 std::future::pending::<()>().await;
             };

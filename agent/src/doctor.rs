@@ -1,0 +1,157 @@
+//! `keyway-agent doctor`: one line per check, with a fix for each problem.
+//!
+//! Checks what an IT person cannot see: whether the relay is reachable over
+//! UDP (QUIC) and over TCP, whether the console answers with the pinned
+//! certificate. UDP blocked while TCP works is a warning: the agent serves
+//! over TLS/TCP, slower on lossy links.
+
+use std::path::Path;
+use std::time::Duration;
+
+use keyway_certs::ConsoleTrust;
+
+use crate::{Agent, AgentConfig};
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but not as well as it could.
+    Warn,
+    /// Broken.
+    Fail,
+}
+
+/// One check's line.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Its outcome.
+    pub verdict: Verdict,
+    /// What was checked and what was seen.
+    pub what: String,
+    /// What to do, for a warning or failure.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(what: String) -> Self {
+        Self {
+            verdict: Verdict::Ok,
+            what,
+            fix: None,
+        }
+    }
+
+    fn bad(verdict: Verdict, what: String, fix: &str) -> Self {
+        Self {
+            verdict,
+            what,
+            fix: Some(fix.to_string()),
+        }
+    }
+}
+
+/// Runs every check against the config at `path`.
+pub async fn run(path: &Path) -> Vec<Check> {
+    let cfg = match AgentConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Check::bad(
+                Verdict::Fail,
+                format!("config {}: {e:#}", path.display()),
+                "pair this machine (keyway-agent pair CODE …) or fix the named field",
+            )]
+        }
+    };
+    let mut out = vec![Check::ok(format!("config {} loads", path.display()))];
+    let agent = match Agent::new(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            out.push(Check::bad(
+                Verdict::Fail,
+                format!("identity: {e:#}"),
+                "the key or certificates are missing or damaged: pair again with keyway-agent pair --force",
+            ));
+            return out;
+        }
+    };
+    let udp = agent.probe(keyway_transport::TransportKind::Quic).await;
+    let tcp = agent.probe(keyway_transport::TransportKind::Tcp).await;
+    match (&udp, &tcp) {
+        (Ok(()), _) => out.push(Check::ok(format!("relay {} reachable over UDP (QUIC)", cfg.relay))),
+        (Err(e), Ok(())) => out.push(Check::bad(
+            Verdict::Warn,
+            format!("UDP to the relay {} is blocked ({e:#}); TLS over TCP to {} works", cfg.relay, cfg.relay_tcp_addr()),
+            "the agent serves over TCP by itself; to use QUIC, allow outbound UDP to the relay's port on this network's firewall",
+        )),
+        (Err(e), Err(_)) => out.push(Check::bad(
+            Verdict::Fail,
+            format!("relay {} unreachable over UDP: {e:#}", cfg.relay),
+            "check this machine's internet connection, DNS, and the relay address in the config",
+        )),
+    }
+    match &tcp {
+        Ok(()) => out.push(Check::ok(format!("relay {} reachable over TLS/TCP", cfg.relay_tcp_addr()))),
+        Err(e) => out.push(Check::bad(
+            if udp.is_ok() { Verdict::Warn } else { Verdict::Fail },
+            format!("relay {} unreachable over TLS/TCP: {e:#}", cfg.relay_tcp_addr()),
+            "if UDP works this only removes the fallback; otherwise check the firewall allows outbound TCP to the relay's port",
+        )),
+    }
+    out.push(console(&cfg).await);
+    out
+}
+
+async fn console(cfg: &AgentConfig) -> Check {
+    let uri = match cfg.console_uri() {
+        Ok(u) => u,
+        Err(e) => {
+            return Check::bad(
+                Verdict::Fail,
+                format!("console_url: {e:#}"),
+                "set console_url = \"https://IP:12445\"",
+            )
+        }
+    };
+    let seen = match tokio::time::timeout(Duration::from_secs(10), crate::pair::console_fingerprint(&uri)).await {
+        Ok(Ok(fp)) => fp,
+        _ => {
+            return Check::bad(
+                Verdict::Fail,
+                format!("console {uri} does not answer over HTTPS"),
+                "check the console is powered and on this LAN, and that console_url has its current IP address",
+            )
+        }
+    };
+    match cfg.console_trust() {
+        Ok(ConsoleTrust::Pinned(fp)) if fp == seen => Check::ok(format!("console {uri} answers with the pinned certificate")),
+        Ok(ConsoleTrust::Pinned(fp)) => Check::bad(
+            Verdict::Fail,
+            format!("console {uri} presents certificate {seen}, not the pinned {fp}"),
+            "if the console's certificate was renewed, compare it in the console's settings, then run keyway-agent pair --force with --console-fingerprint",
+        ),
+        _ => Check::bad(
+            Verdict::Warn,
+            format!("console {uri} answers; its certificate is not pinned (console_insecure)"),
+            format!("pin it: console_fingerprint = \"{seen}\" in the config").as_str(),
+        ),
+    }
+}
+
+/// The report, one line per check; and whether any check failed.
+pub fn report(checks: &[Check]) -> (String, bool) {
+    let mut text = String::new();
+    for c in checks {
+        let mark = match c.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        text.push_str(&format!("{mark} {}\n", c.what));
+        if let Some(fix) = &c.fix {
+            text.push_str(&format!("     fix: {fix}\n"));
+        }
+    }
+    (text, checks.iter().any(|c| c.verdict == Verdict::Fail))
+}

@@ -1,0 +1,15 @@
+//! The end-to-end suite, as one test binary: each module is one area
+//! (linking eleven binaries against the whole stack cost minutes and
+//! gigabytes of disk per build).
+
+mod api;
+mod doctor;
+mod errors;
+mod events;
+mod fallback;
+mod faults;
+mod impaired;
+mod memory;
+mod pairing;
+mod tunnel;
+mod workflows;

@@ -57,6 +57,40 @@ pub struct AgentConfig {
     /// In `auto` while on TCP, how often QUIC is tried again in the background.
     #[serde(default = "default_quic_probe", with = "humantime_serde")]
     pub quic_probe_interval: Duration,
+    /// The console's API token, kept on this machine only (mode 0600, set
+    /// with `keyway-agent console-token set`). Defaults to `console-token`
+    /// beside the key. With it, the agent's event hub holds the one
+    /// WebSocket to the console; without it, each subscriber gets its own.
+    #[serde(default)]
+    pub console_token_file: Option<PathBuf>,
+    /// Serve door-event subscribers from the hub (when a console token is set).
+    #[serde(default = "default_true")]
+    pub event_hub: bool,
+    /// Events the hub keeps for `?since=` replay (also on disk).
+    #[serde(default = "default_event_buffer")]
+    pub event_buffer: usize,
+    /// How long the hub keeps events for replay.
+    #[serde(default = "default_event_retention", with = "humantime_serde")]
+    pub event_retention: Duration,
+    /// Events queued for one subscriber before it is cut as too slow.
+    #[serde(default = "default_event_queue")]
+    pub event_queue: usize,
+    /// Where the event buffer is persisted; defaults to `events/` beside the key.
+    #[serde(default)]
+    pub events_dir: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_event_buffer() -> usize {
+    10_000
+}
+fn default_event_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_event_queue() -> usize {
+    1024
 }
 
 /// `transport` in `agent.toml`.
@@ -100,6 +134,17 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
+        for p in [&mut cfg.console_token_file, &mut cfg.events_dir].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if cfg.event_buffer == 0 || cfg.event_queue == 0 {
+            bail!(
+                "invalid config {}: event_buffer and event_queue must be at least 1",
+                path.display()
+            );
+        }
         cfg.console_trust()
             .with_context(|| format!("invalid config {}", path.display()))?;
         cfg.console_uri()
@@ -129,6 +174,28 @@ impl AgentConfig {
             bail!("console_url: must look like https://HOST:12445");
         }
         Ok(uri)
+    }
+
+    /// Where the console token is (or would be) stored.
+    pub fn console_token_path(&self) -> PathBuf {
+        self.console_token_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("console-token"))
+    }
+
+    /// Where the event buffer is persisted.
+    pub fn events_path(&self) -> PathBuf {
+        self.events_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("events"))
+    }
+
+    /// The folder holding the agent's key (its state directory).
+    pub fn state_dir(&self) -> PathBuf {
+        self.key
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// The relay's TLS/TCP address.

@@ -23,6 +23,10 @@ use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use tokio::time::timeout;
 use tracing::{debug, warn, Instrument};
 
+/// What the agent asks the console to check a subscriber's token: listing
+/// devices needs `view:device`, the permission of the event stream.
+const TOKEN_CHECK_PATH: &str = "/api/v1/developer/devices";
+
 /// How long one side of an upgraded stream may stay open after the other closed.
 const UPGRADE_LINGER: Duration = Duration::from_secs(5);
 
@@ -32,6 +36,8 @@ pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::E
 /// The console as seen from the agent.
 pub struct Console {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// For the agent's own calls (token checks), which have no body.
+    own: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: Uri,
     host: HeaderValue,
     head_timeout: Duration,
@@ -61,10 +67,15 @@ impl Console {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(50))
+            .build(https.clone());
+        let own = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(50))
             .build(https);
         let host = HeaderValue::from_str(base.authority().map(|a| a.as_str()).unwrap_or_default())?;
         Ok(Self {
             client,
+            own,
             base,
             host,
             head_timeout,
@@ -126,6 +137,84 @@ impl Console {
             tokio::spawn(splice(tunnel, console).in_current_span());
         }
         resp.map(|b| b.boxed_unsync())
+    }
+
+    /// Whether the console accepts `authorization` for reading devices (the
+    /// permission its event stream needs): `Err` is the response to give
+    /// the caller (the console's own refusal, or an envelope).
+    pub async fn check_token(&self, authorization: &HeaderValue) -> Result<(), Response<TunnelBody>> {
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static(TOKEN_CHECK_PATH));
+        let req = Request::get(Uri::from_parts(uri).map_err(|_| envelope(ErrorCode::BadRequest, "console_url"))?)
+            .header(HOST, self.host.clone())
+            .header(http::header::AUTHORIZATION, authorization.clone())
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| envelope(ErrorCode::BadRequest, "invalid Authorization header"))?;
+        let resp = match timeout(self.head_timeout, self.own.request(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(self.classify(&e)),
+            Err(_) => {
+                return Err(envelope(
+                    ErrorCode::Timeout,
+                    "the console did not answer the token check",
+                ))
+            }
+        };
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let (parts, body) = resp.into_parts();
+        let body = match timeout(
+            self.head_timeout,
+            http_body_util::Limited::new(body, 64 * 1024).collect(),
+        )
+        .await
+        {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => Bytes::new(),
+        };
+        Err(Response::from_parts(
+            parts,
+            Full::new(body).map_err(|never| match never {}).boxed_unsync(),
+        ))
+    }
+
+    /// One JSON call of the agent's own (with the stored console token):
+    /// the status and the parsed body.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+        let mut uri = self.base.clone().into_parts();
+        uri.path_and_query = Some(path.parse()?);
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(Uri::from_parts(uri)?)
+            .header(HOST, self.host.clone())
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        let resp = timeout(self.head_timeout, self.own.request(req))
+            .await
+            .map_err(|_| anyhow::anyhow!("the console did not answer within {:?}", self.head_timeout))?
+            .map_err(|e| anyhow::anyhow!("the console could not be reached: {}", error_chain(&e)))?;
+        let status = resp.status();
+        let bytes = timeout(
+            self.head_timeout,
+            http_body_util::Limited::new(resp.into_body(), 1 << 20).collect(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the console's answer was too slow"))?
+        .map_err(|e| anyhow::anyhow!("the console's answer: {e}"))?
+        .to_bytes();
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        ))
     }
 
     fn classify(&self, e: &hyper_util::client::legacy::Error) -> Response<TunnelBody> {

@@ -9,7 +9,9 @@
 pub mod backoff;
 pub mod config;
 pub mod console;
+pub mod console_token;
 pub mod doctor;
+pub mod hub;
 pub mod pair;
 pub mod status;
 pub mod tunnel;
@@ -30,6 +32,8 @@ pub use tunnel::AgentState;
 /// A configured agent, not yet running.
 pub struct Agent {
     ctx: Arc<tunnel::TunnelCtx>,
+    hub: Option<(Arc<hub::Hub>, hub::upstream::Upstream)>,
+    webhooks: Option<hub::webhooks::Capture>,
     state: watch::Receiver<AgentState>,
     status_file: std::path::PathBuf,
 }
@@ -57,6 +61,7 @@ impl Agent {
             cfg.console_connect_timeout,
             cfg.console_timeout,
         )?;
+        let hub = event_hub(cfg)?;
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = tunnel::TunnelCtx {
             endpoint,
@@ -69,14 +74,28 @@ impl Agent {
             quic_probe: cfg.quic_probe_interval.max(std::time::Duration::from_millis(100)),
             udp_blocked: Default::default(),
             console: Arc::new(console),
+            events: hub
+                .as_ref()
+                .map(|(h, _)| Arc::new(hub::serve::Subscribers::new(h.clone()))),
             state: state_tx,
             console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
         };
+        let webhooks = match &hub {
+            Some(_) => hub::webhooks::Capture::load(&cfg.state_dir())?,
+            None => None,
+        };
         Ok(Self {
             ctx: Arc::new(ctx),
+            hub,
+            webhooks,
             state,
             status_file: status::path_for(&cfg.key),
         })
+    }
+
+    /// The event hub, when it is on.
+    pub fn hub(&self) -> Option<Arc<hub::Hub>> {
+        self.hub.as_ref().map(|(h, _)| h.clone())
     }
 
     /// The agent's state, as it changes.
@@ -107,7 +126,18 @@ impl Agent {
     }
 
     /// Serves until `stop` is cancelled, reconnecting as needed.
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut hub_tasks = Vec::new();
+        if let Some((hub, up)) = self.hub.take() {
+            if let Some(capture) = self.webhooks.take() {
+                hub_tasks.push(tokio::spawn(hub::webhooks::serve(
+                    hub.clone(),
+                    capture,
+                    stop.child_token(),
+                )));
+            }
+            hub_tasks.push(tokio::spawn(hub::upstream::run(hub, up, stop.child_token())));
+        }
         let writer = tokio::spawn(status::keep_written(
             self.status_file.clone(),
             self.ctx.relay.clone(),
@@ -118,8 +148,40 @@ impl Agent {
             .endpoint
             .close(keyway_proto::CloseCode::Shutdown.code().into(), b"agent stopping");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.ctx.endpoint.wait_idle()).await;
+        for t in hub_tasks {
+            let _ = t.await;
+        }
         // The state channel closes with the context: the file says "stopped".
         drop(self);
         let _ = writer.await;
     }
+}
+
+/// The event hub, if it is on and the console token is set.
+fn event_hub(cfg: &AgentConfig) -> anyhow::Result<Option<(Arc<hub::Hub>, hub::upstream::Upstream)>> {
+    if !cfg.event_hub {
+        return Ok(None);
+    }
+    let token_path = cfg.console_token_path();
+    let Some(token) = console_token::load(&token_path)? else {
+        tracing::info!(
+            "event hub off: no console token at {} (set one with `keyway-agent console-token set`); \
+             each event subscriber gets its own WebSocket to the console",
+            token_path.display()
+        );
+        return Ok(None);
+    };
+    let opts = hub::HubOptions {
+        buffer: cfg.event_buffer,
+        retention: cfg.event_retention,
+        queue: cfg.event_queue,
+    };
+    let (loaded, writer) = hub::store::load(&cfg.events_path(), &opts).context("event buffer")?;
+    let hub = Arc::new(hub::Hub::new(opts, loaded, Some(writer)));
+    let upstream = hub::upstream::Upstream {
+        base: cfg.console_uri()?,
+        trust: cfg.console_trust()?,
+        token,
+    };
+    Ok(Some((hub, upstream)))
 }

@@ -80,9 +80,69 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
         config: PathBuf,
     },
+    /// Store the console's API token on this machine (mode 0600), read from
+    /// stdin so it stays out of shell history and `ps`. With it, the agent
+    /// holds one WebSocket to the console and serves every door-event
+    /// subscriber from its event hub (numbered, resumable with ?since=).
+    /// The token never crosses the tunnel. Restart the agent to apply.
+    ConsoleToken {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// The event hub's webhook capture: credential unlocks (NFC, PIN, face,
+    /// mobile) are sent by the console only as webhooks; captured, they
+    /// reach integrations on the same event stream as everything else.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
     /// Connect to the relay and forward requests to the console until SIGTERM
     /// or Ctrl-C. Reconnects by itself after any failure.
     Run {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsAction {
+    /// Register this agent as a webhook endpoint on the console for every
+    /// door event, listening on a LAN address of this machine (the console
+    /// must reach it; nothing is exposed to the internet). Needs the console
+    /// token (`console-token set`). Restart the agent to start listening.
+    CaptureWebhooks {
+        /// Where to listen, a LAN address of this machine, e.g. 192.168.1.20:12446.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// The URL the console posts to (default: http://LISTEN/keyway/webhook).
+        #[arg(long)]
+        url: Option<String>,
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+    /// Remove the webhook endpoint from the console and forget it.
+    StopCapture {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Read the token from stdin, check it with the console, store it.
+    Set {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+        /// Store it even if the console cannot be asked now.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Delete the stored token (the event hub turns off at the next start).
+    Clear {
         /// The agent's config file.
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
         config: PathBuf,
@@ -193,6 +253,26 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Cmd::Events { action } => match events(action) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyway-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::ConsoleToken { action } => match console_token(action) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyway-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,
@@ -221,6 +301,96 @@ fn tell_relay(config: &std::path::Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async { Agent::new(&cfg)?.notify_unpair().await })
         .map_err(|e| e.context("could not tell the relay; nothing was removed (keyway-relay site revoke SITE does it from the relay side)"))
+}
+
+fn events(action: EventsAction) -> anyhow::Result<String> {
+    use keyway_agent::hub::webhooks::{self, Capture};
+    let config = match &action {
+        EventsAction::CaptureWebhooks { config, .. } | EventsAction::StopCapture { config } => config,
+    };
+    let cfg = AgentConfig::load(config)?;
+    let token = keyway_agent::console_token::load(&cfg.console_token_path())?
+        .ok_or_else(|| anyhow::anyhow!("no console token: run `keyway-agent console-token set` first"))?;
+    let console = keyway_agent::console::Console::new(
+        cfg.console_uri()?,
+        cfg.console_trust()?,
+        cfg.console_connect_timeout,
+        cfg.console_timeout,
+    )?;
+    let rt = tokio::runtime::Runtime::new()?;
+    match action {
+        EventsAction::CaptureWebhooks { listen, url, .. } => {
+            if Capture::load(&cfg.state_dir())?.is_some() {
+                anyhow::bail!("webhooks are already captured; `keyway-agent events stop-capture` first");
+            }
+            if url.is_none() && listen.ip().is_unspecified() {
+                anyhow::bail!("--listen {listen} is not an address the console can post to: give --url too");
+            }
+            let url = url.unwrap_or_else(|| format!("http://{listen}/keyway/webhook"));
+            let events: Vec<String> = webhooks::DOOR_EVENTS.iter().map(|s| s.to_string()).collect();
+            let capture = rt.block_on(webhooks::register(&console, &token, listen, &url, &events))?;
+            capture.store(&cfg.state_dir())?;
+            Ok(format!(
+                "The console will post door events to {url} (endpoint {}). Restart the agent to start listening.",
+                capture.id
+            ))
+        }
+        EventsAction::StopCapture { .. } => {
+            let Some(capture) = Capture::load(&cfg.state_dir())? else {
+                return Ok("Webhooks are not captured.".into());
+            };
+            let path = format!("/api/v1/developer/webhooks/endpoints/{}", capture.id);
+            let (status, _) = rt.block_on(console.call(http::Method::DELETE, &path, &token, None))?;
+            if !status.is_success() && status != http::StatusCode::NOT_FOUND {
+                anyhow::bail!("the console refused to delete endpoint {} (HTTP {status})", capture.id);
+            }
+            Capture::forget(&cfg.state_dir())?;
+            Ok(format!("Removed webhook endpoint {} from the console.", capture.id))
+        }
+    }
+}
+
+fn console_token(action: TokenAction) -> anyhow::Result<String> {
+    use keyway_agent::console_token;
+    match action {
+        TokenAction::Set { config, no_verify } => {
+            let cfg = AgentConfig::load(&config)?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)?;
+            let token = console_token::parse(&text)?;
+            if !no_verify {
+                let console = keyway_agent::console::Console::new(
+                    cfg.console_uri()?,
+                    cfg.console_trust()?,
+                    cfg.console_connect_timeout,
+                    cfg.console_timeout,
+                )?;
+                let rt = tokio::runtime::Runtime::new()?;
+                let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
+                if let Err(resp) = rt.block_on(console.check_token(&bearer)) {
+                    anyhow::bail!(
+                        "the console did not accept this token (HTTP {}); nothing was stored \
+                         (--no-verify stores it anyway)",
+                        resp.status()
+                    );
+                }
+            }
+            let path = cfg.console_token_path();
+            console_token::store(&path, &token)?;
+            Ok(format!(
+                "Console token stored in {} (mode 0600). Restart the agent to start its event hub.",
+                path.display()
+            ))
+        }
+        TokenAction::Clear { config } => {
+            let path = AgentConfig::load(&config)?.console_token_path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => Ok(format!("Removed {}.", path.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok("No console token was stored.".into()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
 }
 
 async fn run(cfg: AgentConfig) -> anyhow::Result<()> {

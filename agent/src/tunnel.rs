@@ -30,6 +30,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::config::TransportMode;
 use crate::console::Console;
+use crate::hub::serve::{is_subscription, Subscribers};
 
 /// Time allowed for the QUIC handshake and the Hello/Welcome exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,6 +84,8 @@ pub struct TunnelCtx {
     pub udp_blocked: AtomicBool,
     /// Where requests go.
     pub console: Arc<Console>,
+    /// Door-event subscribers, when the event hub is on.
+    pub events: Option<Arc<Subscribers>>,
     /// Published state.
     pub state: watch::Sender<AgentState>,
     /// How often console reachability is checked and reported.
@@ -298,9 +301,9 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             }
             stream = tunnel.accept() => match stream {
                 Ok(stream) => {
-                    let console = ctx.console.clone();
+                    let (console, events) = (ctx.console.clone(), ctx.events.clone());
                     let span = info_span!("stream", id = stream.id);
-                    requests.spawn(serve_stream(stream, console).instrument(span));
+                    requests.spawn(serve_stream(stream, console, events).instrument(span));
                 }
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
@@ -324,7 +327,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             // Until the relay has read the handover Hello it may still send
             // requests here: keep serving this connection until it says
             // Drain and a moment passes without a new stream.
-            let console = ctx.console.clone();
+            let (console, events) = (ctx.console.clone(), ctx.events.clone());
             tokio::spawn(async move {
                 let mut drained = false;
                 loop {
@@ -333,7 +336,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                         stream = tunnel.accept() => match stream {
                             Ok(stream) => {
                                 let span = info_span!("stream", id = stream.id);
-                                requests.spawn(serve_stream(stream, console.clone()).instrument(span));
+                                requests.spawn(serve_stream(stream, console.clone(), events.clone()).instrument(span));
                             }
                             Err(_) => break,
                         },
@@ -446,7 +449,7 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
 }
 
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>) {
+async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>, events: Option<Arc<Subscribers>>) {
     let mut kind = [0u8; 1];
     match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
@@ -459,8 +462,14 @@ async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>) {
     }
     let io = TokioIo::new(stream);
     let service = hyper::service::service_fn(move |req| {
-        let console = console.clone();
-        async move { Ok::<_, std::convert::Infallible>(console.forward(req).await) }
+        let (console, events) = (console.clone(), events.clone());
+        async move {
+            let resp = match events {
+                Some(events) if is_subscription(&req) => events.subscribe(&console, req).await,
+                _ => console.forward(req).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -227,6 +227,12 @@ async fn run(targets: &std::path::Path, out: &std::path::Path, quick: bool, sel:
         if sel.wants("door_event") {
             put("door_event", workloads::door_events(p, s, &fixture.door).await);
         }
+        if sel.wants("door_event_50") {
+            put(
+                "door_event_50",
+                workloads::door_events_fanout(p, s, &fixture.door, 50).await,
+            );
+        }
     }
     for outcomes in workloads.values_mut() {
         ratios(outcomes);

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::Results;
 
 /// Human names of the workloads, in report order.
-const WORKLOADS: [(&str, &str); 12] = [
+const WORKLOADS: [(&str, &str); 13] = [
     (
         "get_c1",
         "Small JSON GET (`/api/v1/developer/doors`), keep-alive, concurrency 1",
@@ -27,7 +27,11 @@ const WORKLOADS: [(&str, &str); 12] = [
     ),
     (
         "door_event",
-        "Door event: unlock call → event at a WebSocket listener, both through the path",
+        "Door event: unlock call → event at a WebSocket listener, both through the path (Keyway: from the agent's event hub)",
+    ),
+    (
+        "door_event_50",
+        "Door event fan-out: 50 WebSocket listeners on the path, latency at each (direct/peers: 50 console WebSockets; Keyway: one, through the hub)",
     ),
     (
         "wan40_new_connection",

@@ -422,3 +422,61 @@ pub async fn door_events(path: &Path, s: &Settings, door: &str) -> anyhow::Resul
     o.latency = Some(Latency::of(&mut all));
     Ok(o)
 }
+
+/// As [`door_events`] with `n` listeners on the path at once: each event's
+/// latency is measured at every listener (fan-out: the console's own
+/// WebSocket per listener, or Keyway's hub serving all from one).
+pub async fn door_events_fanout(path: &Path, s: &Settings, door: &str, n: usize) -> anyhow::Result<Outcome> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let tls = path.tls(false).await?;
+        let mut req =
+            format!("wss://{}/api/v1/developer/devices/notifications", path.spec.host).into_client_request()?;
+        req.headers_mut()
+            .insert(AUTHORIZATION, format!("Bearer {}", path.token()).parse()?);
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .context("WebSocket upgrade")?;
+        let tx = tx.clone();
+        listeners.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let ok = match msg {
+                    Message::Text(t) if t.contains("remote_unlock") => tx.send(Instant::now()).is_ok(),
+                    Message::Ping(p) => ws.send(Message::Pong(p)).await.is_ok(),
+                    _ => true,
+                };
+                if !ok {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut conn = path.connect(false).await?;
+    let uri = format!("/api/v1/developer/doors/{door}/unlock");
+    let body = json!({"actor_id": "bench", "actor_name": "Bench"});
+    let (mut per_round, mut all) = (vec![], vec![]);
+    for _ in 0..s.rounds {
+        let mut samples = Vec::with_capacity(s.events * n);
+        for _ in 0..s.events {
+            let t0 = Instant::now();
+            exchange(&mut conn, path.json(Method::PUT, &uri, &body)).await?;
+            for _ in 0..n {
+                let at = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                    .await
+                    .context("a listener got no door event within 10 s")?
+                    .context("listeners ended")?;
+                samples.push(at.saturating_duration_since(t0));
+            }
+        }
+        let mut sorted = samples.clone();
+        per_round.push(Latency::of(&mut sorted).p50_ms);
+        all.extend(samples);
+    }
+    for l in listeners {
+        l.abort();
+    }
+    let mut o = Outcome::new("ms p50, unlock call → event at each listener", false, per_round);
+    o.latency = Some(Latency::of(&mut all));
+    Ok(o)
+}

@@ -148,6 +148,17 @@ impl EventListener {
         ca: &CertificateDer<'static>,
         token: &str,
     ) -> anyhow::Result<Self> {
+        Self::connect_to(addr, server_name, ca, token, "").await
+    }
+
+    /// As [`EventListener::connect`], with a query (`since=…`) on the path.
+    pub async fn connect_to(
+        addr: std::net::SocketAddr,
+        server_name: &str,
+        ca: &CertificateDer<'static>,
+        token: &str,
+        query: &str,
+    ) -> anyhow::Result<Self> {
         let mut tls = keyway_certs::tls::https_client(ca)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tcp = TcpStream::connect(addr).await?;
@@ -156,7 +167,9 @@ impl EventListener {
         let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
             .connect(name, tcp)
             .await?;
-        let mut req = format!("wss://{server_name}/api/v1/developer/devices/notifications").into_client_request()?;
+        let sep = if query.is_empty() { "" } else { "?" };
+        let mut req =
+            format!("wss://{server_name}/api/v1/developer/devices/notifications{sep}{query}").into_client_request()?;
         req.headers_mut()
             .insert(AUTHORIZATION, format!("Bearer {token}").parse()?);
         let (ws, resp) = tokio_tungstenite::client_async(req, stream)

@@ -94,6 +94,26 @@ pub async fn cli(bin: &str, args: &[&str]) -> anyhow::Result<CliOutput> {
     })
 }
 
+/// Runs a workspace CLI with `input` on its stdin.
+pub async fn cli_stdin(bin: &str, args: &[&str], input: &str) -> anyhow::Result<CliOutput> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(workspace_bin(bin))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(input.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// Relay and agent as processes, enrolled through the CLIs.
 pub struct BinaryStack {
     /// `keyway-relay serve`.

@@ -51,6 +51,7 @@ pub struct StackBuilder {
     dir: Option<PathBuf>,
     transport: Option<String>,
     udp_blocked: bool,
+    console_token: bool,
 }
 
 impl Default for StackBuilder {
@@ -65,6 +66,7 @@ impl Default for StackBuilder {
             dir: None,
             transport: None,
             udp_blocked: false,
+            console_token: true,
         }
     }
 }
@@ -119,6 +121,13 @@ impl StackBuilder {
     /// agent find only TCP there, as behind a firewall that drops UDP.
     pub fn udp_blocked(mut self) -> Self {
         self.udp_blocked = true;
+        self
+    }
+
+    /// Do not store the console token on the agent: no event hub, each
+    /// event subscriber gets its own WebSocket to the console.
+    pub fn without_console_token(mut self) -> Self {
+        self.console_token = false;
         self
     }
 
@@ -207,6 +216,11 @@ impl StackBuilder {
             agent_extra.push_str(&format!("\ntransport = {t:?}\n"));
         }
         append(&paired.config, &agent_extra)?;
+        if self.console_token {
+            // As `keyway-agent console-token set` does: the hub is on.
+            let cfg = keyway_agent::AgentConfig::load(&paired.config)?;
+            keyway_agent::console_token::store(&cfg.console_token_path(), &console.token)?;
+        }
 
         let mut stack = Stack {
             console,
@@ -434,6 +448,18 @@ impl Stack {
             &self.console.url,
             &self.console.token,
         )
+    }
+
+    /// A Keyway-aware door-event listener (`?since=…`) through the relay.
+    pub async fn listen_events_since(&self, query: &str) -> anyhow::Result<crate::client::EventListener> {
+        crate::client::EventListener::connect_to(
+            self.relay_addr,
+            "127.0.0.1",
+            &self.https_ca_der,
+            &self.console.token,
+            query,
+        )
+        .await
     }
 
     /// A door-event listener through the relay.

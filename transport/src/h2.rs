@@ -487,6 +487,19 @@ fn read_error_eof(e: h2::Error) -> io::Result<()> {
     }
 }
 
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        // As a dropped QUIC send stream does (quinn finishes it): what was
+        // written is delivered, then the end. h2 would otherwise reset the
+        // stream, and the peer could lose bytes it had not read yet (a
+        // WebSocket's close frame behind a slow reader).
+        if !self.finished {
+            self.finished = true;
+            let _ = self.tx.send_data(Bytes::new(), true);
+        }
+    }
+}
+
 impl AsyncWrite for H2Stream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {

@@ -16,6 +16,7 @@ mod people;
 mod reply;
 mod space;
 pub mod state;
+pub mod webhooks;
 mod ws;
 
 pub use ws::HELLO_FRAME;
@@ -113,6 +114,8 @@ struct Ctx {
     token: String,
     state: state::State,
     events: broadcast::Sender<String>,
+    kick: tokio::sync::watch::Sender<u64>,
+    webhook_log: Arc<Mutex<Vec<u16>>>,
     throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
     stop: CancellationToken,
 }
@@ -152,6 +155,8 @@ impl RunningConsole {
             token: opts.token.clone(),
             state: state::State::new(),
             events: broadcast::channel(256).0,
+            kick: tokio::sync::watch::channel(0).0,
+            webhook_log: Arc::default(),
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
             stop: CancellationToken::new(),
         });
@@ -179,6 +184,30 @@ impl RunningConsole {
     /// A stored static file (uploaded avatars), by path under `system/static/`.
     pub fn static_file(&self, path: &str) -> Option<bytes::Bytes> {
         self.ctx.state.with(|db| db.static_files.get(path).cloned())
+    }
+
+    /// A credential unlock at the door (NFC, PIN, face, mobile): like a real
+    /// console, it is sent only as an `access.door.unlock` webhook, never on
+    /// the WebSocket. Returns the payload, or `None` for an unknown door.
+    pub fn credential_unlock(&self, door_id: &str, actor_name: &str, auth: &str) -> Option<Value> {
+        let (targets, event) = self.ctx.state.with(|db| {
+            let door = db.collection("doors").get(door_id).cloned()?;
+            let event = webhooks::door_unlock(&door, "u-1", actor_name, auth);
+            Some((webhooks::targets(db, "access.door.unlock"), event))
+        })?;
+        webhooks::deliver(targets, &event, self.ctx.webhook_log.clone());
+        Some(event)
+    }
+
+    /// The HTTP status of each webhook delivery so far (0: not delivered).
+    pub fn webhook_deliveries(&self) -> Vec<u16> {
+        self.ctx.webhook_log.lock().expect("webhook log lock poisoned").clone()
+    }
+
+    /// Drops every WebSocket listener's connection (as a console reboot or
+    /// a network blip would); the console keeps serving.
+    pub fn kick_listeners(&self) {
+        self.ctx.kick.send_modify(|n| *n += 1);
     }
 
     /// Number of WebSocket listeners.
@@ -290,7 +319,9 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
 
     // Endpoints that take the request itself (upgrade, multipart, streams).
     match (&method, seg.as_slice()) {
-        (&Method::GET, ["devices", "notifications"]) => return ws::upgrade(req, &ctx.events, ctx.stop.clone()),
+        (&Method::GET, ["devices", "notifications"]) => {
+            return ws::upgrade(req, &ctx.events, ctx.kick.subscribe(), ctx.stop.clone())
+        }
         (&Method::POST, ["users", id, "avatar"]) => {
             let id = id.to_string();
             let (parts, body) = req.into_parts();
@@ -316,8 +347,18 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
         return files::fetch_logs(st, q, b);
     }
     if let (&Method::PUT, ["doors", id, "unlock"]) = (&method, seg.as_slice()) {
-        let (reply, event) = st.with(|db| space::unlock(db, id, b))?;
+        let (reply, event, hook) = st.with(|db| {
+            let (reply, event) = space::unlock(db, id, b)?;
+            let door = db.collection("doors").get(*id).cloned().unwrap_or_default();
+            let actor = (
+                b["actor_id"].as_str().unwrap_or("api"),
+                b["actor_name"].as_str().unwrap_or("API"),
+            );
+            let hook = webhooks::door_unlock(&door, actor.0, actor.1, "REMOTE_THROUGH_API");
+            Ok::<_, Response<SimBody>>((reply, event, (webhooks::targets(db, "access.door.unlock"), hook)))
+        })?;
         let _ = ctx.events.send(event.to_string());
+        webhooks::deliver(hook.0, &hook.1, ctx.webhook_log.clone());
         return reply;
     }
 

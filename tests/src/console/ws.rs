@@ -27,7 +27,12 @@ use super::reply::{full, invalid, Reply};
 pub const HELLO_FRAME: &str = "\"Hello\"";
 
 /// Accepts the upgrade and spawns the listener's sender.
-pub fn upgrade(mut req: Request<Incoming>, events: &broadcast::Sender<String>, stop: CancellationToken) -> Reply {
+pub fn upgrade(
+    mut req: Request<Incoming>,
+    events: &broadcast::Sender<String>,
+    mut kick: tokio::sync::watch::Receiver<u64>,
+    stop: CancellationToken,
+) -> Reply {
     let h = req.headers();
     let is_ws = h
         .get(UPGRADE)
@@ -57,6 +62,8 @@ pub fn upgrade(mut req: Request<Incoming>, events: &broadcast::Sender<String>, s
                     let _ = tx.send(Message::Close(None)).await;
                     break;
                 }
+                // Dropped without a close frame, as a lost connection is.
+                _ = kick.changed() => break,
                 ev = rx.recv() => match ev {
                     Ok(text) => if tx.send(Message::text(text)).await.is_err() { break },
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,

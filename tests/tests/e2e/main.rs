@@ -8,6 +8,7 @@ mod errors;
 mod events;
 mod fallback;
 mod faults;
+mod hub;
 mod impaired;
 mod memory;
 mod pairing;

@@ -1,0 +1,298 @@
+//! Door-event subscribers arriving through the tunnel.
+//!
+//! `GET /api/v1/developer/devices/notifications` with a WebSocket upgrade is
+//! answered here instead of by the console: the subscriber's token is
+//! checked first (against the console with a cheap call needing the same
+//! `view:device` permission, remembered by fingerprint for
+//! [`TOKEN_CACHE_TTL`]), then it gets the console's greeting and the
+//! console's events, untouched, from the hub.
+//!
+//! With `?since=SEQ[&epoch=EPOCH]` the subscriber is Keyway-aware: each event
+//! comes wrapped with its sequence number, preceded by the buffered events
+//! after `SEQ` (and a `gap` message if some are gone), then a `live` marker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use keyway_certs::Fingerprint;
+use keyway_proto::envelope::ErrorCode;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, Instrument};
+
+use super::upstream::NOTIFICATIONS;
+use super::{Event, Hub, Since, Subscription, CUT_TOO_SLOW};
+use crate::console::{envelope, Console, TunnelBody};
+
+/// How long a token the console accepted is trusted without asking again.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long a subscriber waits for the console's stream to be connected.
+const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
+const CACHE_MAX: usize = 4096;
+/// How long a cut subscriber has to take its close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Serves subscribers from a hub.
+pub struct Subscribers {
+    hub: Arc<Hub>,
+    accepted: Mutex<HashMap<Fingerprint, Instant>>,
+}
+
+/// Whether `req` is a subscription the hub answers.
+pub fn is_subscription(req: &Request<Incoming>) -> bool {
+    req.method() == Method::GET
+        && req.uri().path() == NOTIFICATIONS
+        && keyway_proto::headers::wants_upgrade(req.headers())
+}
+
+impl Subscribers {
+    /// Subscribers of `hub`.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self {
+            hub,
+            accepted: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Answers one upgrade request: refusal, or 101 and a subscriber task.
+    pub async fn subscribe(&self, console: &Console, mut req: Request<Incoming>) -> Response<TunnelBody> {
+        let h = req.headers();
+        let is_ws = h
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let version_ok = h.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+        let Some(key) = h.get(SEC_WEBSOCKET_KEY).filter(|_| is_ws && version_ok) else {
+            return envelope(
+                ErrorCode::BadRequest,
+                "this endpoint speaks WebSocket only (Upgrade: websocket, Sec-WebSocket-Version: 13)",
+            );
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let since = match parse_since(req.uri().query()) {
+            Ok(s) => s,
+            Err(msg) => return envelope(ErrorCode::BadRequest, &msg),
+        };
+        let Some(auth) = h.get(AUTHORIZATION).cloned() else {
+            return unauthorized();
+        };
+        if let Err(refusal) = self.check(console, &auth).await {
+            return refusal;
+        }
+        if !self.wait_upstream().await {
+            return envelope(
+                ErrorCode::ConsoleUnreachable,
+                "the agent is not connected to the console's event stream; retry shortly",
+            );
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let sub = self.hub.subscribe(since.clone());
+        let (hub, wrapped) = (self.hub.clone(), since.is_some());
+        let span = tracing::info_span!("subscriber", id = sub.id, since = since.as_ref().map(|s| s.seq));
+        tokio::spawn(
+            async move {
+                let id = sub.id;
+                match on_upgrade.await {
+                    Ok(io) => {
+                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+                        let why = feed(&hub, ws, sub, wrapped).await;
+                        debug!("subscriber left: {why}");
+                    }
+                    Err(e) => debug!("upgrade failed: {e}"),
+                }
+                hub.unsubscribe(id);
+            }
+            .instrument(span),
+        );
+        let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert(SEC_WEBSOCKET_ACCEPT, v);
+        }
+        resp
+    }
+
+    /// Whether the console accepts this token for events (cached).
+    async fn check(&self, console: &Console, auth: &HeaderValue) -> Result<(), Response<TunnelBody>> {
+        let fp = Fingerprint::of(auth.as_bytes());
+        let fresh = |t: &Instant| t.elapsed() < TOKEN_CACHE_TTL;
+        if self.cache().get(&fp).is_some_and(fresh) {
+            return Ok(());
+        }
+        console.check_token(auth).await?;
+        let mut cache = self.cache();
+        if cache.len() >= CACHE_MAX {
+            cache.retain(|_, t| fresh(t));
+        }
+        if cache.len() < CACHE_MAX {
+            cache.insert(fp, Instant::now());
+        }
+        Ok(())
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Fingerprint, Instant>> {
+        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn wait_upstream(&self) -> bool {
+        let mut live = self.hub.upstream_live();
+        let up = tokio::time::timeout(UPSTREAM_WAIT, live.wait_for(|up| *up)).await;
+        matches!(up, Ok(Ok(_)))
+    }
+}
+
+fn unauthorized() -> Response<TunnelBody> {
+    let mut r = envelope(ErrorCode::BadRequest, "missing Authorization: Bearer <API token>");
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r
+}
+
+/// `since=SEQ[&epoch=EPOCH]`; `Ok(None)` for a plain subscriber.
+pub fn parse_since(query: Option<&str>) -> Result<Option<Since>, String> {
+    let (mut seq, mut epoch) = (None, None);
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "since" => {
+                seq = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| format!("since: expected the last sequence number received, got {v:?}"))?,
+                )
+            }
+            "epoch" if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                epoch = Some(v.to_string())
+            }
+            "epoch" => return Err(format!("epoch: expected the epoch of the events received, got {v:?}")),
+            _ => {}
+        }
+    }
+    match (seq, epoch) {
+        (Some(seq), epoch) => Ok(Some(Since { seq, epoch })),
+        (None, Some(_)) => Err("epoch is only meaningful with since".into()),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Sends the greeting, the replay and live events until the subscriber
+/// leaves or is cut; returns why it ended.
+async fn feed<S>(hub: &Hub, ws: WebSocketStream<S>, sub: Subscription, wrapped: bool) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut tx, mut rx) = ws.split();
+    let Subscription {
+        replay,
+        gap,
+        mut live,
+        cut,
+        position,
+        ..
+    } = sub;
+    let epoch = hub.epoch();
+    let mut first = vec![Message::text(hub.greeting())];
+    if wrapped {
+        if let Some(g) = gap {
+            first.push(Message::text(
+                serde_json::json!({
+                    "keyway": "gap", "epoch": epoch, "since": g.since, "first": g.first,
+                    "message": format!("events after #{} before #{} are no longer buffered; they are lost to this subscriber", g.since, g.first),
+                })
+                .to_string(),
+            ));
+        }
+        first.extend(replay.iter().map(|e| Message::text(wrap(epoch, e))));
+        first.push(Message::text(
+            serde_json::json!({"keyway": "live", "epoch": epoch, "seq": position}).to_string(),
+        ));
+    }
+    for m in first {
+        if let Err(e) = tx.feed(m).await {
+            return e.to_string();
+        }
+    }
+    if let Err(e) = tx.flush().await {
+        return e.to_string();
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = cut.cancelled() => break,
+            ev = live.recv() => {
+                let Some(ev) = ev else { return "hub closed".into() };
+                let text = if wrapped { wrap(epoch, &ev) } else { ev.text.to_string() };
+                tokio::select! {
+                    sent = tx.send(Message::text(text)) => if let Err(e) = sent { return e.to_string() },
+                    // A send blocked on a subscriber that stopped reading.
+                    _ = cut.cancelled() => break,
+                }
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Ping(_))) => if let Err(e) = tx.flush().await { return e.to_string() },
+                Some(Ok(Message::Close(_))) | None => return "closed".into(),
+                Some(Err(e)) => return e.to_string(),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    // Cut: the close frame goes after what is already queued; a subscriber
+    // that never reads again is dropped when the wait ends.
+    info!("subscriber cut: its queue of events was full (it reads too slowly)");
+    let frame = CloseFrame {
+        code: CloseCode::from(CUT_TOO_SLOW),
+        reason: "too slow: events queued past the limit; resume with ?since=".into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        tx.send(Message::Close(Some(frame))).await?;
+        tx.close().await
+    })
+    .await;
+    "cut".into()
+}
+
+fn wrap(epoch: &str, e: &Event) -> String {
+    format!(
+        "{{\"keyway\":\"event\",\"epoch\":\"{epoch}\",\"seq\":{},\"event\":{}}}",
+        e.seq, e.text
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_and_epoch() {
+        assert_eq!(parse_since(None).unwrap(), None);
+        assert_eq!(parse_since(Some("x=1")).unwrap(), None);
+        assert_eq!(
+            parse_since(Some("since=42&epoch=ab12")).unwrap(),
+            Some(Since {
+                seq: 42,
+                epoch: Some("ab12".into())
+            })
+        );
+        assert!(parse_since(Some("since=-1")).is_err());
+        assert!(parse_since(Some("since=1&epoch=a%20b")).is_err());
+        assert!(parse_since(Some("epoch=ab")).is_err());
+    }
+}

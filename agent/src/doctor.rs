@@ -99,8 +99,62 @@ pub async fn run(path: &Path) -> Vec<Check> {
             "if UDP works this only removes the fallback; otherwise check the firewall allows outbound TCP to the relay's port",
         )),
     }
-    out.push(console(&cfg).await);
+    let console_ok = console(&cfg).await;
+    let reachable = console_ok.verdict != Verdict::Fail;
+    out.push(console_ok);
+    out.push(event_hub(&cfg, reachable).await);
     out
+}
+
+/// The console token behind the event hub: present, and accepted.
+async fn event_hub(cfg: &AgentConfig, console_reachable: bool) -> Check {
+    let path = cfg.console_token_path();
+    let token = match crate::console_token::load(&path) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Check::bad(
+                Verdict::Warn,
+                "no console token: door events pass through per subscriber, without replay or webhook capture".into(),
+                "store the console's API token on this machine: keyway-agent console-token set < token.txt",
+            )
+        }
+        Err(e) => {
+            return Check::bad(
+                Verdict::Fail,
+                format!("console token: {e:#}"),
+                "store it again: keyway-agent console-token set < token.txt",
+            )
+        }
+    };
+    if !cfg.event_hub {
+        return Check::ok("console token stored; the event hub is off (event_hub = false)".into());
+    }
+    if !console_reachable {
+        return Check::ok("console token stored (not checked: the console does not answer)".into());
+    }
+    let checked = async {
+        let console = crate::console::Console::new(
+            cfg.console_uri()?,
+            cfg.console_trust()?,
+            cfg.console_connect_timeout,
+            cfg.console_timeout,
+        )?;
+        let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
+        anyhow::Ok(console.check_token(&bearer).await.map_err(|r| r.status()))
+    };
+    match checked.await {
+        Ok(Ok(())) => Check::ok("console token accepted by the console; the event hub is on".into()),
+        Ok(Err(status)) => Check::bad(
+            Verdict::Fail,
+            format!("the console refuses the stored console token (HTTP {status}): door events stop"),
+            "create a token with device permissions in the console and run: keyway-agent console-token set < token.txt",
+        ),
+        Err(e) => Check::bad(
+            Verdict::Fail,
+            format!("console token: {e:#}"),
+            "store it again: keyway-agent console-token set < token.txt",
+        ),
+    }
 }
 
 async fn console(cfg: &AgentConfig) -> Check {

@@ -179,9 +179,8 @@ pub fn parse_since(query: Option<&str>) -> Result<Option<Since>, String> {
                         .map_err(|_| format!("since: expected the last sequence number received, got {v:?}"))?,
                 )
             }
-            "epoch" if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-                epoch = Some(v.to_string())
-            }
+            "epoch" if v.is_empty() => {}
+            "epoch" if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric()) => epoch = Some(v.to_string()),
             "epoch" => return Err(format!("epoch: expected the epoch of the events received, got {v:?}")),
             _ => {}
         }
@@ -294,5 +293,6 @@ mod tests {
         assert!(parse_since(Some("since=-1")).is_err());
         assert!(parse_since(Some("since=1&epoch=a%20b")).is_err());
         assert!(parse_since(Some("epoch=ab")).is_err());
+        assert_eq!(parse_since(Some("since=3&epoch=")).unwrap().unwrap().epoch, None);
     }
 }

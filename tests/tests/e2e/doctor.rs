@@ -15,6 +15,26 @@ async fn a_healthy_agent_passes_and_a_dead_console_is_named_with_its_fix() {
         out.stdout
     );
     assert!(out.stdout.contains("ok   relay"), "{}", out.stdout);
+    assert!(out.stdout.contains("ok   console token accepted"), "{}", out.stdout);
+
+    // A console token the console no longer accepts is named, with its fix.
+    let token_file = keyway_agent::AgentConfig::load(&stack.agent_config)
+        .unwrap()
+        .console_token_path();
+    keyway_agent::console_token::store(&token_file, "revoked-token").unwrap();
+    let out = cli("keyway-agent", &["doctor", "--config", &config]).await.unwrap();
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("FAIL the console refuses the stored console token (HTTP 401"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("revoked-token"), "the token is not printed");
+    std::fs::remove_file(&token_file).unwrap();
+    let out = cli("keyway-agent", &["doctor", "--config", &config]).await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("WARN no console token"), "{}", out.stdout);
 
     stack.console.stop().await;
     let out = cli("keyway-agent", &["doctor", "--config", &config]).await.unwrap();

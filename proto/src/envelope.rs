@@ -26,6 +26,18 @@ pub enum ErrorCode {
     BadRequest,
     /// The request body is larger than allowed.
     PayloadTooLarge,
+    /// The request's headers are too many or too large.
+    HeadersTooLarge,
+    /// The client's address is not in the site's allow-list.
+    ClientNotAllowed,
+    /// Over a request rate (per site or per client address).
+    RateLimited,
+    /// Too many requests or WebSockets under way for the site.
+    TooManyConcurrent,
+    /// The agent's route policy refuses this call.
+    PolicyDenied,
+    /// A Keyway integration token that is unknown, revoked or expired.
+    TokenInvalid,
     /// Something inside Keyway failed.
     Internal,
 }
@@ -40,6 +52,10 @@ impl ErrorCode {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::ClientNotAllowed | Self::PolicyDenied => StatusCode::FORBIDDEN,
+            Self::RateLimited | Self::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
+            Self::TokenInvalid => StatusCode::UNAUTHORIZED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +71,12 @@ impl ErrorCode {
             Self::Timeout => "CODE_KEYWAY_TIMEOUT",
             Self::BadRequest => "CODE_KEYWAY_BAD_REQUEST",
             Self::PayloadTooLarge => "CODE_KEYWAY_PAYLOAD_TOO_LARGE",
+            Self::HeadersTooLarge => "CODE_KEYWAY_HEADERS_TOO_LARGE",
+            Self::ClientNotAllowed => "CODE_KEYWAY_CLIENT_NOT_ALLOWED",
+            Self::RateLimited => "CODE_KEYWAY_RATE_LIMITED",
+            Self::TooManyConcurrent => "CODE_KEYWAY_TOO_MANY_CONCURRENT",
+            Self::PolicyDenied => "CODE_KEYWAY_POLICY_DENIED",
+            Self::TokenInvalid => "CODE_KEYWAY_TOKEN_INVALID",
             Self::Internal => "CODE_KEYWAY_INTERNAL",
         }
     }

@@ -58,6 +58,9 @@ pub struct RelayConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// `[limits]`: the edge's limits, with `[limits.sites.NAME]` overrides.
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -116,6 +119,7 @@ impl RelayConfig {
             *d = d.to_ascii_lowercase();
             validate_site_name(d).context("default_site")?;
         }
+        self.limits.validate()?;
         if self.pairing_max_tries == 0 {
             bail!("pairing_max_tries: must be at least 1");
         }

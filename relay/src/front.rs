@@ -56,11 +56,18 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own ceilings sit above the configurable limits (see
+    // `limits`), which answer with the envelope instead of a bare 431.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(header_read_timeout)
+        .max_headers(1000)
+        .max_buf_size(1024 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(1024 * 1024);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,

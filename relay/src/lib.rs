@@ -12,6 +12,7 @@ pub mod agents;
 pub mod config;
 pub mod front;
 pub mod init;
+pub mod limits;
 pub mod pairing;
 pub mod proxy;
 pub mod registry;
@@ -46,6 +47,7 @@ pub struct Relay {
     sites: SiteCache,
     pairing: Arc<pairing::PairingCtx>,
     admin: Option<TcpListener>,
+    observer: Option<proxy::Observer>,
 }
 
 impl Relay {
@@ -109,7 +111,14 @@ impl Relay {
             registry,
             sites,
             pairing,
+            observer: None,
         })
+    }
+
+    /// Calls `f` with each request head as it is sent into a tunnel (tests
+    /// use it to check what crosses the tunnel).
+    pub fn observe_forwarded(&mut self, f: proxy::Observer) {
+        self.observer = Some(f);
     }
 
     /// Where integrations connect.
@@ -144,6 +153,7 @@ impl Relay {
             sites,
             pairing,
             admin,
+            observer,
         } = self;
         if let Some(listener) = admin {
             tokio::spawn(admin_http::serve(listener, agents.clone(), sites.clone(), stop.clone()));
@@ -180,6 +190,19 @@ impl Relay {
             agents: agents.clone(),
             request_timeout: cfg.request_timeout,
             upgrades: upgrades.clone(),
+            edge: Arc::new(limits::Edge::new(cfg.limits.clone())),
+            observer,
+        });
+        // Per-address buckets are forgotten once refilled and idle.
+        let (edge, edge_stop) = (proxy_ctx.edge.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = edge_stop.cancelled() => return,
+                    _ = tick.tick() => edge.forget_idle(),
+                }
+            }
         });
         tracing::info!(https = %https.local_addr()?, quic = %endpoint.local_addr()?, domain = cfg.domain, "relay serving");
         let quic_stop = CancellationToken::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyway_proto::envelope::ErrorCode;
@@ -23,6 +23,7 @@ use tokio::time::timeout;
 use tracing::{debug, info, info_span, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
+use crate::limits::{Refusal, Slot};
 use crate::respond::{error, ProxyBody};
 use keyway_transport::TunnelStream;
 
@@ -40,7 +41,15 @@ pub struct ProxyCtx {
     pub request_timeout: Duration,
     /// Upgraded connections.
     pub upgrades: crate::upgrade::Upgrades,
+    /// The edge's limits.
+    pub edge: Arc<crate::limits::Edge>,
+    /// Sees each request head as it is sent into a tunnel (for tests that
+    /// check what crosses it); `None` in the binary.
+    pub observer: Option<Observer>,
 }
+
+/// A callback given each request head the relay sends into a tunnel.
+pub type Observer = Arc<dyn Fn(&http::request::Parts) + Send + Sync>;
 
 /// The hyper service: route, forward, answer. Never fails at the HTTP level.
 pub async fn handle(
@@ -56,13 +65,18 @@ pub async fn handle(
             Err(resp) => return resp,
         };
         tracing::Span::current().record("site", site.as_str());
+        let websocket = keyway_proto::headers::wants_upgrade(req.headers());
+        let (slots, max_body) = match ctx.edge.admit(&site, peer.ip(), req.headers(), websocket) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refused(refusal, &site),
+        };
         let Some(link) = ctx.agents.get(&site) else {
             return error(
                 ErrorCode::AgentOffline,
                 &format!("the agent of site {site:?} is not connected to the relay"),
             );
         };
-        let resp = forward(req, &site, link, &ctx, peer, &request_id).await;
+        let resp = forward(req, &site, link, &ctx, peer, &request_id, (slots, max_body)).await;
         debug!(status = resp.status().as_u16(), "response head");
         resp
     }
@@ -117,6 +131,50 @@ fn site_for_host(host: &str, ctx: &ProxyCtx) -> Option<String> {
     ctx.sites.contains(label).then(|| label.to_string())
 }
 
+/// The edge's refusal, as the envelope (with `Retry-After` for 429s).
+fn refused(r: Refusal, site: &str) -> Response<ProxyBody> {
+    let (mut resp, retry) = match r {
+        Refusal::NotAllowed => (
+            error(
+                ErrorCode::ClientNotAllowed,
+                &format!("this client address may not reach site {site:?} (its allow-list)"),
+            ),
+            None,
+        ),
+        Refusal::Headers(why) => (
+            error(ErrorCode::HeadersTooLarge, &format!("request headers too large: {why}")),
+            None,
+        ),
+        Refusal::Body(max) => (
+            error(
+                ErrorCode::PayloadTooLarge,
+                &format!("the request body is larger than the {max} bytes site {site:?} accepts"),
+            ),
+            None,
+        ),
+        Refusal::Rate { scope, retry_after } => (
+            error(
+                ErrorCode::RateLimited,
+                &format!("too many requests from {scope}; retry after {retry_after}s"),
+            ),
+            Some(retry_after),
+        ),
+        Refusal::Busy(what) => (
+            error(
+                ErrorCode::TooManyConcurrent,
+                &format!("too many {what} under way for site {site:?}; retry shortly"),
+            ),
+            Some(1),
+        ),
+    };
+    if let Some(secs) = retry {
+        resp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    debug!(status = resp.status().as_u16(), "refused at the edge");
+    resp
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     site: &str,
@@ -124,6 +182,7 @@ async fn forward(
     ctx: &ProxyCtx,
     peer: SocketAddr,
     request_id: &str,
+    (slots, max_body): (Vec<Slot>, u64),
 ) -> Response<ProxyBody> {
     let client_upgrade = (req.version() == Version::HTTP_11 && keyway_proto::headers::wants_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
@@ -143,7 +202,14 @@ async fn forward(
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let out = Request::from_parts(parts, body);
+    if let Some(observe) = &ctx.observer {
+        observe(&parts);
+    }
+    // Chunked bodies have no declared size: counted as they stream.
+    let out = Request::from_parts(
+        parts,
+        Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
+    );
 
     let agents = ctx.agents.clone();
     let site_name = site.to_string();
@@ -163,10 +229,16 @@ async fn forward(
                 debug!("tunnel stream ended: {e}");
             }
         });
-        sender
-            .send_request(out)
-            .await
-            .map_err(|e| Failure::Tunnel(e.to_string()))
+        sender.send_request(out).await.map_err(|e| {
+            if is_length_limit(&e) {
+                Failure::TooLarge
+            } else if e.is_user() {
+                // The client's own body failed: malformed chunks, or cut off.
+                Failure::BadBody(error_chain(&e))
+            } else {
+                Failure::Tunnel(e.to_string())
+            }
+        })
     };
     let mut resp = match timeout(ctx.request_timeout, exchange).await {
         Ok(Ok(resp)) => resp,
@@ -182,6 +254,11 @@ async fn forward(
                 ErrorCode::AgentOffline,
                 &format!("the agent of site {site:?} disconnected"),
             );
+        }
+        Ok(Err(Failure::TooLarge)) => return refused(Refusal::Body(max_body), site),
+        Ok(Err(Failure::BadBody(e))) => {
+            debug!("request body failed: {e}");
+            return error(ErrorCode::BadRequest, "the request body is malformed or was cut off");
         }
         Ok(Err(Failure::Tunnel(e))) => {
             if link.conn.close_reason().is_some() {
@@ -205,7 +282,8 @@ async fn forward(
                 let websocket = proto.as_bytes().eq_ignore_ascii_case(b"websocket");
                 set_upgrade(resp.headers_mut(), proto);
                 let tunnel = hyper::upgrade::on(&mut resp);
-                ctx.upgrades.spawn(client, tunnel, websocket);
+                ctx.upgrades.spawn(client, tunnel, websocket, slots);
+                return resp.map(|b| b.boxed_unsync());
             }
             _ => {
                 return error(
@@ -215,7 +293,56 @@ async fn forward(
             }
         }
     }
-    resp.map(|b| b.boxed_unsync())
+    // The request holds its slot until its response body is done.
+    resp.map(|b| Held { body: b, _slots: slots }.boxed_unsync())
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Whether a failed exchange failed because the request body went over the limit.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A response body that keeps the request's edge slots until it is dropped.
+struct Held<B> {
+    body: B,
+    _slots: Vec<Slot>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Opens a stream on `link`; if that link closed a moment ago and the agent
@@ -235,6 +362,8 @@ async fn open_stream(agents: &AgentTable, site: &str, link: AgentLink) -> Result
 }
 
 enum Failure {
+    TooLarge,
+    BadBody(String),
     Offline(std::io::Error),
     Tunnel(String),
 }
@@ -275,6 +404,8 @@ mod tests {
             agents: AgentTable::default(),
             request_timeout: Duration::from_secs(1),
             upgrades: Default::default(),
+            edge: Arc::new(crate::limits::Edge::new(Default::default())),
+            observer: None,
         }
     }
 

@@ -32,11 +32,13 @@ pub struct Upgrades {
 
 impl Upgrades {
     /// Splices `client` and `tunnel` once both upgrades complete.
-    pub fn spawn(&self, client: OnUpgrade, tunnel: OnUpgrade, websocket: bool) {
+    /// `slots` (the edge's counters for the site) are held until it ends.
+    pub fn spawn(&self, client: OnUpgrade, tunnel: OnUpgrade, websocket: bool, slots: Vec<crate::limits::Slot>) {
         let closing = self.closing.clone();
-        self.tracker.spawn(tracing::Instrument::in_current_span(splice(
-            client, tunnel, websocket, closing,
-        )));
+        self.tracker.spawn(tracing::Instrument::in_current_span(async move {
+            splice(client, tunnel, websocket, closing).await;
+            drop(slots);
+        }));
     }
 }
 

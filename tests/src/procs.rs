@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,8 +16,10 @@ use tokio::process::{Child, Command};
 use crate::stack::{free_port, DOMAIN, SITE};
 use crate::workspace_bin;
 
-/// A child process, killed when dropped.
-pub struct Proc(pub Child);
+/// A child process, killed when dropped; its log (stderr) is kept.
+pub struct Proc(pub Child, Log);
+
+type Log = Arc<(std::sync::Mutex<Vec<String>>, tokio::sync::Notify)>;
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -25,11 +28,13 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// Starts `bin` with `args`, logging to a pipe.
+    /// Starts `bin` with `args`, logging to a pipe that is read at once
+    /// (`$KEYWAY_TEST_BIN_LOG`, default `info`).
     pub fn spawn(bin: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let child = Command::new(workspace_bin(bin))
+        let level = std::env::var("KEYWAY_TEST_BIN_LOG").unwrap_or_else(|_| "info".into());
+        let mut child = Command::new(workspace_bin(bin))
             .args(args)
-            .env("KEYWAY_LOG", "info")
+            .env("KEYWAY_LOG", level)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -37,7 +42,18 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("could not start {bin}"))?;
-        Ok(Self(child))
+        let log: Log = Arc::default();
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.0.lock().expect("log lock poisoned").push(line);
+                sink.1.notify_waiters();
+            }
+            sink.1.notify_waiters();
+        });
+        Ok(Self(child, log))
     }
 
     /// Process id.
@@ -45,28 +61,38 @@ impl Proc {
         self.0.id().expect("running process has a pid")
     }
 
-    /// Waits (bounded) until the process logs a line containing `needle`,
-    /// then keeps draining its log so it never blocks on a full pipe.
+    /// Every line it logged so far.
+    pub fn log(&self) -> Vec<String> {
+        self.1 .0.lock().expect("log lock poisoned").clone()
+    }
+
+    /// Waits (bounded) until the process logs a line containing `needle`
+    /// (since it started).
     pub async fn wait_for_log(&mut self, needle: &str) -> anyhow::Result<()> {
-        let stderr = self.0.stderr.take().context("log already taken")?;
-        let mut lines = BufReader::new(stderr).lines();
+        let log = self.1.clone();
         let found = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.contains(needle) {
-                    return Ok::<_, std::io::Error>(true);
+            loop {
+                let notified = log.1.notified();
+                if log
+                    .0
+                    .lock()
+                    .expect("log lock poisoned")
+                    .iter()
+                    .any(|l| l.contains(needle))
+                {
+                    return Ok(());
                 }
+                if self.0.try_wait()?.is_some() {
+                    bail!("process exited without logging {needle:?}");
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
             }
-            Ok(false)
         })
         .await;
         match found {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => bail!("process exited without logging {needle:?}"),
-            Ok(Err(e)) => return Err(e.into()),
+            Ok(r) => r,
             Err(_) => bail!("process did not log {needle:?} within 30 s"),
         }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(())
     }
 }
 
@@ -116,6 +142,8 @@ pub async fn cli_stdin(bin: &str, args: &[&str], input: &str) -> anyhow::Result<
 
 /// Relay and agent as processes, enrolled through the CLIs.
 pub struct BinaryStack {
+    /// The one-time code the agent paired with (used: for log scans).
+    pub pairing_code: String,
     /// `keyway-relay serve`.
     pub relay: Proc,
     /// `keyway-agent run`.
@@ -141,6 +169,11 @@ fn s(p: &Path) -> &str {
 impl BinaryStack {
     /// `init --self-signed`, `serve`, `site add`, `pair --trust-console`, `run`.
     pub async fn start(dir: &Path, console_url: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, console_url, "").await
+    }
+
+    /// As [`BinaryStack::start`], with `relay_extra` appended to relay.toml.
+    pub async fn start_with(dir: &Path, console_url: &str, relay_extra: &str) -> anyhow::Result<Self> {
         let ip: IpAddr = "127.0.0.1".parse().expect("constant");
         let addr = SocketAddr::new(ip, free_port(ip)?);
         let relay_dir = dir.join("relay");
@@ -165,6 +198,10 @@ impl BinaryStack {
         .await?;
         anyhow::ensure!(init.code == 0, "init failed: {}", init.stderr);
         let relay_config = relay_dir.join("relay.toml");
+        if !relay_extra.is_empty() {
+            let text = std::fs::read_to_string(&relay_config)?;
+            std::fs::write(&relay_config, format!("{text}\n{relay_extra}\n"))?;
+        }
         let https_ca = relay_dir.join("https-ca.pem");
         let mut relay = Proc::spawn("keyway-relay", &["serve", "--config", s(&relay_config)])?;
         relay.wait_for_log("relay serving").await?;
@@ -211,6 +248,7 @@ impl BinaryStack {
         agent.wait_for_log("tunnel up").await?;
         let https_ca_der = keyway_certs::files::load_certs(&https_ca)?.remove(0);
         Ok(Self {
+            pairing_code: code,
             relay,
             agent,
             addr,

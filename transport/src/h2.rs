@@ -190,13 +190,20 @@ impl H2Tunnel {
         let Role::Agent(incoming) = &self.role else {
             return Err(io::Error::other("only the agent accepts streams"));
         };
-        let Some((req, mut respond)) = incoming.lock().await.recv().await else {
-            let why = self.shared.reason.get().map(ToString::to_string).unwrap_or_default();
-            return Err(io::Error::new(io::ErrorKind::NotConnected, why));
-        };
-        let id = u64::from(u32::from(respond.stream_id()));
-        let tx = respond.send_response(Response::new(()), false).map_err(h2_io)?;
-        Ok(TunnelStream::new(id, H2Stream::new(tx, Recv::Body(req.into_body()))))
+        let mut incoming = incoming.lock().await;
+        loop {
+            let Some((req, mut respond)) = incoming.recv().await else {
+                let why = self.shared.reason.get().map(ToString::to_string).unwrap_or_default();
+                return Err(io::Error::new(io::ErrorKind::NotConnected, why));
+            };
+            let id = u64::from(u32::from(respond.stream_id()));
+            match respond.send_response(Response::new(()), false) {
+                Ok(tx) => return Ok(TunnelStream::new(id, H2Stream::new(tx, Recv::Body(req.into_body())))),
+                // The relay gave this stream up before it was accepted (its
+                // client's body failed, say): that stream only, not the tunnel.
+                Err(e) => tracing::debug!(id, "stream reset before it was accepted: {e}"),
+            }
+        }
     }
 }
 

@@ -122,7 +122,7 @@ async fn relay_gives_up_with_504_when_the_tunnel_is_too_slow() {
 }
 
 /// Sends raw bytes over TLS to the relay and returns what comes back.
-async fn raw_exchange(stack: &Stack, bytes: &[u8]) -> String {
+pub(crate) async fn raw_exchange(stack: &Stack, bytes: &[u8]) -> String {
     let mut tls = keyway_certs::tls::https_client(&stack.https_ca_der).unwrap();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(stack.relay_addr).await.unwrap();

@@ -20,7 +20,10 @@ const EXPORT: &str = r#"{"topic":"all","since":1700000000,"until":1700086400,"ti
 async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_memory() {
     let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let bins = BinaryStack::start(dir.path(), &console.url).await.unwrap();
+    // The 100 MB upload is over the default 20 MB body limit: raised here.
+    let bins = BinaryStack::start_with(dir.path(), &console.url, "[limits]\nmax_body_bytes = 209715200")
+        .await
+        .unwrap();
     let (relay_pid, agent_pid, addr) = (bins.relay.pid(), bins.agent.pid(), bins.addr);
     let layout = &bins;
     let client = https_client(&layout.https_ca_der);

@@ -1,0 +1,364 @@
+//! The edge's limits: what an integration may send the relay before any of
+//! it reaches a tunnel.
+//!
+//! `[limits]` in `relay.toml` sets them for every site; `[limits.sites.NAME]`
+//! overrides any of them for one site. Each refusal is the console's
+//! envelope with its own code: 403 (client address not allowed), 413 (body),
+//! 429 with `Retry-After` (rate or concurrency), 431 (headers).
+//!
+//! Rates are token buckets (`governor`): `*_rate` requests per second
+//! refilled, `*_burst` at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderMap;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// `[limits]`: every field optional; unset ones take the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The relay-wide values.
+    #[serde(flatten)]
+    pub all: Overrides,
+    /// Per-site overrides.
+    #[serde(default)]
+    pub sites: HashMap<String, Overrides>,
+}
+
+/// One set of (partial) limit values.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    /// Total bytes of request header names and values.
+    pub max_header_bytes: Option<usize>,
+    /// Request header fields.
+    pub max_headers: Option<usize>,
+    /// Request body bytes (uploads). Responses are not limited.
+    pub max_body_bytes: Option<u64>,
+    /// Requests under way at once for a site.
+    pub max_concurrent_requests: Option<usize>,
+    /// WebSockets open at once for a site.
+    pub max_websockets: Option<usize>,
+    /// Requests per second for a site (refill), and its burst.
+    pub site_rate: Option<u32>,
+    /// See `site_rate`.
+    pub site_burst: Option<u32>,
+    /// Requests per second from one client address, and its burst.
+    pub client_rate: Option<u32>,
+    /// See `client_rate`.
+    pub client_burst: Option<u32>,
+    /// Client addresses allowed (CIDRs); empty or unset: any.
+    pub allow: Option<Vec<IpNet>>,
+}
+
+/// Effective limits for one site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// See [`Overrides`].
+    pub max_header_bytes: usize,
+    /// See [`Overrides`].
+    pub max_headers: usize,
+    /// See [`Overrides`].
+    pub max_body_bytes: u64,
+    /// See [`Overrides`].
+    pub max_concurrent_requests: usize,
+    /// See [`Overrides`].
+    pub max_websockets: usize,
+    /// See [`Overrides`].
+    pub site_rate: u32,
+    /// See [`Overrides`].
+    pub site_burst: u32,
+    /// See [`Overrides`].
+    pub client_rate: u32,
+    /// See [`Overrides`].
+    pub client_burst: u32,
+    /// See [`Overrides`].
+    pub allow: Vec<IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            // Avatars and API-server certificates: generous, not unbounded.
+            max_body_bytes: 20 * 1024 * 1024,
+            max_concurrent_requests: 256,
+            max_websockets: 64,
+            // A plan change pushes hundreds of users at once: the bursts
+            // take that; the rates stop a loop gone wrong or a scraper.
+            site_rate: 500,
+            site_burst: 2000,
+            client_rate: 200,
+            client_burst: 1000,
+            allow: Vec::new(),
+        }
+    }
+}
+
+impl Limits {
+    fn with(mut self, o: &Overrides) -> Self {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f.clone() { self.$f = v; } )* };
+        }
+        set!(
+            max_header_bytes,
+            max_headers,
+            max_body_bytes,
+            max_concurrent_requests,
+            max_websockets,
+            site_rate,
+            site_burst,
+            client_rate,
+            client_burst,
+            allow
+        );
+        self
+    }
+}
+
+impl LimitsConfig {
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, o) in std::iter::once(("limits", &self.all)).chain(self.sites.iter().map(|(k, v)| (k.as_str(), v))) {
+            let l = Limits::default().with(&self.all).with(o);
+            for (field, v) in [
+                ("max_headers", l.max_headers as u64),
+                ("max_header_bytes", l.max_header_bytes as u64),
+                ("max_body_bytes", l.max_body_bytes),
+                ("max_concurrent_requests", l.max_concurrent_requests as u64),
+                ("max_websockets", l.max_websockets as u64),
+                ("site_rate", l.site_rate.into()),
+                ("site_burst", l.site_burst.into()),
+                ("client_rate", l.client_rate.into()),
+                ("client_burst", l.client_burst.into()),
+            ] {
+                anyhow::ensure!(v > 0, "[{name}] {field}: must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits of `site`.
+    pub fn for_site(&self, site: &str) -> Limits {
+        let base = Limits::default().with(&self.all);
+        match self.sites.get(site) {
+            Some(o) => base.with(o),
+            None => base,
+        }
+    }
+}
+
+/// Why a request is refused at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// 403: the client's address is not in the allow-list.
+    NotAllowed,
+    /// 431: too many header fields, or too many bytes of them.
+    Headers(String),
+    /// 413: the declared body is too large.
+    Body(u64),
+    /// 429: over a rate; retry after this many seconds.
+    Rate { scope: &'static str, retry_after: u64 },
+    /// 429: too many requests or WebSockets under way for the site.
+    Busy(&'static str),
+}
+
+/// The live state behind the limits: buckets and counters.
+pub struct Edge {
+    config: LimitsConfig,
+    sites: Mutex<HashMap<String, Arc<SiteState>>>,
+}
+
+struct SiteState {
+    limits: Limits,
+    bucket: DefaultDirectRateLimiter,
+    clients: DefaultKeyedRateLimiter<IpAddr>,
+    requests: Arc<AtomicUsize>,
+    websockets: Arc<AtomicUsize>,
+}
+
+/// Held while a request (or WebSocket) is under way; frees its slot on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn quota(rate: u32, burst: u32) -> Quota {
+    let r = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+    let b = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(r).allow_burst(b)
+}
+
+impl Edge {
+    /// Limits from the config (validated by the config loader).
+    pub fn new(config: LimitsConfig) -> Self {
+        Self {
+            config,
+            sites: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn site(&self, site: &str) -> Arc<SiteState> {
+        let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        sites
+            .entry(site.to_string())
+            .or_insert_with(|| {
+                let limits = self.config.for_site(site);
+                Arc::new(SiteState {
+                    bucket: RateLimiter::direct(quota(limits.site_rate, limits.site_burst)),
+                    clients: RateLimiter::keyed(quota(limits.client_rate, limits.client_burst)),
+                    requests: Arc::default(),
+                    websockets: Arc::default(),
+                    limits,
+                })
+            })
+            .clone()
+    }
+
+    /// The checks before a request is forwarded to `site`: allow-list,
+    /// headers, declared body size, rates, concurrency. On success, the
+    /// request's slot (and the body limit to enforce while it streams).
+    pub fn admit(
+        &self,
+        site: &str,
+        client: IpAddr,
+        headers: &HeaderMap,
+        websocket: bool,
+    ) -> Result<(Vec<Slot>, u64), Refusal> {
+        let s = self.site(site);
+        let l = &s.limits;
+        let client = client.to_canonical();
+        if !l.allow.is_empty() && !l.allow.iter().any(|net| net.contains(&client)) {
+            return Err(Refusal::NotAllowed);
+        }
+        if headers.len() > l.max_headers {
+            return Err(Refusal::Headers(format!(
+                "{} header fields; at most {} are accepted",
+                headers.len(),
+                l.max_headers
+            )));
+        }
+        let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+        if bytes > l.max_header_bytes {
+            return Err(Refusal::Headers(format!(
+                "{bytes} bytes of headers; at most {} are accepted",
+                l.max_header_bytes
+            )));
+        }
+        let declared = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > l.max_body_bytes) {
+            let _ = n;
+            return Err(Refusal::Body(l.max_body_bytes));
+        }
+        let clock = DefaultClock::default();
+        if let Err(not_until) = s.clients.check_key(&client) {
+            return Err(Refusal::Rate {
+                scope: "this client address",
+                retry_after: secs(not_until.wait_time_from(clock.now())),
+            });
+        }
+        if let Err(not_until) = s.bucket.check() {
+            return Err(Refusal::Rate {
+                scope: "this site",
+                retry_after: secs(not_until.wait_time_from(clock.now())),
+            });
+        }
+        let mut slots = vec![take(&s.requests, l.max_concurrent_requests).ok_or(Refusal::Busy("requests"))?];
+        if websocket {
+            slots.push(take(&s.websockets, l.max_websockets).ok_or(Refusal::Busy("WebSockets"))?);
+        }
+        Ok((slots, l.max_body_bytes))
+    }
+
+    /// Forgets idle client buckets (call now and then: they are per address).
+    pub fn forget_idle(&self) {
+        let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        for s in sites.values() {
+            s.clients.retain_recent();
+            s.clients.shrink_to_fit();
+        }
+    }
+}
+
+fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+    let prev = counter.fetch_add(1, Ordering::AcqRel);
+    let slot = Slot(counter.clone());
+    (prev < max).then_some(slot)
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(toml_text: &str) -> Edge {
+        let cfg: LimitsConfig = toml::from_str(toml_text).unwrap();
+        cfg.validate().unwrap();
+        Edge::new(cfg)
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 7));
+
+    #[test]
+    fn per_site_overrides_apply_to_that_site_only() {
+        let c: LimitsConfig = toml::from_str("max_body_bytes = 10\n[sites.hq]\nmax_body_bytes = 99\n").unwrap();
+        assert_eq!(c.for_site("hq").max_body_bytes, 99);
+        assert_eq!(c.for_site("other").max_body_bytes, 10);
+        assert_eq!(c.for_site("other").max_headers, Limits::default().max_headers);
+        let bad: LimitsConfig = toml::from_str("[sites.hq]\nsite_rate = 0\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("site_rate"));
+    }
+
+    #[test]
+    fn slots_are_given_back() {
+        let e = edge("max_concurrent_requests = 1");
+        let h = HeaderMap::new();
+        let (slot, _) = e.admit("hq", IP, &h, false).unwrap();
+        assert_eq!(e.admit("hq", IP, &h, false).unwrap_err(), Refusal::Busy("requests"));
+        drop(slot);
+        assert!(e.admit("hq", IP, &h, false).is_ok());
+    }
+
+    #[test]
+    fn buckets_refuse_with_a_retry_time() {
+        let e = edge("client_rate = 1\nclient_burst = 2");
+        let h = HeaderMap::new();
+        assert!(e.admit("hq", IP, &h, false).is_ok());
+        assert!(e.admit("hq", IP, &h, false).is_ok());
+        match e.admit("hq", IP, &h, false) {
+            Err(Refusal::Rate { retry_after, .. }) => assert!((1..=1).contains(&retry_after)),
+            other => panic!("{other:?}"),
+        }
+        // Another address has its own bucket.
+        assert!(e.admit("hq", "127.0.0.8".parse().unwrap(), &h, false).is_ok());
+    }
+
+    #[test]
+    fn allow_list_matches_cidrs_and_mapped_addresses() {
+        let e = edge("allow = [\"127.0.0.0/30\", \"::1/128\"]");
+        let h = HeaderMap::new();
+        assert!(e.admit("hq", "127.0.0.2".parse().unwrap(), &h, false).is_ok());
+        assert!(e.admit("hq", "::ffff:127.0.0.1".parse().unwrap(), &h, false).is_ok());
+        assert_eq!(e.admit("hq", IP, &h, false).unwrap_err(), Refusal::NotAllowed);
+    }
+}

@@ -78,6 +78,41 @@ pub struct AgentConfig {
     /// Where the event buffer is persisted; defaults to `events/` beside the key.
     #[serde(default)]
     pub events_dir: Option<PathBuf>,
+    /// Accept the console's own token from integrations (passthrough).
+    #[serde(default = "default_true")]
+    pub passthrough: bool,
+    /// Route policy for passthrough calls: a preset (`full`, `read-only`,
+    /// `members-and-visitors`).
+    #[serde(default = "default_preset")]
+    pub passthrough_policy: String,
+    /// Extra allow rules for passthrough calls (`METHOD /path/pattern`).
+    #[serde(default)]
+    pub passthrough_allow: Vec<crate::access::policy::Rule>,
+    /// Extra deny rules for passthrough calls.
+    #[serde(default)]
+    pub passthrough_deny: Vec<crate::access::policy::Rule>,
+    /// Door unlocks and emergency changes per minute, per credential.
+    #[serde(default = "default_unlock_per_minute")]
+    pub unlock_per_minute: u32,
+    /// Door unlocks and emergency changes per minute, for the whole site.
+    #[serde(default = "default_unlock_site_per_minute")]
+    pub unlock_site_per_minute: u32,
+    /// Size at which `audit.log` is rotated (3 older files are kept).
+    #[serde(default = "default_audit_max_bytes")]
+    pub audit_max_bytes: u64,
+}
+
+fn default_preset() -> String {
+    "full".into()
+}
+fn default_unlock_per_minute() -> u32 {
+    20
+}
+fn default_unlock_site_per_minute() -> u32 {
+    60
+}
+fn default_audit_max_bytes() -> u64 {
+    10 * 1024 * 1024
 }
 
 fn default_true() -> bool {
@@ -139,6 +174,14 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
+        cfg.passthrough_policy()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        if cfg.unlock_per_minute == 0 || cfg.unlock_site_per_minute == 0 {
+            bail!(
+                "invalid config {}: unlock_per_minute and unlock_site_per_minute must be at least 1",
+                path.display()
+            );
+        }
         if cfg.event_buffer == 0 || cfg.event_queue == 0 {
             bail!(
                 "invalid config {}: event_buffer and event_queue must be at least 1",
@@ -174,6 +217,16 @@ impl AgentConfig {
             bail!("console_url: must look like https://HOST:12445");
         }
         Ok(uri)
+    }
+
+    /// The passthrough policy: the preset plus the extra rules.
+    pub fn passthrough_policy(&self) -> anyhow::Result<crate::access::policy::Policy> {
+        let preset = crate::access::policy::Policy::preset(&self.passthrough_policy)
+            .map_err(|e| anyhow::anyhow!("passthrough_policy: {e}"))?;
+        Ok(preset.with(crate::access::policy::Policy {
+            allow: self.passthrough_allow.clone(),
+            deny: self.passthrough_deny.clone(),
+        }))
     }
 
     /// Where the console token is (or would be) stored.

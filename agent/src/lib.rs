@@ -6,12 +6,15 @@
 //! [`Agent::run`] serves until the shutdown token is cancelled.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod audit;
 pub mod backoff;
 pub mod config;
 pub mod console;
 pub mod console_token;
 pub mod doctor;
 pub mod hub;
+pub mod local;
 pub mod pair;
 pub mod status;
 pub mod tunnel;
@@ -61,7 +64,34 @@ impl Agent {
             cfg.console_connect_timeout,
             cfg.console_timeout,
         )?;
-        let hub = event_hub(cfg)?;
+        let console_token = console_token::load(&cfg.console_token_path())?;
+        let hub = event_hub(cfg, console_token.as_deref())?;
+        let console = Arc::new(console);
+        let access = access::Access::new(
+            access::AccessOptions {
+                passthrough: cfg.passthrough,
+                passthrough_policy: cfg.passthrough_policy()?,
+                unlock_per_minute: cfg.unlock_per_minute,
+                unlock_site_per_minute: cfg.unlock_site_per_minute,
+            },
+            &cfg.state_dir(),
+            console_token.as_deref(),
+        );
+        let audit = match audit::Audit::start(&cfg.state_dir(), cfg.audit_max_bytes) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!("audit log off: {e:#}");
+                None
+            }
+        };
+        let local = Arc::new(local::Local {
+            console: console.clone(),
+            events: hub
+                .as_ref()
+                .map(|(h, _)| Arc::new(hub::serve::Subscribers::new(h.clone()))),
+            access,
+            audit,
+        });
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = tunnel::TunnelCtx {
             endpoint,
@@ -73,10 +103,8 @@ impl Agent {
             quic_deadline: cfg.quic_deadline,
             quic_probe: cfg.quic_probe_interval.max(std::time::Duration::from_millis(100)),
             udp_blocked: Default::default(),
-            console: Arc::new(console),
-            events: hub
-                .as_ref()
-                .map(|(h, _)| Arc::new(hub::serve::Subscribers::new(h.clone()))),
+            console,
+            local,
             state: state_tx,
             console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
         };
@@ -158,12 +186,15 @@ impl Agent {
 }
 
 /// The event hub, if it is on and the console token is set.
-fn event_hub(cfg: &AgentConfig) -> anyhow::Result<Option<(Arc<hub::Hub>, hub::upstream::Upstream)>> {
+fn event_hub(
+    cfg: &AgentConfig,
+    token: Option<&str>,
+) -> anyhow::Result<Option<(Arc<hub::Hub>, hub::upstream::Upstream)>> {
     if !cfg.event_hub {
         return Ok(None);
     }
     let token_path = cfg.console_token_path();
-    let Some(token) = console_token::load(&token_path)? else {
+    let Some(token) = token.map(str::to_string) else {
         tracing::info!(
             "event hub off: no console token at {} (set one with `keyway-agent console-token set`); \
              each event subscriber gets its own WebSocket to the console",

@@ -96,9 +96,87 @@ enum Cmd {
         #[command(subcommand)]
         action: EventsAction,
     },
+    /// Keyway integration tokens: one per integration, so a leak is revoked
+    /// without touching the console, each with its own route policy. The
+    /// integration sends it instead of the console token; the agent checks
+    /// it and calls the console with the console token (`console-token set`),
+    /// which never crosses the internet.
+    Token {
+        #[command(subcommand)]
+        action: TokenCmd,
+    },
+    /// The audit log: one line per request through the tunnel (who, what,
+    /// status, time; never tokens or bodies).
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
+    },
     /// Connect to the relay and forward requests to the console until SIGTERM
     /// or Ctrl-C. Reconnects by itself after any failure.
     Run {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Issue a token for an integration; it is printed once and only its
+    /// hash is kept. Rules are 'METHOD /path/pattern' (`*` = one segment,
+    /// a final `**` = the rest); deny wins; with any --allow, a call must
+    /// match one.
+    Add {
+        /// The integration's name, e.g. coworks.
+        name: String,
+        /// A preset policy: full, read-only, members-and-visitors.
+        #[arg(long, default_value = "full")]
+        preset: String,
+        /// Allow only calls matching (repeatable), e.g. 'GET /api/v1/developer/**'.
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Refuse calls matching (repeatable), e.g. 'PUT /api/v1/developer/doors/*/unlock'.
+        #[arg(long)]
+        deny: Vec<String>,
+        /// Expire after this long, e.g. 90d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+    /// List issued tokens (names, policies, expiry; never the tokens).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+    /// Revoke an integration's token; the running agent refuses it at once.
+    Revoke {
+        /// The integration's name.
+        name: String,
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Show the newest records.
+    Tail {
+        /// How many.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+        /// Keep printing new records as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Print the JSON lines as stored.
+        #[arg(long)]
+        json: bool,
         /// The agent's config file.
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
         config: PathBuf,
@@ -253,6 +331,31 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Cmd::Token { action } => match token(action) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyway-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Audit {
+            action:
+                AuditCmd::Tail {
+                    n,
+                    follow,
+                    json,
+                    config,
+                },
+        } => match audit_tail(&config, n, follow, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keyway-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Events { action } => match events(action) {
             Ok(msg) => {
                 println!("{msg}");
@@ -301,6 +404,118 @@ fn tell_relay(config: &std::path::Path) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     rt.block_on(async { Agent::new(&cfg)?.notify_unpair().await })
         .map_err(|e| e.context("could not tell the relay; nothing was removed (keyway-relay site revoke SITE does it from the relay side)"))
+}
+
+fn token(action: TokenCmd) -> anyhow::Result<String> {
+    use keyway_agent::access::policy::{Policy, Rule};
+    use keyway_agent::access::tokens::TokenStore;
+    let config = match &action {
+        TokenCmd::Add { config, .. } | TokenCmd::List { config, .. } | TokenCmd::Revoke { config, .. } => config,
+    };
+    let cfg = AgentConfig::load(config)?;
+    let store = TokenStore::new(&cfg.state_dir());
+    match action {
+        TokenCmd::Add {
+            name,
+            preset,
+            allow,
+            deny,
+            expires,
+            ..
+        } => {
+            let parse = |v: Vec<String>| v.iter().map(|r| r.parse::<Rule>()).collect::<Result<Vec<_>, _>>();
+            let extra = Policy {
+                allow: parse(allow).map_err(anyhow::Error::msg)?,
+                deny: parse(deny).map_err(anyhow::Error::msg)?,
+            };
+            let policy = Policy::preset(&preset).map_err(anyhow::Error::msg)?.with(extra);
+            let token = store.add(&name, policy, Some(preset), expires)?;
+            let mut msg = format!(
+                "{token}\n\nThe token of integration {name:?}: give it to the integration as its API token \
+                 (Authorization: Bearer …). It is shown only this once."
+            );
+            if keyway_agent::console_token::load(&cfg.console_token_path())?.is_none() {
+                msg.push_str("\nNote: no console token is stored yet; calls with this token fail until `keyway-agent console-token set`.");
+            }
+            Ok(msg)
+        }
+        TokenCmd::List { json, .. } => {
+            let entries = store.load()?;
+            if json {
+                return Ok(serde_json::to_string_pretty(&entries)?);
+            }
+            if entries.is_empty() {
+                return Ok("No integration tokens (integrations use the console token: passthrough).".into());
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut out = format!(
+                "{:<20} {:<12} {:<22} {:<10} RULES\n",
+                "NAME", "TOKEN", "PRESET", "EXPIRES"
+            );
+            for e in entries {
+                let expires = match e.expires {
+                    None => "never".to_string(),
+                    Some(t) if t <= now => "EXPIRED".to_string(),
+                    Some(t) => format!("in {}d", (t - now) / 86_400),
+                };
+                let rules: Vec<String> = e
+                    .policy
+                    .allow
+                    .iter()
+                    .map(|r| format!("allow {r}"))
+                    .chain(e.policy.deny.iter().map(|r| format!("deny {r}")))
+                    .collect();
+                out.push_str(&format!(
+                    "{:<20} {:<12} {:<22} {:<10} {}\n",
+                    e.name,
+                    format!("{}…", e.hint),
+                    e.preset.unwrap_or_default(),
+                    expires,
+                    rules.join("; ")
+                ));
+            }
+            Ok(out.trim_end().to_string())
+        }
+        TokenCmd::Revoke { name, .. } => {
+            store.revoke(&name)?;
+            Ok(format!(
+                "Revoked the token of {name:?}; the agent refuses it from now on."
+            ))
+        }
+    }
+}
+
+fn audit_tail(config: &std::path::Path, n: usize, follow: bool, json: bool) -> anyhow::Result<()> {
+    let cfg = AgentConfig::load(config)?;
+    let dir = cfg.state_dir();
+    let show = |line: &str| {
+        if json {
+            println!("{line}");
+        } else {
+            println!("{}", keyway_agent::audit::describe(line));
+        }
+    };
+    keyway_agent::audit::tail(&dir, n)?.iter().for_each(|l| show(l));
+    if !follow {
+        return Ok(());
+    }
+    let path = keyway_agent::audit::path_in(&dir);
+    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0; // rotated
+        }
+        if len > offset {
+            let text = std::fs::read(&path)?;
+            let new = String::from_utf8_lossy(&text[offset as usize..]).into_owned();
+            new.lines().for_each(&show);
+            offset = len;
+        }
+    }
 }
 
 fn events(action: EventsAction) -> anyhow::Result<String> {

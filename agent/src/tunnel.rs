@@ -30,7 +30,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::config::TransportMode;
 use crate::console::Console;
-use crate::hub::serve::{is_subscription, Subscribers};
+use crate::local::Local;
 
 /// Time allowed for the QUIC handshake and the Hello/Welcome exchange.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,8 +84,8 @@ pub struct TunnelCtx {
     pub udp_blocked: AtomicBool,
     /// Where requests go.
     pub console: Arc<Console>,
-    /// Door-event subscribers, when the event hub is on.
-    pub events: Option<Arc<Subscribers>>,
+    /// What answers the requests that come through the tunnel.
+    pub local: Arc<Local>,
     /// Published state.
     pub state: watch::Sender<AgentState>,
     /// How often console reachability is checked and reported.
@@ -301,9 +301,8 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             }
             stream = tunnel.accept() => match stream {
                 Ok(stream) => {
-                    let (console, events) = (ctx.console.clone(), ctx.events.clone());
                     let span = info_span!("stream", id = stream.id);
-                    requests.spawn(serve_stream(stream, console, events).instrument(span));
+                    requests.spawn(serve_stream(stream, ctx.local.clone()).instrument(span));
                 }
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
@@ -327,7 +326,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             // Until the relay has read the handover Hello it may still send
             // requests here: keep serving this connection until it says
             // Drain and a moment passes without a new stream.
-            let (console, events) = (ctx.console.clone(), ctx.events.clone());
+            let local = ctx.local.clone();
             tokio::spawn(async move {
                 let mut drained = false;
                 loop {
@@ -336,7 +335,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                         stream = tunnel.accept() => match stream {
                             Ok(stream) => {
                                 let span = info_span!("stream", id = stream.id);
-                                requests.spawn(serve_stream(stream, console.clone(), events.clone()).instrument(span));
+                                requests.spawn(serve_stream(stream, local.clone()).instrument(span));
                             }
                             Err(_) => break,
                         },
@@ -449,7 +448,7 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
 }
 
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>, events: Option<Arc<Subscribers>>) {
+async fn serve_stream(mut stream: TunnelStream, local: Arc<Local>) {
     let mut kind = [0u8; 1];
     match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
@@ -462,14 +461,8 @@ async fn serve_stream(mut stream: TunnelStream, console: Arc<Console>, events: O
     }
     let io = TokioIo::new(stream);
     let service = hyper::service::service_fn(move |req| {
-        let (console, events) = (console.clone(), events.clone());
-        async move {
-            let resp = match events {
-                Some(events) if is_subscription(&req) => events.subscribe(&console, req).await,
-                _ => console.forward(req).await,
-            };
-            Ok::<_, std::convert::Infallible>(resp)
-        }
+        let local = local.clone();
+        async move { Ok::<_, std::convert::Infallible>(local.handle(req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -52,6 +52,7 @@ pub struct StackBuilder {
     transport: Option<String>,
     udp_blocked: bool,
     console_token: bool,
+    observer: Option<keyway_relay::proxy::Observer>,
 }
 
 impl Default for StackBuilder {
@@ -67,6 +68,7 @@ impl Default for StackBuilder {
             transport: None,
             udp_blocked: false,
             console_token: true,
+            observer: None,
         }
     }
 }
@@ -121,6 +123,12 @@ impl StackBuilder {
     /// agent find only TCP there, as behind a firewall that drops UDP.
     pub fn udp_blocked(mut self) -> Self {
         self.udp_blocked = true;
+        self
+    }
+
+    /// Have the relay call `f` with each request head it sends into a tunnel.
+    pub fn observe_relay(mut self, f: keyway_relay::proxy::Observer) -> Self {
+        self.observer = Some(f);
         self
     }
 
@@ -184,7 +192,10 @@ impl StackBuilder {
         };
         let relay_cfg = RelayConfig::load(&report.config)?;
         let issued = keyway_relay::admin::add_site(&relay_cfg, SITE)?;
-        let relay = Relay::bind(relay_cfg).await?;
+        let mut relay = Relay::bind(relay_cfg).await?;
+        if let Some(f) = self.observer {
+            relay.observe_forwarded(f);
+        }
         let agents = relay.agents();
         let relay_stop = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));

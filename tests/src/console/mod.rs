@@ -116,6 +116,7 @@ struct Ctx {
     events: broadcast::Sender<String>,
     kick: tokio::sync::watch::Sender<u64>,
     webhook_log: Arc<Mutex<Vec<u16>>>,
+    ws_accepted: std::sync::atomic::AtomicUsize,
     throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
     stop: CancellationToken,
 }
@@ -157,6 +158,7 @@ impl RunningConsole {
             events: broadcast::channel(256).0,
             kick: tokio::sync::watch::channel(0).0,
             webhook_log: Arc::default(),
+            ws_accepted: Default::default(),
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
             stop: CancellationToken::new(),
         });
@@ -208,6 +210,11 @@ impl RunningConsole {
     /// a network blip would); the console keeps serving.
     pub fn kick_listeners(&self) {
         self.ctx.kick.send_modify(|n| *n += 1);
+    }
+
+    /// WebSocket upgrades accepted since the console started.
+    pub fn websockets_accepted(&self) -> usize {
+        self.ctx.ws_accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of WebSocket listeners.
@@ -320,7 +327,11 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
     // Endpoints that take the request itself (upgrade, multipart, streams).
     match (&method, seg.as_slice()) {
         (&Method::GET, ["devices", "notifications"]) => {
-            return ws::upgrade(req, &ctx.events, ctx.kick.subscribe(), ctx.stop.clone())
+            let reply = ws::upgrade(req, &ctx.events, ctx.kick.subscribe(), ctx.stop.clone());
+            if reply.is_ok() {
+                ctx.ws_accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            return reply;
         }
         (&Method::POST, ["users", id, "avatar"]) => {
             let id = id.to_string();

@@ -2,8 +2,10 @@
 //! (linking eleven binaries against the whole stack cost minutes and
 //! gigabytes of disk per build).
 
+mod access;
 mod api;
 mod doctor;
+mod edge;
 mod errors;
 mod events;
 mod fallback;
@@ -12,5 +14,6 @@ mod hub;
 mod impaired;
 mod memory;
 mod pairing;
+mod secrets;
 mod tunnel;
 mod workflows;

@@ -1,0 +1,186 @@
+//! Who may call what, decided on the agent (the LAN owner's side).
+//!
+//! * Passthrough (the default): the integration sends the console's own
+//!   token, as coworking platforms do today; `passthrough_policy` limits
+//!   what it may call, `passthrough = false` refuses it outright.
+//! * Integration tokens ([`tokens`]): a `kw_…` token issued on the agent is
+//!   checked here, its policy applied, and it is replaced by the console
+//!   token kept on this machine: the console token never crosses the
+//!   internet, and a leaked integration token is revoked without touching
+//!   the console.
+//! * Unlock safety: door unlocks and emergency settings have their own,
+//!   stricter rate per credential and per site, so a compromised
+//!   integration cannot strobe doors.
+
+pub mod policy;
+pub mod tokens;
+
+use std::num::NonZeroU32;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::{Method, Response};
+use keyway_certs::Fingerprint;
+use keyway_proto::envelope::ErrorCode;
+
+use crate::console::{envelope, TunnelBody};
+use policy::Policy;
+use tokens::{Rejected, TokenStore};
+
+/// Who made a request, for policy, limits and the audit log (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// A Keyway integration token, by integration name.
+    Integration(String),
+    /// The console's token sent by the integration, by fingerprint prefix.
+    Passthrough(String),
+    /// No token at all (the console will answer 401).
+    Anonymous,
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Integration(n) => write!(f, "integration:{n}"),
+            Self::Passthrough(fp) => write!(f, "passthrough:{fp}"),
+            Self::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
+
+/// The access settings (from `agent.toml`).
+#[derive(Debug, Clone)]
+pub struct AccessOptions {
+    /// Whether the console's own token is accepted from integrations.
+    pub passthrough: bool,
+    /// The policy for passthrough calls.
+    pub passthrough_policy: Policy,
+    /// Unlock/emergency calls per minute per credential.
+    pub unlock_per_minute: u32,
+    /// Unlock/emergency calls per minute for the site.
+    pub unlock_site_per_minute: u32,
+}
+
+/// The checks, with the token store and the unlock buckets.
+pub struct Access {
+    opts: AccessOptions,
+    tokens: TokenStore,
+    console_token: Option<HeaderValue>,
+    unlock_site: DefaultDirectRateLimiter,
+    unlock_by: DefaultKeyedRateLimiter<Credential>,
+}
+
+/// Whether a call opens doors or changes emergency state.
+pub fn is_door_control(method: &Method, path: &str) -> bool {
+    let seg: Vec<&str> = path.split('/').collect();
+    matches!(
+        (method, seg.as_slice()),
+        (&Method::PUT, ["", "api", "v1", "developer", "doors", _, "unlock"])
+            | (
+                &Method::PUT,
+                ["", "api", "v1", "developer", "doors", "settings", "emergency"]
+            )
+    )
+}
+
+fn per_minute(n: u32) -> Quota {
+    let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    Quota::per_minute(n).allow_burst(n)
+}
+
+impl Access {
+    /// Checks with `opts`, tokens in `state_dir`, and the stored console token.
+    pub fn new(opts: AccessOptions, state_dir: &std::path::Path, console_token: Option<&str>) -> Self {
+        Self {
+            unlock_site: RateLimiter::direct(per_minute(opts.unlock_site_per_minute)),
+            unlock_by: RateLimiter::keyed(per_minute(opts.unlock_per_minute)),
+            tokens: TokenStore::new(state_dir),
+            console_token: console_token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()),
+            opts,
+        }
+    }
+
+    /// Decides on a request; on success it may carry the console token now.
+    /// The refusal is the response itself (built once, on the cold path).
+    #[allow(clippy::result_large_err)]
+    pub fn authorize(&self, parts: &mut http::request::Parts) -> Result<Credential, Response<TunnelBody>> {
+        let bearer = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let path = parts.uri.path().to_string();
+        let (credential, policy) = match bearer {
+            Some(t) if t.starts_with(tokens::PREFIX) => {
+                let entry = self.tokens.verify(t).map_err(|r| match r {
+                    Rejected::Unknown => refusal(
+                        ErrorCode::TokenInvalid,
+                        "this Keyway integration token is not valid here (unknown or revoked)",
+                    ),
+                    Rejected::Expired(name) => refusal(
+                        ErrorCode::TokenInvalid,
+                        &format!("the Keyway token of integration {name:?} has expired; issue a new one"),
+                    ),
+                })?;
+                let Some(console) = &self.console_token else {
+                    return Err(refusal(
+                        ErrorCode::ConsoleUnreachable,
+                        "the agent has no console token to call the console with (keyway-agent console-token set)",
+                    ));
+                };
+                parts.headers.insert(AUTHORIZATION, console.clone());
+                (Credential::Integration(entry.name), entry.policy)
+            }
+            Some(t) => {
+                if !self.opts.passthrough {
+                    return Err(refusal(
+                        ErrorCode::TokenInvalid,
+                        "this site accepts only Keyway integration tokens (passthrough is off)",
+                    ));
+                }
+                let fp = Fingerprint::of(t.as_bytes()).to_string();
+                let short: String = fp.chars().filter(|c| *c != ':').take(12).collect();
+                (
+                    Credential::Passthrough(short.to_ascii_lowercase()),
+                    self.opts.passthrough_policy.clone(),
+                )
+            }
+            None => (Credential::Anonymous, self.opts.passthrough_policy.clone()),
+        };
+        if let Err(why) = policy.check(&parts.method, &path) {
+            return Err(refusal(
+                ErrorCode::PolicyDenied,
+                &format!(
+                    "{} {path} is not allowed for {credential} on this site: {why}",
+                    parts.method
+                ),
+            ));
+        }
+        if is_door_control(&parts.method, &path) {
+            let clock = DefaultClock::default();
+            let refused = self
+                .unlock_by
+                .check_key(&credential)
+                .map_err(|n| ("this credential", n))
+                .and_then(|()| self.unlock_site.check().map_err(|n| ("this site", n)));
+            if let Err((scope, n)) = refused {
+                let wait = n.wait_time_from(clock.now());
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut r = refusal(
+                    ErrorCode::RateLimited,
+                    &format!("too many door unlocks or emergency changes from {scope}; retry after {secs}s"),
+                );
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+                return Err(r);
+            }
+        }
+        Ok(credential)
+    }
+}
+
+fn refusal(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
+    envelope(code, msg)
+}

@@ -1,0 +1,74 @@
+//! What answers a request that came through the tunnel: the access checks,
+//! then the event hub or the console, then one audit record.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::access::{Access, Credential};
+use crate::audit::{template, Audit, Record};
+use crate::console::{Console, TunnelBody};
+use crate::hub::serve::{is_subscription, Subscribers};
+
+/// The agent's side of every tunnel stream.
+pub struct Local {
+    /// The console.
+    pub console: Arc<Console>,
+    /// Door-event subscribers, when the hub is on.
+    pub events: Option<Arc<Subscribers>>,
+    /// Who may call what.
+    pub access: Access,
+    /// The audit log, when it could be opened.
+    pub audit: Option<Audit>,
+}
+
+impl Local {
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<TunnelBody> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (request_id, client_ip) = (header("x-request-id"), header("x-forwarded-for"));
+        let (method, path) = (parts.method.to_string(), template(parts.uri.path()));
+        let request_bytes = content_length(&parts.headers);
+        let (credential, resp) = match self.access.authorize(&mut parts) {
+            Err(refused) => (None, refused),
+            Ok(credential) => {
+                let req = Request::from_parts(parts, body);
+                let resp = match &self.events {
+                    Some(events) if is_subscription(&req) => events.subscribe(&self.console, req).await,
+                    _ => self.console.forward(req).await,
+                };
+                (Some(credential), resp)
+            }
+        };
+        if let Some(audit) = &self.audit {
+            audit.record(Record {
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                request_id,
+                credential: credential.unwrap_or(Credential::Anonymous).to_string(),
+                client_ip,
+                method,
+                path,
+                status: resp.status().as_u16(),
+                request_bytes,
+                response_bytes: content_length(resp.headers()),
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        resp
+    }
+}
+
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}

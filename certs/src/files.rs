@@ -77,7 +77,23 @@ pub fn write_atomic(path: &Path, contents: &[u8], secret: bool) -> Result<(), Ce
     }
     let mut f = opts.open(&tmp).map_err(io)?;
     f.write_all(contents).and_then(|_| f.sync_all()).map_err(io)?;
+    #[cfg(unix)]
+    same_owner_as_dir(&tmp, dir);
     std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Gives a file the owner of its folder when they differ and we may (root
+/// running `keyway-agent token add` into the service user's state folder):
+/// the service can then read what the administrator wrote. Best effort.
+#[cfg(unix)]
+fn same_owner_as_dir(file: &Path, dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(d), Ok(f)) = (std::fs::metadata(dir), std::fs::metadata(file)) else {
+        return;
+    };
+    if (d.uid(), d.gid()) != (f.uid(), f.gid()) {
+        let _ = std::os::unix::fs::chown(file, Some(d.uid()), Some(d.gid()));
+    }
 }
 
 #[cfg(test)]

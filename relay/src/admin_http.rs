@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz` for load balancers and supervisors, on a
+//! The admin listener: `/healthz` and `/readyz` for load balancers and
+//! supervisors, `/metrics` for Prometheus, on a
 //! separate address that defaults to loopback (`admin_listen`). Plain HTTP:
 //! it carries no secrets and must not be exposed.
 
@@ -49,6 +50,16 @@ fn handle(req: &Request<Incoming>, agents: &AgentTable, sites: &SiteCache) -> Re
             StatusCode::OK,
             serde_json::json!({"status": "ok", "sites": sites.len(), "agents_online": agents.all().len()}).to_string(),
         ),
+        // Serving means the listeners are bound and the registry loaded.
+        (&Method::GET, "/readyz") => (StatusCode::OK, r#"{"status":"ready"}"#.to_string()),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(crate::metrics::METRICS.encode())));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            return resp;
+        }
         _ => (StatusCode::NOT_FOUND, r#"{"status":"not found"}"#.to_string()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

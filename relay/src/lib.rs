@@ -13,6 +13,7 @@ pub mod config;
 pub mod front;
 pub mod init;
 pub mod limits;
+pub mod metrics;
 pub mod pairing;
 pub mod proxy;
 pub mod registry;

@@ -18,10 +18,44 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log format on stderr: human (colours on a terminal) or json (one
+    /// object per line, for the journal and log shippers). Also
+    /// $KEYWAY_LOG_FORMAT; levels with $KEYWAY_LOG (e.g. debug).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let format = format.unwrap_or_else(|| match std::env::var("KEYWAY_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Human,
+    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => {
+            use std::io::IsTerminal;
+            builder.with_ansi(std::io::stderr().is_terminal()).init()
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Create a relay folder: relay.toml, the private tunnel CA, keys and the
     /// site registry.
     Init {
@@ -89,12 +123,14 @@ struct SiteArgs {
 
 /// Exit codes: 64 bad config or arguments, 3 no such site, 4 site exists.
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KEYWAY_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.cmd {
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "keyway-relay", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         Cmd::Init {
             dir,
             domain,

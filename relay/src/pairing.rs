@@ -61,11 +61,14 @@ pub async fn serve(conn: quinn::Connection, ctx: Arc<PairingCtx>) {
     let result = timeout(STEP_TIMEOUT * 3, run).await;
     match result {
         Ok(Ok(site)) => {
+            crate::metrics::METRICS.pairing_attempts.inc();
             info!(site, "agent paired");
             // Let the agent read Done and hang up first.
             let _ = timeout(Duration::from_secs(5), conn.closed()).await;
         }
         Ok(Err(e)) => {
+            crate::metrics::METRICS.pairing_attempts.inc();
+            crate::metrics::METRICS.pairing_failures.inc();
             info!("pairing failed: {e:#}");
             // Closing now would discard the error message on its way: let
             // the agent read it and hang up first.
@@ -96,8 +99,15 @@ where
     }
     let (mut recv, mut send) = tokio::io::split(tls);
     match timeout(STEP_TIMEOUT * 3, exchange(&mut send, &mut recv, &exporter, &ctx)).await {
-        Ok(Ok(site)) => info!(site, "agent paired (over TCP)"),
-        Ok(Err(e)) => info!("pairing failed: {e:#}"),
+        Ok(Ok(site)) => {
+            crate::metrics::METRICS.pairing_attempts.inc();
+            info!(site, "agent paired (over TCP)")
+        }
+        Ok(Err(e)) => {
+            crate::metrics::METRICS.pairing_attempts.inc();
+            crate::metrics::METRICS.pairing_failures.inc();
+            info!("pairing failed: {e:#}")
+        }
         Err(_) => return info!("pairing timed out"),
     }
     // Let the agent read the last message and hang up first.

@@ -24,6 +24,7 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
 use crate::limits::{Refusal, Slot};
+use crate::metrics::METRICS;
 use crate::respond::{error, ProxyBody};
 use keyway_transport::TunnelStream;
 
@@ -57,35 +58,105 @@ pub async fn handle(
     ctx: Arc<ProxyCtx>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = std::time::Instant::now();
     let request_id = new_request_id();
     let span = info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path(), site = tracing::field::Empty);
-    let mut resp = async {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (site, mut resp) = async {
         let site = match route(&req, &ctx) {
             Ok(site) => site,
-            Err(resp) => return resp,
+            Err(resp) => return (None, resp),
         };
         tracing::Span::current().record("site", site.as_str());
         let websocket = keyway_proto::headers::wants_upgrade(req.headers());
         let (slots, max_body) = match ctx.edge.admit(&site, peer.ip(), req.headers(), websocket) {
             Ok(admitted) => admitted,
-            Err(refusal) => return refused(refusal, &site),
+            Err(refusal) => {
+                METRICS.refused.get_or_create(&reason(&refusal)).inc();
+                let resp = refused(refusal, &site);
+                return (Some(site), resp);
+            }
         };
         let Some(link) = ctx.agents.get(&site) else {
-            return error(
+            let resp = error(
                 ErrorCode::AgentOffline,
                 &format!("the agent of site {site:?} is not connected to the relay"),
             );
+            return (Some(site), resp);
         };
         let resp = forward(req, &site, link, &ctx, peer, &request_id, (slots, max_body)).await;
         debug!(status = resp.status().as_u16(), "response head");
-        resp
+        (Some(site), resp)
     }
     .instrument(span)
     .await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    Ok(resp)
+    let label = crate::metrics::site(site.as_deref());
+    METRICS
+        .requests
+        .get_or_create(&crate::metrics::Request {
+            site: label.site.clone(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    METRICS
+        .duration
+        .get_or_create(&label)
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(n) = declared {
+        METRICS.request_bytes.get_or_create(&label).inc_by(n);
+    }
+    let bytes = METRICS.response_bytes.get_or_create(&label).clone();
+    Ok(resp.map(|b| Counted { body: b, bytes }.boxed_unsync()))
+}
+
+/// A response body that counts the bytes it sends.
+struct Counted<B> {
+    body: B,
+    bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl<B: hyper::body::Body<Data = bytes::Bytes> + Unpin> hyper::body::Body for Counted<B> {
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn reason(r: &Refusal) -> crate::metrics::Reason {
+    let reason = match r {
+        Refusal::NotAllowed => "allow_list",
+        Refusal::Headers(_) => "headers",
+        Refusal::Body(_) => "body",
+        Refusal::Rate { .. } => "rate",
+        Refusal::Busy(_) => "concurrency",
+    };
+    crate::metrics::Reason { reason: reason.into() }
 }
 
 /// Picks the site from the request's host, or answers the error.

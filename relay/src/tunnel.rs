@@ -209,6 +209,8 @@ async fn handle_tunnel(
         }
     }
     info!(site, agent_version, %transport, "agent online");
+    crate::metrics::METRICS.agent_connects.inc();
+    crate::metrics::METRICS.agents.inc();
     record_seen(&ctx.registry, &site, &agent_version, Some(transport)).await;
     record_console(&ctx.registry, &site, console_ok).await;
 
@@ -218,6 +220,7 @@ async fn handle_tunnel(
     }
     ctx.agents.remove_if(&site, id);
     info!(site, "agent offline");
+    crate::metrics::METRICS.agents.dec();
     // In-flight requests on a drained connection finish before it closes.
     if drain.is_cancelled() {
         let _ = send.shutdown().await;

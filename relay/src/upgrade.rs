@@ -42,6 +42,22 @@ impl Upgrades {
     }
 }
 
+/// Counts an open upgraded connection in the metrics while it lives.
+struct OpenUpgrade;
+
+impl OpenUpgrade {
+    fn new() -> Self {
+        crate::metrics::METRICS.websockets.inc();
+        Self
+    }
+}
+
+impl Drop for OpenUpgrade {
+    fn drop(&mut self) {
+        crate::metrics::METRICS.websockets.dec();
+    }
+}
+
 /// An unmasked (server → client) WebSocket close frame with `code`.
 pub fn close_frame(code: u16) -> [u8; 4] {
     let [hi, lo] = code.to_be_bytes();
@@ -53,6 +69,7 @@ async fn splice(client: OnUpgrade, tunnel: OnUpgrade, websocket: bool, closing: 
         Ok(pair) => pair,
         Err(e) => return debug!("upgrade failed: {e}"),
     };
+    let _open = OpenUpgrade::new();
     let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
     let (mut tr, mut tw) = tokio::io::split(TokioIo::new(tunnel));
     let up = async move {

@@ -13,6 +13,7 @@ mod faults;
 mod hub;
 mod impaired;
 mod memory;
+mod metrics;
 mod pairing;
 mod secrets;
 mod tunnel;

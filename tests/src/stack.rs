@@ -374,6 +374,15 @@ impl Stack {
         Ok(())
     }
 
+    /// Stops the relay (its ports close) without starting it again.
+    pub async fn stop_relay(&mut self) -> anyhow::Result<()> {
+        self.relay_stop.cancel();
+        if let Some(t) = self.relay_task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+
     /// Stops everything.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(a) = self.agent.take() {

@@ -64,3 +64,41 @@ async fn a_missing_config_fails_with_what_to_do() {
     assert!(out.stdout.starts_with("FAIL config"), "{}", out.stdout);
     assert!(out.stdout.contains("keyway-agent pair"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn an_unreachable_relay_is_named_with_its_fix() {
+    let stack = Stack::builder().transport("auto").start().await.unwrap();
+    let config = stack.agent_config.to_str().unwrap().to_string();
+    // The relay goes away (its ports are closed, UDP and TCP).
+    let stack = {
+        let mut s = stack;
+        s.stop_agent().await.unwrap();
+        s.stop_relay().await.unwrap();
+        s
+    };
+    let out = cli("keyway-agent", &["doctor", "--config", &config]).await.unwrap();
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL relay") && l.contains("unreachable over UDP"))
+        .expect(&out.stdout);
+    assert!(
+        lines[at + 1].contains("fix:") && lines[at + 1].contains("relay address"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("FAIL relay") && l.contains("over TLS/TCP")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("ok   console")),
+        "the console is still fine: {}",
+        out.stdout
+    );
+    stack.shutdown().await.unwrap();
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Checks the packages in target/debs/ (from packaging/build-debs.sh):
+#  1. metadata and file list of each .deb, the ELF machine of each binary;
+#  2. lintian: no errors (the warnings we keep are listed in the README);
+#  3. the arm64 and armhf agents under qemu-user: --version, then a real
+#     pair + serve against the amd64 relay and the simulated console on
+#     loopback, answered through the relay;
+#  4. the unit files pass `systemd-analyze verify`;
+#  5. as root: the amd64 packages install (user, unit, directories, sysctl
+#     drop-in), `remove` keeps config and identity, `purge` deletes them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEBS=$ROOT/target/debs
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() { echo "verify-debs: FAIL $*" >&2; exit 1; }
+ok() { echo "verify-debs: ok   $*"; }
+
+deb() { echo "$DEBS/${1}_${VERSION}_$2.deb"; }
+
+# 1. Metadata, file lists, binaries.
+machine() { case $1 in amd64) echo "X86-64" ;; arm64) echo "AArch64" ;; armhf) echo "ARM" ;; esac; }
+for spec in keyway-agent:amd64 keyway-agent:arm64 keyway-agent:armhf keyway-relay:amd64 keyway-relay:arm64; do
+  name=${spec%:*} arch=${spec#*:} f=$(deb "${spec%:*}" "${spec#*:}")
+  [[ -f $f ]] || fail "$f is missing"
+  [[ $(dpkg-deb -f "$f" Package) == "$name" ]] || fail "$f: Package"
+  [[ $(dpkg-deb -f "$f" Architecture) == "$arch" ]] || fail "$f: Architecture is $(dpkg-deb -f "$f" Architecture)"
+  [[ $(dpkg-deb -f "$f" Version) == "$VERSION" ]] || fail "$f: Version"
+  files=$(dpkg-deb -c "$f" | awk '{print $6}')
+  for want in ./usr/bin/$name ./lib/systemd/system/$name.service ./usr/lib/sysctl.d/60-keyway-quic.conf \
+      ./usr/share/doc/$name/copyright ./usr/share/doc/$name/changelog.Debian.gz ./usr/share/man/man1/$name.1.gz \
+      ./usr/share/bash-completion/completions/$name ./usr/share/doc/$name/examples/; do
+    grep -qx -- "$want" <<<"$files" || fail "$f lacks $want"
+  done
+  dpkg-deb -x "$f" "$WORK/$name-$arch"
+  readelf -h "$WORK/$name-$arch/usr/bin/$name" | grep -q "Machine:.*$(machine "$arch")" || fail "$f: binary is not $(machine "$arch")"
+  ok "$(basename "$f"): $arch, $(du -h "$f" | cut -f1), files and binary as expected"
+done
+
+# 2. lintian.
+for f in "$DEBS"/*.deb; do
+  out=$(lintian --fail-on error --suppress-tags-from-file packaging/lintian-kept "$f" 2>&1) \
+    || { echo "$out"; fail "lintian errors in $(basename "$f")"; }
+  [[ -n $out ]] && echo "$out"
+done
+ok "lintian: no errors"
+
+# 3. The Pi agents under qemu-user.
+run_qemu() { # arch, args…
+  local arch=$1; shift
+  case $arch in
+    arm64) qemu-aarch64 "$WORK/keyway-agent-arm64/usr/bin/keyway-agent" "$@" ;;
+    armhf) qemu-arm -L /usr/arm-linux-gnueabihf "$WORK/keyway-agent-armhf/usr/bin/keyway-agent" "$@" ;;
+  esac
+}
+for arch in arm64 armhf; do
+  v=$(run_qemu "$arch" --version)
+  [[ $v == "keyway-agent ${VERSION%-1}" ]] || fail "$arch --version said: $v"
+done
+ok "arm64 and armhf agents run under qemu-user"
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_for() { # file, text
+  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  cat "$1" >&2; fail "no '$2' in $1"
+}
+SIM=${KEYWAY_CONSOLE_SIM:-}
+if [[ -z $SIM ]]; then
+  cargo build --locked -q -p keyway-tests --bin console-sim
+  SIM=$ROOT/target/debug/console-sim
+fi
+TOKEN=pkg-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+PC=$(free_port); PK=$(free_port)
+"$SIM" --listen "127.0.0.1:$PC" --token "$TOKEN" --ready-file "$WORK/console.json" \
+  >"$WORK/console.log" 2>&1 & PIDS+=($!)
+wait_for "$WORK/console.json" fingerprint
+FP=$(python3 -c "import json;print(json.load(open('$WORK/console.json'))['fingerprint'])")
+RELAY=$WORK/keyway-relay-amd64/usr/bin/keyway-relay
+DOMAIN=relay.pkg.test
+"$RELAY" init --dir "$WORK/relay" --domain "$DOMAIN" --listen "127.0.0.1:$PK" --self-signed >/dev/null
+KEYWAY_LOG=info "$RELAY" serve --config "$WORK/relay/relay.toml" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
+wait_for "$WORK/relay.log" "relay serving"
+for arch in arm64 armhf; do
+  site=pi${arch}
+  code=$("$RELAY" site add "$site" --config "$WORK/relay/relay.toml" --json \
+    | python3 -c "import json,sys;print(json.load(sys.stdin)['code'])")
+  dir=$WORK/agent-$arch
+  run_qemu "$arch" pair "$code" --relay "127.0.0.1:$PK" --relay-ca "$WORK/relay/https-ca.pem" \
+    --console "https://127.0.0.1:$PC" --console-fingerprint "$FP" --config "$dir/agent.toml" --state-dir "$dir" >/dev/null
+  KEYWAY_LOG=info run_qemu "$arch" run --config "$dir/agent.toml" >"$WORK/agent-$arch.log" 2>&1 & PIDS+=($!)
+  wait_for "$WORK/agent-$arch.log" "tunnel up"
+  status=$(curl -s -o "$WORK/doors-$arch.json" -w '%{http_code}' --cacert "$WORK/relay/https-ca.pem" \
+    --resolve "$site.$DOMAIN:$PK:127.0.0.1" -H "Authorization: Bearer $TOKEN" \
+    "https://$site.$DOMAIN:$PK/api/v1/developer/doors")
+  [[ $status == 200 ]] && grep -q '"code":"SUCCESS"' "$WORK/doors-$arch.json" \
+    || { cat "$WORK/agent-$arch.log" >&2; fail "$arch agent: GET doors through the relay answered $status"; }
+  ok "$arch agent under qemu paired with the amd64 relay and served the console's doors"
+done
+
+# 4. The units.
+for name in keyway-agent keyway-relay; do
+  unit=$WORK/$name-amd64/lib/systemd/system/$name.service
+  # verify wants the ExecStart binary on this host: check a copy pointing at the unpacked one.
+  sed "s#/usr/bin/$name#$WORK/$name-amd64/usr/bin/$name#" "$unit" > "$WORK/$name.service"
+  systemd-analyze verify --man=no "$WORK/$name.service" || fail "systemd-analyze verify $name.service"
+done
+ok "systemd-analyze verify: both units"
+
+# 5. Install, remove, purge (root only: dpkg on this machine).
+if [[ $(id -u) != 0 ]]; then
+  echo "verify-debs: skipped the dpkg install test (not root)"
+  exit 0
+fi
+for name in keyway-agent keyway-relay; do
+  case $name in
+    keyway-agent) user=keyway state=/var/lib/keyway conf=/etc/keyway ;;
+    keyway-relay) user=keyway-relay state=/var/lib/keyway-relay conf=/var/lib/keyway-relay ;;
+  esac
+  dpkg -i "$(deb "$name" amd64)" >/dev/null
+  getent passwd "$user" >/dev/null || fail "$name: no user $user"
+  [[ -f /lib/systemd/system/$name.service && -f /usr/lib/sysctl.d/60-keyway-quic.conf ]] || fail "$name: unit or sysctl drop-in missing"
+  [[ $(stat -c %U "$state") == "$user" ]] || fail "$name: $state not owned by $user"
+  [[ -d $conf ]] || fail "$name: no $conf"
+  systemd-analyze verify --man=no "/lib/systemd/system/$name.service" || fail "installed $name.service"
+  "$name" --version >/dev/null
+  echo 'kept = true' > "$conf/keep-test"
+  dpkg -r "$name" >/dev/null
+  [[ -f $conf/keep-test ]] || fail "$name: remove deleted the config"
+  [[ ! -e /usr/bin/$name ]] || fail "$name: remove left the binary"
+  dpkg -P "$name" >/dev/null
+  [[ ! -e $conf && ! -e $state ]] || fail "$name: purge left $conf or $state"
+  ! getent passwd "$user" >/dev/null || fail "$name: purge left the user"
+  ok "$name amd64: installs (user, unit, directories, sysctl), remove keeps config, purge deletes it"
+done

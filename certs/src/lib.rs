@@ -12,11 +12,13 @@ pub mod fingerprint;
 pub mod identity;
 pub mod pake;
 pub mod pin;
+pub mod public;
 pub mod tls;
 
 pub use ca::{self_signed, Issued, PrivateCa};
 pub use fingerprint::Fingerprint;
 pub use pin::ConsoleTrust;
+pub use public::PublicCert;
 
 use thiserror::Error;
 

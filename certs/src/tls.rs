@@ -13,6 +13,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::pin::ConsoleVerifier;
+use crate::public::PublicCert;
 use crate::{provider, CertError, ConsoleTrust};
 
 fn roots(ca: &CertificateDer<'static>) -> Result<Arc<RootCertStore>, CertError> {
@@ -36,16 +37,17 @@ pub fn tunnel_client(
     Ok(cfg)
 }
 
-/// The relay's public HTTPS front.
-pub fn https_server(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> Result<ServerConfig, CertError> {
+/// The relay's public HTTPS front, presenting whatever `public` holds at
+/// each handshake; with `acme`, it also answers TLS-ALPN-01 validations.
+pub fn https_server(public: PublicCert, acme: bool) -> Result<ServerConfig, CertError> {
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&TLS13, &TLS12])?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(Arc::new(public));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme {
+        cfg.alpn_protocols.push(crate::public::ALPN_ACME_TLS.to_vec());
+    }
     Ok(cfg)
 }
 
@@ -77,7 +79,7 @@ pub fn console_client(trust: ConsoleTrust) -> Result<ClientConfig, CertError> {
 ///   new agent can verify before it has the private CA.
 pub fn relay_quic_server(
     tunnel: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
-    public: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    public: PublicCert,
     ca: &CertificateDer<'static>,
 ) -> Result<ServerConfig, CertError> {
     let provider = provider();
@@ -91,7 +93,7 @@ pub fn relay_quic_server(
     };
     let resolver = ByAlpn {
         tunnel: load(tunnel)?,
-        pairing: load(public)?,
+        pairing: public,
     };
     let mut cfg = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&TLS13])?
@@ -104,7 +106,7 @@ pub fn relay_quic_server(
 #[derive(Debug)]
 struct ByAlpn {
     tunnel: Arc<rustls::sign::CertifiedKey>,
-    pairing: Arc<rustls::sign::CertifiedKey>,
+    pairing: PublicCert,
 }
 
 impl rustls::server::ResolvesServerCert for ByAlpn {
@@ -113,7 +115,7 @@ impl rustls::server::ResolvesServerCert for ByAlpn {
             .alpn()
             .is_some_and(|mut protos| protos.any(|p| p == keyway_proto::ALPN_PAIR));
         Some(if pairing {
-            self.pairing.clone()
+            self.pairing.current()
         } else {
             self.tunnel.clone()
         })

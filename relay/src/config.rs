@@ -25,10 +25,16 @@ pub struct RelayConfig {
     /// Admin listener (`/healthz`); off when absent. Keep it on loopback.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
-    /// PEM certificate chain of the public HTTPS front.
-    pub https_cert: PathBuf,
+    /// PEM certificate chain of the public HTTPS front; re-read on SIGHUP
+    /// (`systemctl reload keyway-relay`). Absent with `[acme]`.
+    #[serde(default)]
+    pub https_cert: Option<PathBuf>,
     /// PEM private key of the public HTTPS front.
-    pub https_key: PathBuf,
+    #[serde(default)]
+    pub https_key: Option<PathBuf>,
+    /// `[acme]`: automatic certificates instead of `https_cert`/`https_key`.
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeConfig>,
     /// PEM certificate of the private tunnel CA (agents' certificates chain to it).
     pub tunnel_ca: PathBuf,
     /// PEM certificate the relay presents to agents (signed by the tunnel CA).
@@ -91,15 +97,21 @@ impl RelayConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
         let mut cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let (state_dir, ca_file) = match cfg.acme.as_mut() {
+            Some(a) => (Some(&mut a.state_dir), a.ca_file.as_mut()),
+            None => (None, None),
+        };
+        let optional = [cfg.https_cert.as_mut(), cfg.https_key.as_mut(), state_dir, ca_file];
         for p in [
-            &mut cfg.https_cert,
-            &mut cfg.https_key,
             &mut cfg.tunnel_ca,
             &mut cfg.tunnel_cert,
             &mut cfg.tunnel_key,
             &mut cfg.tunnel_ca_key,
             &mut cfg.registry,
-        ] {
+        ]
+        .into_iter()
+        .chain(optional.into_iter().flatten())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -120,6 +132,13 @@ impl RelayConfig {
             validate_site_name(d).context("default_site")?;
         }
         self.limits.validate()?;
+        match (&self.https_cert, &self.https_key, &self.acme) {
+            (Some(_), Some(_), None) => {}
+            (None, None, Some(acme)) => acme.validate()?,
+            (_, _, Some(_)) => bail!("https_cert/https_key and [acme] exclude each other: choose files or ACME"),
+            (None, None, None) => bail!("no public certificate: set https_cert and https_key, or configure [acme]"),
+            _ => bail!("https_cert and https_key go together"),
+        }
         if self.pairing_max_tries == 0 {
             bail!("pairing_max_tries: must be at least 1");
         }
@@ -166,7 +185,7 @@ mod tests {
         let cfg = RelayConfig::load(&path).unwrap();
         assert_eq!(cfg.domain, "relay.example.com");
         assert_eq!(cfg.default_site.as_deref(), Some("hq"));
-        assert_eq!(cfg.https_cert, dir.join("https.pem"));
+        assert_eq!(cfg.https_cert, Some(dir.join("https.pem")));
         assert_eq!(cfg.registry, dir.join("registry.db"));
         assert_eq!(cfg.pairing_code_ttl, Duration::from_secs(900));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
@@ -187,5 +206,23 @@ mod tests {
             assert!(validate_site_name(bad).is_err(), "{bad}");
         }
         validate_site_name("branch-2").unwrap();
+    }
+
+    #[test]
+    fn files_or_acme_not_both_nor_neither() {
+        let acme = "\n[acme]\nagree_terms = true\n";
+        let mut both: RelayConfig = toml::from_str(&format!("{MINIMAL}{acme}")).unwrap();
+        assert!(both.validate().unwrap_err().to_string().contains("exclude"));
+        let files_gone = MINIMAL
+            .replace("https_cert = \"https.pem\"", "")
+            .replace("https_key = \"https.key\"", "");
+        let mut neither: RelayConfig = toml::from_str(&files_gone).unwrap();
+        assert!(neither
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("no public certificate"));
+        let mut acme_only: RelayConfig = toml::from_str(&format!("{files_gone}{acme}")).unwrap();
+        acme_only.validate().unwrap();
     }
 }

@@ -111,6 +111,8 @@ pub async fn serve(
                         return;
                     }
                     Some(ALPN_PAIR) => return crate::pairing::serve_tls(stream, agents.ctx.pairing.clone()).await,
+                    // A TLS-ALPN-01 validation ends with the handshake.
+                    Some(keyway_certs::public::ALPN_ACME_TLS) => return debug!("answered an ACME validation"),
                     _ => {}
                 }
                 let service = hyper::service::service_fn(move |req| handle(req, ctx.clone(), peer));

@@ -114,7 +114,8 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
         https = if opts.self_signed {
             "https_cert = \"https.pem\"   # development certificate (signed by https-ca.pem)\n".to_string()
         } else {
-            "https_cert = \"https.pem\"   # put the public certificate chain for the domain and *.domain here\n"
+            "https_cert = \"https.pem\"   # put the public certificate chain for the domain and *.domain here\n\
+             # (or remove https_cert/https_key and add an [acme] section: see the README)\n"
                 .to_string()
         },
     );

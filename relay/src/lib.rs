@@ -6,6 +6,7 @@
 //! every agent to `Drain` and lets open requests finish within the grace.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod admin_http;
 pub mod agents;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use keyway_certs::files::{load_certs, load_key};
-use keyway_certs::PrivateCa;
+use keyway_certs::{PrivateCa, PublicCert};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,21 +50,28 @@ pub struct Relay {
     pairing: Arc<pairing::PairingCtx>,
     admin: Option<TcpListener>,
     observer: Option<proxy::Observer>,
+    public: PublicCert,
 }
 
 impl Relay {
     /// Loads certificates and binds the HTTPS (TCP) and QUIC (UDP) listeners.
     pub async fn bind(cfg: RelayConfig) -> anyhow::Result<Self> {
-        let public = (load_certs(&cfg.https_cert)?, load_key(&cfg.https_key)?);
-        let https_cfg = keyway_certs::tls::https_server(public.0.clone(), public.1.clone_key())
-            .context("public HTTPS certificate")?;
+        let public = match (&cfg.https_cert, &cfg.https_key, &cfg.acme) {
+            (Some(cert), Some(key), _) => {
+                PublicCert::new(load_certs(cert)?, load_key(key)?).context("public HTTPS certificate")?
+            }
+            (_, _, Some(acme)) => acme::initial_cert(acme, &cfg.domain)?,
+            _ => anyhow::bail!("no public certificate configured"),
+        };
+        let https_cfg =
+            keyway_certs::tls::https_server(public.clone(), cfg.acme.is_some()).context("public HTTPS certificate")?;
         let ca_pem = std::fs::read_to_string(&cfg.tunnel_ca).with_context(|| format!("{}", cfg.tunnel_ca.display()))?;
         let ca_key =
             std::fs::read_to_string(&cfg.tunnel_ca_key).with_context(|| format!("{}", cfg.tunnel_ca_key.display()))?;
         let ca = PrivateCa::from_pem(&ca_pem, &ca_key).context("tunnel CA")?;
         let tunnel = (load_certs(&cfg.tunnel_cert)?, load_key(&cfg.tunnel_key)?);
-        let quic_tls =
-            keyway_certs::tls::relay_quic_server(tunnel, public, ca.cert_der()).context("tunnel certificate")?;
+        let quic_tls = keyway_certs::tls::relay_quic_server(tunnel, public.clone(), ca.cert_der())
+            .context("tunnel certificate")?;
         let tls = front::FrontTls {
             https: Arc::new(https_cfg),
             tunnel: Arc::new(quic_tls.clone()),
@@ -113,6 +121,7 @@ impl Relay {
             sites,
             pairing,
             observer: None,
+            public,
         })
     }
 
@@ -120,6 +129,23 @@ impl Relay {
     /// use it to check what crosses the tunnel).
     pub fn observe_forwarded(&mut self, f: proxy::Observer) {
         self.observer = Some(f);
+    }
+
+    /// The public certificate (to reload it on SIGHUP).
+    pub fn public_cert(&self) -> PublicCert {
+        self.public.clone()
+    }
+
+    /// Re-reads `https_cert` and `https_key` for new handshakes; open
+    /// connections keep theirs. With `[acme]` there is nothing to re-read.
+    pub fn reload_public_cert(
+        cfg: &RelayConfig,
+        public: &PublicCert,
+    ) -> anyhow::Result<keyway_certs::public::CertSummary> {
+        let (Some(cert), Some(key)) = (&cfg.https_cert, &cfg.https_key) else {
+            anyhow::bail!("the certificate is managed by ACME; nothing to reload");
+        };
+        Ok(public.replace(load_certs(cert)?, load_key(key)?)?)
     }
 
     /// Where integrations connect.
@@ -155,7 +181,17 @@ impl Relay {
             pairing,
             admin,
             observer,
+            public,
         } = self;
+        if let Some(acme) = cfg.acme.clone() {
+            tokio::spawn(acme::maintain(
+                acme,
+                cfg.domain.clone(),
+                public,
+                sites.clone(),
+                stop.clone(),
+            ));
+        }
         if let Some(listener) = admin {
             tokio::spawn(admin_http::serve(listener, agents.clone(), sites.clone(), stop.clone()));
         }

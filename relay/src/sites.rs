@@ -24,6 +24,8 @@ pub const POLL: Duration = Duration::from_millis(500);
 #[derive(Clone, Default)]
 pub struct SiteCache {
     inner: Arc<RwLock<HashMap<String, Option<String>>>>,
+    /// Bumped when the set of names changes (the ACME task follows it).
+    names_version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl SiteCache {
@@ -42,6 +44,19 @@ impl SiteCache {
         self.len() == 0
     }
 
+    /// Every site's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .read()
+            .expect("site cache lock poisoned")
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The site's current certificate serial.
     pub fn current_serial(&self, site: &str) -> Option<String> {
         self.inner
@@ -57,14 +72,28 @@ impl SiteCache {
         let map = names.into_iter().map(|n| (n.to_string(), None)).collect();
         Self {
             inner: Arc::new(RwLock::new(map)),
+            names_version: Arc::default(),
         }
+    }
+
+    /// Changes whenever a site is added or removed.
+    pub fn names_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.names_version.subscribe()
     }
 
     /// Reloads from the registry.
     pub async fn reload(&self, registry: &Registry) -> Result<(), crate::registry::RegistryError> {
         let sites = registry.call(|s| s.list_sites()).await?;
-        let map = sites.into_iter().map(|s| (s.name, s.cert_serial)).collect();
-        *self.inner.write().expect("site cache lock poisoned") = map;
+        let map: HashMap<_, _> = sites.into_iter().map(|s| (s.name, s.cert_serial)).collect();
+        let renamed = {
+            let mut inner = self.inner.write().expect("site cache lock poisoned");
+            let renamed = inner.len() != map.len() || map.keys().any(|k| !inner.contains_key(k));
+            *inner = map;
+            renamed
+        };
+        if renamed {
+            self.names_version.send_modify(|v| *v += 1);
+        }
         Ok(())
     }
 }

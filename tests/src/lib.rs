@@ -2,6 +2,7 @@
 //! config files of a local relay + agent, and an in-process stack builder.
 //! Nothing here ships in a package.
 
+pub mod acme;
 pub mod client;
 pub mod console;
 pub mod impair;

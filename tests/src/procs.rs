@@ -32,27 +32,32 @@ impl Proc {
     /// (`$KEYWAY_TEST_BIN_LOG`, default `info`).
     pub fn spawn(bin: &str, args: &[&str]) -> anyhow::Result<Self> {
         let level = std::env::var("KEYWAY_TEST_BIN_LOG").unwrap_or_else(|_| "info".into());
-        let mut child = Command::new(workspace_bin(bin))
-            .args(args)
-            .env("KEYWAY_LOG", level)
-            .env("NO_COLOR", "1")
+        let mut cmd = Command::new(workspace_bin(bin));
+        cmd.args(args).env("KEYWAY_LOG", level).env("NO_COLOR", "1");
+        Self::start(cmd, bin)
+    }
+
+    /// Starts a program from `$PATH` (a test peer such as pebble), keeping
+    /// what it prints on stdout and stderr as its log.
+    pub fn spawn_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).envs(env.iter().copied());
+        Self::start(cmd, program)
+    }
+
+    fn start(mut cmd: Command, name: &str) -> anyhow::Result<Self> {
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("could not start {bin}"))?;
+            .with_context(|| format!("could not start {name}"))?;
         let log: Log = Arc::default();
         let stderr = child.stderr.take().context("stderr is piped")?;
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.0.lock().expect("log lock poisoned").push(line);
-                sink.1.notify_waiters();
-            }
-            sink.1.notify_waiters();
-        });
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        tokio::spawn(collect(BufReader::new(stderr).lines(), log.clone()));
+        tokio::spawn(collect(BufReader::new(stdout).lines(), log.clone()));
         Ok(Self(child, log))
     }
 
@@ -69,6 +74,11 @@ impl Proc {
     /// Waits (bounded) until the process logs a line containing `needle`
     /// (since it started).
     pub async fn wait_for_log(&mut self, needle: &str) -> anyhow::Result<()> {
+        self.wait_for_logs(needle, 1).await
+    }
+
+    /// Waits (bounded) until `count` lines contain `needle`.
+    pub async fn wait_for_logs(&mut self, needle: &str, count: usize) -> anyhow::Result<()> {
         let log = self.1.clone();
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
@@ -78,7 +88,9 @@ impl Proc {
                     .lock()
                     .expect("log lock poisoned")
                     .iter()
-                    .any(|l| l.contains(needle))
+                    .filter(|l| l.contains(needle))
+                    .count()
+                    >= count
                 {
                     return Ok(());
                 }
@@ -94,6 +106,14 @@ impl Proc {
             Err(_) => bail!("process did not log {needle:?} within 30 s"),
         }
     }
+}
+
+async fn collect<R: tokio::io::AsyncBufRead + Unpin>(mut lines: tokio::io::Lines<R>, sink: Log) {
+    while let Ok(Some(line)) = lines.next_line().await {
+        sink.0.lock().expect("log lock poisoned").push(line);
+        sink.1.notify_waiters();
+    }
+    sink.1.notify_waiters();
 }
 
 /// Output of a CLI run.

@@ -14,9 +14,11 @@ pub mod console;
 pub mod console_token;
 pub mod doctor;
 pub mod hub;
+pub mod live;
 pub mod local;
 pub mod pair;
 pub mod status;
+pub mod status_socket;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -39,6 +41,8 @@ pub struct Agent {
     webhooks: Option<hub::webhooks::Capture>,
     state: watch::Receiver<AgentState>,
     status_file: std::path::PathBuf,
+    status_socket: std::path::PathBuf,
+    cert_not_after: Option<i64>,
 }
 
 impl Agent {
@@ -91,6 +95,7 @@ impl Agent {
                 .map(|(h, _)| Arc::new(hub::serve::Subscribers::new(h.clone()))),
             access,
             audit,
+            live: Arc::default(),
         });
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = tunnel::TunnelCtx {
@@ -118,6 +123,11 @@ impl Agent {
             webhooks,
             state,
             status_file: status::path_for(&cfg.key),
+            status_socket: status_socket::path_for(&cfg.key),
+            cert_not_after: load_certs(&cfg.cert)
+                .ok()
+                .and_then(|c| keyway_certs::public::summarize(&c[0]).ok())
+                .map(|s| s.not_after),
         })
     }
 
@@ -153,6 +163,34 @@ impl Agent {
         Ok(())
     }
 
+    /// How far the relay's clock is ahead of this machine's, in
+    /// milliseconds (negative: this machine is ahead), corrected by half the
+    /// round trip, for `doctor`. The connection asks only the time: it does
+    /// not replace the running agent's tunnel.
+    pub async fn relay_clock_offset_ms(&self, transport: keyway_transport::TransportKind) -> anyhow::Result<i64> {
+        use keyway_proto::control::{read_msg, write_msg, ControlMsg};
+        use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+        let tunnel = tunnel::connect_over(&self.ctx, transport).await?;
+        let mut control = tunnel.open_control().await?;
+        let (sent, start) = (SystemTime::now(), Instant::now());
+        write_msg(&mut control, &ControlMsg::TimeQuery).await?;
+        let mut buf = bytes::BytesMut::new();
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_msg(&mut control, &mut buf)).await;
+        let rtt = start.elapsed();
+        tunnel.close(keyway_proto::CloseCode::Normal, "doctor");
+        match answer {
+            Ok(Ok(ControlMsg::Time { unix_ms })) => {
+                let ours = (sent + rtt / 2)
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                Ok(unix_ms as i64 - ours)
+            }
+            Ok(Ok(other)) => anyhow::bail!("the relay does not tell the time (an older relay?): {other:?}"),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the relay does not tell the time (an older relay?)")),
+            Err(_) => anyhow::bail!("the relay did not tell the time within 10 s"),
+        }
+    }
+
     /// Serves until `stop` is cancelled, reconnecting as needed.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut hub_tasks = Vec::new();
@@ -166,12 +204,35 @@ impl Agent {
             }
             hub_tasks.push(tokio::spawn(hub::upstream::run(hub, up, stop.child_token())));
         }
+        let current = status::Current::default();
         let writer = tokio::spawn(status::keep_written(
             self.status_file.clone(),
             self.ctx.relay.clone(),
             self.state.clone(),
+            current.clone(),
         ));
+        let socket_stop = CancellationToken::new();
+        let socket = match status_socket::bind(&self.status_socket).await {
+            Ok(listener) => Some(tokio::spawn(status_socket::serve(
+                listener,
+                self.status_socket.clone(),
+                status_socket::Source {
+                    current,
+                    live: self.ctx.local.live.clone(),
+                    cert_not_after: self.cert_not_after,
+                },
+                socket_stop.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!("status socket off: {e:#}");
+                None
+            }
+        };
         tunnel::run(self.ctx.clone(), stop).await;
+        socket_stop.cancel();
+        if let Some(s) = socket {
+            let _ = s.await;
+        }
         self.ctx
             .endpoint
             .close(keyway_proto::CloseCode::Shutdown.code().into(), b"agent stopping");

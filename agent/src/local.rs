@@ -22,6 +22,8 @@ pub struct Local {
     pub access: Access,
     /// The audit log, when it could be opened.
     pub audit: Option<Audit>,
+    /// Counters and tunnel state for `status`.
+    pub live: Arc<crate::live::Live>,
 }
 
 impl Local {
@@ -51,6 +53,7 @@ impl Local {
                 (Some(credential), resp)
             }
         };
+        self.live.record(resp.status().as_u16());
         if let Some(audit) = &self.audit {
             audit.record(Record {
                 time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),

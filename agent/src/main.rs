@@ -97,7 +97,11 @@ enum Cmd {
     },
     /// Show what the running agent is doing: paired site, relay, transport
     /// (QUIC, or TLS over TCP where UDP is blocked), since when, or why it
-    /// is not connected. Exit code 0 when online, 3 otherwise.
+    /// is not connected; the round trip to the relay, whether the console
+    /// answers, the agent certificate's expiry and the last hour's requests
+    /// and errors. Asks the running agent through agent.sock beside its key
+    /// (members of the keyway group need no root). Exit code 0 when online,
+    /// 3 otherwise.
     Status {
         /// The agent's config file.
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
@@ -106,9 +110,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check what this agent needs and say what to fix: the config, the relay
-    /// over UDP (QUIC) and over TCP (says plainly when UDP is blocked), the
-    /// console and its pinned certificate. Exit code 1 if any check fails.
+    /// Check what this agent needs and say what to fix: the config, the agent
+    /// certificate's expiry, the relay's name in DNS, the relay over UDP
+    /// (QUIC) and over TCP (says plainly when UDP is blocked), this machine's
+    /// clock against the relay's, UDP buffer sizes, the console and its
+    /// pinned certificate. Exit code 1 if any check fails.
     Doctor {
         /// The agent's config file.
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
@@ -334,7 +340,8 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Status { config, json } => {
-            let read = AgentConfig::load(&config).and_then(|cfg| keyway_agent::status::read(&cfg.key));
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let read = AgentConfig::load(&config).and_then(|cfg| rt.block_on(keyway_agent::status::query(&cfg.key)));
             match read {
                 Ok((s, running)) => {
                     if json {

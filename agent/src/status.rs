@@ -1,7 +1,10 @@
-//! `status.json` beside the agent's key: what the running agent is doing,
-//! rewritten (atomically) on every change, read by `keyway-agent status`.
-//! A file rather than a socket: nothing listens, and members of the
-//! `keyway` group can read it without root.
+//! What `keyway-agent status` shows, from two places beside the agent's key:
+//!
+//! * `agent.sock`, a Unix socket the running agent answers with one JSON
+//!   document (live figures: round trip, console, requests in the last hour)
+//!   and closes; mode 0660, so members of the `keyway` group need no root;
+//! * `status.json`, rewritten (atomically) on every state change, which
+//!   still tells the last state once the agent has stopped.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,6 +32,26 @@ pub struct Status {
     pub since: u64,
     /// The agent's process id.
     pub pid: u32,
+    /// Live figures, from the socket only.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveStatus>,
+}
+
+/// What only the running agent knows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LiveStatus {
+    /// The agent's version.
+    pub version: String,
+    /// Smoothed round trip to the relay, while online.
+    pub rtt_ms: Option<f64>,
+    /// Whether the console answered its last check.
+    pub console_ok: Option<bool>,
+    /// Unix seconds when the agent certificate expires.
+    pub cert_not_after: Option<i64>,
+    /// Requests answered in the last hour.
+    pub requests_last_hour: u64,
+    /// Of which 5xx.
+    pub errors_last_hour: u64,
 }
 
 /// Where the running agent of `key` writes its status.
@@ -54,25 +77,35 @@ fn status(state: &AgentState, relay: &str) -> Status {
         relay: relay.into(),
         since: now(),
         pid: std::process::id(),
+        live: None,
     }
 }
 
 /// Replaces the file (write + rename, so readers never see half of it; no
 /// fsync: it is rewritten on the next change and must not stall the agent
-/// on a busy SD card).
+/// on a busy SD card). Mode 0640: the `keyway` group reads it despite the
+/// service's umask.
 fn write(path: &Path, s: &Status) {
+    use std::os::unix::fs::PermissionsExt;
     let json = serde_json::to_vec_pretty(s).expect("status serialises");
     let tmp = path.with_extension("json.tmp");
-    if let Err(e) = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, path)) {
+    let written = std::fs::write(&tmp, &json)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o640)))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
         tracing::warn!("could not write {}: {e}", path.display());
     }
 }
 
-/// Writes `status.json` whenever the state changes, until the channel closes;
-/// then marks it stopped.
-pub async fn keep_written(path: PathBuf, relay: String, mut state: watch::Receiver<AgentState>) {
+/// The state in effect, shared with the status socket.
+pub type Current = std::sync::Arc<std::sync::Mutex<Option<Status>>>;
+
+/// Writes `status.json` (and `current`) whenever the state changes, until
+/// the channel closes; then marks it stopped.
+pub async fn keep_written(path: PathBuf, relay: String, mut state: watch::Receiver<AgentState>, shared: Current) {
     loop {
         let current = status(&state.borrow_and_update().clone(), &relay);
+        *shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(current.clone());
         let p = path.clone();
         let _ = tokio::task::spawn_blocking(move || write(&p, &current)).await;
         if state.changed().await.is_err() {
@@ -82,6 +115,15 @@ pub async fn keep_written(path: PathBuf, relay: String, mut state: watch::Receiv
     let mut stopped = status(&AgentState::Connecting, &relay);
     stopped.state = "stopped".into();
     let _ = tokio::task::spawn_blocking(move || write(&path, &stopped)).await;
+}
+
+/// Asks the running agent using `key` through its socket; when none
+/// answers, reads the last state it wrote. Also says whether it runs.
+pub async fn query(key: &Path) -> anyhow::Result<(Status, bool)> {
+    match crate::status_socket::ask(&crate::status_socket::path_for(key)).await? {
+        Some(s) => Ok((s, true)),
+        None => read(key),
+    }
 }
 
 /// Reads the status of the agent using `key`, noting whether it still runs.
@@ -104,6 +146,29 @@ pub fn describe(s: &Status, running: bool) -> String {
             s.state, s.relay
         );
     }
+    let mut text = headline(s, &since);
+    if let Some(live) = &s.live {
+        if let Some(rtt) = live.rtt_ms {
+            text.push_str(&format!("\nRound trip to the relay: {rtt:.1} ms"));
+        }
+        text.push_str(match live.console_ok {
+            Some(true) => "\nConsole: reachable",
+            Some(false) => "\nConsole: NOT reachable (keyway-agent doctor says why)",
+            None => "\nConsole: not checked yet",
+        });
+        if let Some(t) = live.cert_not_after {
+            let days = (t - now() as i64) / 86400;
+            text.push_str(&format!("\nAgent certificate: valid for {days} more days"));
+        }
+        text.push_str(&format!(
+            "\nLast hour: {} requests, {} errors (5xx)\nAgent version: {}",
+            live.requests_last_hour, live.errors_last_hour, live.version
+        ));
+    }
+    text
+}
+
+fn headline(s: &Status, since: &str) -> String {
     match s.state.as_str() {
         "online" => {
             let transport = match s.transport.as_deref() {

@@ -252,6 +252,8 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
     };
     let transport = tunnel.kind();
     info!(site, relay = %tunnel.remote_address(), %transport, "tunnel up");
+    ctx.local.live.set_tunnel(Some(tunnel.clone()));
+    ctx.local.live.set_console_ok(console_ok);
     ctx.state.send_replace(AgentState::Online { site, transport });
     let (mut recv, mut send) = tokio::io::split(control);
 
@@ -267,6 +269,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
         tokio::select! {
             _ = check.tick() => {
                 let now_ok = ctx.console.reachable().await;
+                ctx.local.live.set_console_ok(now_ok);
                 if now_ok != console_ok {
                     console_ok = now_ok;
                     if console_ok { info!("console reachable again") } else { warn!("console unreachable") }
@@ -321,6 +324,8 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
     if let Some(p) = probe_task {
         p.abort();
     }
+    // The next session (or none) publishes its own tunnel.
+    ctx.local.live.set_tunnel(None);
     match end {
         End::Switch(_) => {
             // Until the relay has read the handover Hello it may still send

@@ -76,6 +76,14 @@ pub enum ControlMsg {
     },
     /// Agent → relay: this agent is being unpaired; revoke its certificate.
     Unpair,
+    /// Agent → relay, instead of `Hello` (`doctor`): what time is it? The
+    /// relay answers with `Time` and closes; the connection never serves.
+    TimeQuery,
+    /// Relay → agent: the relay's clock.
+    Time {
+        /// Milliseconds since the Unix epoch.
+        unix_ms: u64,
+    },
 }
 
 /// Why a control frame could not be decoded. Each one ends the connection.
@@ -216,6 +224,10 @@ mod tests {
             },
             ControlMsg::Status { console_ok: false },
             ControlMsg::Unpair,
+            ControlMsg::TimeQuery,
+            ControlMsg::Time {
+                unix_ms: 1_764_547_200_000,
+            },
         ]
     }
 

@@ -163,6 +163,17 @@ async fn handle_tunnel(
             tunnel.close(CloseCode::VersionMismatch, &reason);
             anyhow::bail!(reason);
         }
+        ControlMsg::TimeQuery => {
+            // `keyway-agent doctor` checking its clock: answer, then let the
+            // agent hang up; this connection is not the site's tunnel.
+            let unix_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            write_msg(&mut send, &ControlMsg::Time { unix_ms }).await?;
+            let _ = send.shutdown().await;
+            let _ = timeout(Duration::from_secs(2), tunnel.closed()).await;
+            return Ok(());
+        }
         other => {
             tunnel.close(CloseCode::ProtocolError, "expected Hello");
             anyhow::bail!("expected Hello, got {other:?}");

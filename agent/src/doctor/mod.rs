@@ -1,9 +1,13 @@
 //! `keyway-agent doctor`: one line per check, with a fix for each problem.
 //!
-//! Checks what an IT person cannot see: whether the relay is reachable over
-//! UDP (QUIC) and over TCP, whether the console answers with the pinned
-//! certificate. UDP blocked while TCP works is a warning: the agent serves
-//! over TLS/TCP, slower on lossy links.
+//! Checks what an IT person cannot see: the relay's name in DNS, whether the
+//! relay is reachable over UDP (QUIC) and over TCP, this machine's clock
+//! against the relay's, the agent certificate's expiry, the UDP buffers,
+//! whether the console answers with the pinned certificate. UDP blocked
+//! while TCP works is a warning: the agent serves over TLS/TCP, slower on
+//! lossy links.
+
+mod host;
 
 use std::path::Path;
 use std::time::Duration;
@@ -76,8 +80,13 @@ pub async fn run(path: &Path) -> Vec<Check> {
             return out;
         }
     };
+    out.push(host::agent_cert(&cfg.cert));
+    out.push(host::dns(&cfg.relay).await);
     let udp = agent.probe(keyway_transport::TransportKind::Quic).await;
     let tcp = agent.probe(keyway_transport::TransportKind::Tcp).await;
+    let clock_hint = [&udp, &tcp]
+        .iter()
+        .any(|r| r.as_ref().is_err_and(|e| host::clock_explains(&format!("{e:#}"))));
     match (&udp, &tcp) {
         (Ok(()), _) => out.push(Check::ok(format!("relay {} reachable over UDP (QUIC)", cfg.relay))),
         (Err(e), Ok(())) => out.push(Check::bad(
@@ -88,7 +97,11 @@ pub async fn run(path: &Path) -> Vec<Check> {
         (Err(e), Err(_)) => out.push(Check::bad(
             Verdict::Fail,
             format!("relay {} unreachable over UDP: {e:#}", cfg.relay),
-            "check this machine's internet connection, DNS, and the relay address in the config",
+            if clock_hint {
+                "a certificate looks expired or not yet valid: this machine's clock is probably wrong (timedatectl set-ntp true)"
+            } else {
+                "check this machine's internet connection, DNS, and the relay address in the config"
+            },
         )),
     }
     match &tcp {
@@ -99,6 +112,22 @@ pub async fn run(path: &Path) -> Vec<Check> {
             "if UDP works this only removes the fallback; otherwise check the firewall allows outbound TCP to the relay's port",
         )),
     }
+    let reachable_over = match (&udp, &tcp) {
+        (Ok(()), _) => Some(keyway_transport::TransportKind::Quic),
+        (_, Ok(())) => Some(keyway_transport::TransportKind::Tcp),
+        _ => None,
+    };
+    if let Some(transport) = reachable_over {
+        out.push(match agent.relay_clock_offset_ms(transport).await {
+            Ok(offset) => host::clock(offset),
+            Err(e) => Check::bad(
+                Verdict::Warn,
+                format!("clock not compared with the relay's: {e:#}"),
+                "update the relay; meanwhile check this machine's time with timedatectl",
+            ),
+        });
+    }
+    out.push(host::udp_buffers());
     let console_ok = console(&cfg).await;
     let reachable = console_ok.verdict != Verdict::Fail;
     out.push(console_ok);

@@ -102,3 +102,50 @@ async fn an_unreachable_relay_is_named_with_its_fix() {
     );
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_wrong_clock_is_named_with_its_fix() {
+    let stack = Stack::start().await.unwrap();
+    let config = stack.agent_config.to_str().unwrap().to_string();
+    // This machine's clock three hours fast, as on a Pi whose NTP never
+    // answered (libfaketime, from Debian's faketime; scripts/test installs it).
+    let out = tokio::process::Command::new("faketime")
+        .args(["-f", "+3h"])
+        .arg(keyway_tests::workspace_bin("keyway-agent"))
+        .args(["doctor", "--config", &config])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .await
+        .expect("faketime is installed (apt-get install faketime)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .position(|l| l.starts_with("FAIL this machine's clock is 3 h ahead of the relay's"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        stdout
+            .lines()
+            .nth(line + 1)
+            .unwrap()
+            .contains("timedatectl set-ntp true"),
+        "{stdout}"
+    );
+    // The same agent with the right time passes the clock check.
+    let out = cli("keyway-agent", &["doctor", "--config", &config]).await.unwrap();
+    assert!(
+        out.stdout.contains("ok   clock agrees with the relay's"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("ok   agent certificate valid for"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("ok   relay 127.0.0.1:"), "{}", out.stdout);
+    // Asking the relay's time did not take the running agent's tunnel.
+    let doors = stack.api().get("/api/v1/developer/doors").await.unwrap();
+    assert_eq!(doors.status, http::StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}

@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod certs;
 mod doctor;
 mod edge;
 mod errors;
@@ -16,5 +17,6 @@ mod memory;
 mod metrics;
 mod pairing;
 mod secrets;
+mod status;
 mod tunnel;
 mod workflows;

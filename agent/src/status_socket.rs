@@ -1,0 +1,122 @@
+//! `agent.sock`: the running agent answers each connection with its status
+//! as one JSON document, then closes. No request is read, so there is
+//! nothing to parse and nothing to abuse; the file is 0660 so members of
+//! the state folder's group (`keyway` in the package) can ask without root.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::live::Live;
+use crate::status::{Current, LiveStatus, Status};
+
+/// Where the agent using `key` listens.
+pub fn path_for(key: &Path) -> PathBuf {
+    key.parent().unwrap_or(Path::new(".")).join("agent.sock")
+}
+
+/// Binds `path`, replacing a stale socket but never a live agent's.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("another agent answers on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("could not remove the stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("could not listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("could not set the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+/// What the socket serves.
+pub struct Source {
+    /// The state in effect.
+    pub current: Current,
+    /// Live counters.
+    pub live: Arc<Live>,
+    /// Unix seconds when the agent certificate expires.
+    pub cert_not_after: Option<i64>,
+}
+
+impl Source {
+    fn snapshot(&self) -> Option<Status> {
+        let mut s = self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let (requests, errors) = self.live.last_hour();
+        s.live = Some(LiveStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            rtt_ms: self.live.rtt().map(|d| d.as_secs_f64() * 1000.0),
+            console_ok: self.live.console_ok(),
+            cert_not_after: self.cert_not_after,
+            requests_last_hour: requests,
+            errors_last_hour: errors,
+        });
+        Some(s)
+    }
+}
+
+/// Answers until `stop`, then removes the socket.
+pub async fn serve(listener: UnixListener, path: PathBuf, source: Source, stop: CancellationToken) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("status socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(status) = source.snapshot() else { continue };
+        tokio::spawn(async move {
+            let mut json = serde_json::to_vec(&status).expect("status serialises");
+            json.push(b'\n');
+            let written = tokio::time::timeout(Duration::from_secs(5), async {
+                stream.write_all(&json).await?;
+                stream.shutdown().await
+            });
+            if let Ok(Err(e)) = written.await {
+                debug!("status socket client: {e}");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Asks the agent at `path`. `Ok(None)`: no agent answers there.
+pub async fn ask(path: &Path) -> anyhow::Result<Option<Status>> {
+    let mut stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("{}: permission denied (add yourself to the keyway group: sudo adduser $USER keyway, then log in again)", path.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+    };
+    let mut text = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut stream).take(1 << 20).read_to_end(&mut text),
+    )
+    .await
+    .context("the agent did not answer within 5 s")??;
+    Ok(Some(
+        serde_json::from_slice(&text).context("the agent's answer is not a status")?,
+    ))
+}

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, info, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::config::TransportMode;
@@ -304,7 +304,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
             }
             stream = tunnel.accept() => match stream {
                 Ok(stream) => {
-                    let span = info_span!("stream", id = stream.id);
+                    let span = debug_span!("stream", id = stream.id);
                     requests.spawn(serve_stream(stream, ctx.local.clone()).instrument(span));
                 }
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
@@ -339,7 +339,7 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                     tokio::select! {
                         stream = tunnel.accept() => match stream {
                             Ok(stream) => {
-                                let span = info_span!("stream", id = stream.id);
+                                let span = debug_span!("stream", id = stream.id);
                                 requests.spawn(serve_stream(stream, local.clone()).instrument(span));
                             }
                             Err(_) => break,

@@ -238,7 +238,7 @@ async fn run(targets: &std::path::Path, out: &std::path::Path, quick: bool, sel:
         ratios(outcomes);
     }
     // Last, so the relay's peak memory under load above is its own.
-    if let Some(sw) = t.swarm.as_ref().filter(|_| !sel.merge) {
+    if let Some(sw) = t.swarm.as_ref().filter(|_| !sel.merge && sel.wants("relay_swarm")) {
         memory.insert("relay_swarm".into(), swarm_memory(sw).await?);
     }
 

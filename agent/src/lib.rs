@@ -49,7 +49,9 @@ impl Agent {
     /// Loads keys and certificates and prepares the tunnel and console clients.
     pub fn new(cfg: &AgentConfig) -> anyhow::Result<Self> {
         let ca = load_certs(&cfg.relay_ca)?.remove(0);
-        let tls = keyway_certs::tls::tunnel_client(load_certs(&cfg.cert)?, load_key(&cfg.key)?, &ca, &[ALPN_TUNNEL])
+        let chain = load_certs(&cfg.cert)?;
+        let cert_not_after = keyway_certs::public::summarize(&chain[0]).ok().map(|s| s.not_after);
+        let tls = keyway_certs::tls::tunnel_client(chain, load_key(&cfg.key)?, &ca, &[ALPN_TUNNEL])
             .context("agent certificate")?;
         let tcp_tls = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("tunnel TLS for QUIC")?;
@@ -124,10 +126,7 @@ impl Agent {
             state,
             status_file: status::path_for(&cfg.key),
             status_socket: status_socket::path_for(&cfg.key),
-            cert_not_after: load_certs(&cfg.cert)
-                .ok()
-                .and_then(|c| keyway_certs::public::summarize(&c[0]).ok())
-                .map(|s| s.not_after),
+            cert_not_after,
         })
     }
 

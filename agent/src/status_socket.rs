@@ -116,7 +116,33 @@ pub async fn ask(path: &Path) -> anyhow::Result<Option<Status>> {
     )
     .await
     .context("the agent did not answer within 5 s")??;
+    if text.is_empty() {
+        // The agent is starting and has no state yet: the file says more.
+        return Ok(None);
+    }
     Ok(Some(
         serde_json::from_slice(&text).context("the agent's answer is not a status")?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        assert!(ask(&path).await.unwrap().is_none(), "no socket: no agent");
+
+        // A crashed agent leaves its socket file behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(ask(&path).await.unwrap().is_none(), "nobody answers a stale socket");
+        let live = bind(&path).await.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+
+        let err = bind(&path).await.unwrap_err().to_string();
+        assert!(err.contains("another agent answers"), "{err}");
+        drop(live);
+    }
 }

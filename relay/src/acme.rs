@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
@@ -203,10 +203,7 @@ fn due(cfg: &AcmeConfig, public: &PublicCert, wanted: &[String]) -> Option<Strin
     if let Some(missing) = wanted.iter().find(|n| !summary.names.contains(n)) {
         return Some(format!("{missing} is not covered"));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let left = summary.not_after - now;
+    let left = summary.not_after - crate::registry::now();
     (left < cfg.renew_before.as_secs() as i64).then(|| format!("it expires in {} days", left / 86400))
 }
 

@@ -2,7 +2,6 @@
 //! its UDP buffers and the agent's own certificate.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Check, Verdict};
 
@@ -129,7 +128,7 @@ pub fn agent_cert(path: &Path) -> Check {
         }
     };
     match keyway_certs::public::summarize(&der) {
-        Ok(s) => cert_verdict(s.not_after, now()),
+        Ok(s) => cert_verdict(s.not_after, crate::access::tokens::now() as i64),
         Err(e) => Check::bad(
             Verdict::Fail,
             format!("agent certificate {}: {e}", path.display()),
@@ -158,12 +157,6 @@ pub fn cert_verdict(not_after: i64, now: i64) -> Check {
     } else {
         Check::ok(format!("agent certificate valid for {days} more days"))
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

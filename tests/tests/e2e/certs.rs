@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -42,8 +43,6 @@ async fn presented(addr: SocketAddr, name: &str, roots: &[CertificateDer<'static
     let s = tls(addr, name, roots).await?;
     Ok(s.get_ref().1.peer_certificates().context("no certificate")?[0].to_vec())
 }
-
-use anyhow::Context;
 
 type Sender = hyper::client::conn::http1::SendRequest<keyway_tests::stack::ClientBody>;
 

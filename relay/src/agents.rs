@@ -1,6 +1,6 @@
 //! The table of live agent connections, one per site.
 //!
-//! Readers (every proxied request) take a short read lock to clone a handle;
+//! Readers (every proxied request) take a short read lock to clone an `Arc`;
 //! writers (connect, disconnect) are rare. A newer connection for a site
 //! replaces the older one at once, so requests always go to the newest link.
 
@@ -27,12 +27,14 @@ pub struct AgentLink {
     pub since: SystemTime,
     /// Cancelled to make the control task send `Drain` to this agent.
     pub drain: CancellationToken,
+    /// Idle request streams to this agent, ready for the next request.
+    pub pool: Arc<crate::streams::StreamPool>,
 }
 
 /// Live agents by site, with a change counter to wait on.
 #[derive(Clone, Default)]
 pub struct AgentTable {
-    inner: Arc<RwLock<HashMap<String, AgentLink>>>,
+    inner: Arc<RwLock<HashMap<String, Arc<AgentLink>>>>,
     changes: Arc<watch::Sender<u64>>,
     next_id: Arc<AtomicU64>,
 }
@@ -44,7 +46,7 @@ impl AgentTable {
     }
 
     /// The live link of `site`, if any.
-    pub fn get(&self, site: &str) -> Option<AgentLink> {
+    pub fn get(&self, site: &str) -> Option<Arc<AgentLink>> {
         self.inner.read().expect("agent table lock poisoned").get(site).cloned()
     }
 
@@ -54,12 +56,12 @@ impl AgentTable {
     }
 
     /// Installs `link` for `site`; returns the link it replaced.
-    pub fn insert(&self, site: &str, link: AgentLink) -> Option<AgentLink> {
+    pub fn insert(&self, site: &str, link: AgentLink) -> Option<Arc<AgentLink>> {
         let old = self
             .inner
             .write()
             .expect("agent table lock poisoned")
-            .insert(site.to_string(), link);
+            .insert(site.to_string(), Arc::new(link));
         self.changes.send_modify(|n| *n += 1);
         old
     }
@@ -75,7 +77,7 @@ impl AgentTable {
     }
 
     /// All live links (for drain and status).
-    pub fn all(&self) -> Vec<(String, AgentLink)> {
+    pub fn all(&self) -> Vec<(String, Arc<AgentLink>)> {
         let map = self.inner.read().expect("agent table lock poisoned");
         map.iter().map(|(s, l)| (s.clone(), l.clone())).collect()
     }

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod registry;
 pub mod respond;
 pub mod sites;
+pub mod streams;
 pub mod tunnel;
 pub mod upgrade;
 

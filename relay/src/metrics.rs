@@ -60,6 +60,9 @@ pub struct Metrics {
     pub pairing_failures: Counter,
     /// Requests refused at the edge, by reason.
     pub refused: Family<Reason, Counter>,
+    /// Request streams opened into tunnels (requests not counted here
+    /// reused a pooled one).
+    pub tunnel_streams: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -80,6 +83,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pairing_attempts: Counter::default(),
         pairing_failures: Counter::default(),
         refused: Family::default(),
+        tunnel_streams: Counter::default(),
         registry: Registry::default(),
     };
     registry.register("requests", "Requests answered, by site and status", m.requests.clone());
@@ -115,6 +119,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "edge_refused",
         "Requests refused at the edge (rate, concurrency, size, allow-list), by reason",
         m.refused.clone(),
+    );
+    registry.register(
+        "tunnel_streams_opened",
+        "Request streams opened into agent tunnels (the other requests reused a pooled stream)",
+        m.tunnel_streams.clone(),
     );
     Metrics { registry, ..m }
 });

@@ -26,6 +26,7 @@ use crate::agents::{AgentLink, AgentTable};
 use crate::limits::{Refusal, Slot};
 use crate::metrics::METRICS;
 use crate::respond::{error, ProxyBody};
+use crate::streams::{Lease, Sender, StreamPool};
 use keyway_transport::TunnelStream;
 
 /// What the proxy needs per request.
@@ -252,7 +253,7 @@ fn refused(r: Refusal, site: &str) -> Response<ProxyBody> {
 async fn forward(
     mut req: Request<Incoming>,
     site: &str,
-    link: AgentLink,
+    link: Arc<AgentLink>,
     ctx: &ProxyCtx,
     peer: SocketAddr,
     request_id: &str,
@@ -285,37 +286,34 @@ async fn forward(
         Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
     );
 
-    let agents = ctx.agents.clone();
-    let site_name = site.to_string();
-    let first = link.clone();
-    let exchange = async move {
-        let mut stream = open_stream(&agents, &site_name, first).await?;
-        stream
-            .write_all(&[StreamKind::Http.to_byte()])
-            .await
-            .map_err(|e| Failure::Tunnel(e.to_string()))?;
-        let io = TokioIo::new(stream);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| Failure::Tunnel(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                debug!("tunnel stream ended: {e}");
+    // An upgrade turns its stream into a byte pipe: never one from the pool.
+    let upgrading = upgrade.is_some();
+    let exchange = async {
+        let mut out = out;
+        let mut pooled = if upgrading { None } else { link.pool.take() };
+        loop {
+            let reused = pooled.is_some();
+            let (mut sender, pool) = match pooled.take() {
+                Some(sender) => (sender, link.pool.clone()),
+                None => connect(&ctx.agents, site, link.clone()).await?,
+            };
+            match sender.try_send_request(out).await {
+                Ok(resp) => return Ok((resp, Lease::new(sender, pool))),
+                Err(mut e) => match e.take_message() {
+                    // A pooled stream that closed before the request went
+                    // out (the agent restarted it, the link moved): nothing
+                    // was sent, so a fresh stream may carry it.
+                    Some(req) if reused => {
+                        debug!("pooled tunnel stream unusable ({}); opening a new one", e.error());
+                        out = req;
+                    }
+                    _ => return Err(failure(e.into_error())),
+                },
             }
-        });
-        sender.send_request(out).await.map_err(|e| {
-            if is_length_limit(&e) {
-                Failure::TooLarge
-            } else if e.is_user() {
-                // The client's own body failed: malformed chunks, or cut off.
-                Failure::BadBody(error_chain(&e))
-            } else {
-                Failure::Tunnel(e.to_string())
-            }
-        })
+        }
     };
-    let mut resp = match timeout(ctx.request_timeout, exchange).await {
-        Ok(Ok(resp)) => resp,
+    let (mut resp, lease) = match timeout(ctx.request_timeout, exchange).await {
+        Ok(Ok(v)) => v,
         Err(_) => {
             return error(
                 ErrorCode::Timeout,
@@ -367,8 +365,18 @@ async fn forward(
             }
         }
     }
-    // The request holds its slot until its response body is done.
-    resp.map(|b| Held { body: b, _slots: slots }.boxed_unsync())
+    // The request holds its slot until its response body is done; the
+    // stream goes back to the pool then, if the body ended cleanly.
+    let lease = (!upgrading).then_some(lease);
+    resp.map(|body| {
+        Held {
+            body,
+            _slots: slots,
+            lease,
+            ended: false,
+        }
+        .boxed_unsync()
+    })
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -393,10 +401,13 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A response body that keeps the request's edge slots until it is dropped.
-struct Held<B> {
+/// A response body from the tunnel: it keeps the request's edge slots until
+/// it is dropped, and gives its stream back to the pool once it has ended.
+struct Held<B: hyper::body::Body> {
     body: B,
     _slots: Vec<Slot>,
+    lease: Option<Lease>,
+    ended: bool,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
@@ -407,7 +418,14 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.ended = true,
+            // A broken body leaves its connection mid-message: never reused.
+            std::task::Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -419,16 +437,65 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Held<B> {
     }
 }
 
+impl<B: hyper::body::Body> Drop for Held<B> {
+    fn drop(&mut self) {
+        // hyper stops polling a body whose declared length has been sent, so
+        // the end shows in `is_end_stream` as often as in a final `None`.
+        if self.ended || self.body.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection over a new stream to the site's agent, with the
+/// pool of the link it was opened on.
+async fn connect(agents: &AgentTable, site: &str, link: Arc<AgentLink>) -> Result<(Sender, Arc<StreamPool>), Failure> {
+    let (mut stream, link) = open_stream(agents, site, link).await?;
+    METRICS.tunnel_streams.inc();
+    stream
+        .write_all(&[StreamKind::Http.to_byte()])
+        .await
+        .map_err(|e| Failure::Tunnel(e.to_string()))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Tunnel(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.with_upgrades().await {
+            debug!("tunnel stream ended: {e}");
+        }
+    });
+    Ok((sender, link.pool.clone()))
+}
+
+/// What a failed exchange means for the client.
+fn failure(e: hyper::Error) -> Failure {
+    if is_length_limit(&e) {
+        Failure::TooLarge
+    } else if e.is_user() {
+        // The client's own body failed: malformed chunks, or cut off.
+        Failure::BadBody(error_chain(&e))
+    } else {
+        Failure::Tunnel(e.to_string())
+    }
+}
+
 /// Opens a stream on `link`; if that link closed a moment ago and the agent
 /// has a newer one (a reconnect, a move from TCP to QUIC), on the newer one.
 /// Nothing of the request was sent yet, so moving it is safe.
-async fn open_stream(agents: &AgentTable, site: &str, link: AgentLink) -> Result<TunnelStream, Failure> {
+async fn open_stream(
+    agents: &AgentTable,
+    site: &str,
+    link: Arc<AgentLink>,
+) -> Result<(TunnelStream, Arc<AgentLink>), Failure> {
     match link.conn.open().await {
-        Ok(s) => Ok(s),
+        Ok(s) => Ok((s, link)),
         Err(e) => match agents.get(site).filter(|newer| newer.id != link.id) {
             Some(newer) => {
                 debug!("link {} closed ({e}); using the newer link {}", link.id, newer.id);
-                newer.conn.open().await.map_err(Failure::Offline)
+                let s = newer.conn.open().await.map_err(Failure::Offline)?;
+                Ok((s, newer))
             }
             None => Err(Failure::Offline(e)),
         },

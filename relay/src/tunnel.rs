@@ -197,6 +197,7 @@ async fn handle_tunnel(
         agent_version: agent_version.clone(),
         since: SystemTime::now(),
         drain: drain.clone(),
+        pool: Default::default(),
     };
     let id = link.id;
     if let Some(old) = ctx.agents.insert(&site, link) {

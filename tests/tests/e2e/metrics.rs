@@ -122,3 +122,64 @@ async fn json_logs_are_one_object_per_line() {
     drop(agent);
     stack.shutdown().await.unwrap();
 }
+
+/// Requests reuse the relay's idle tunnel streams (the counter of streams
+/// opened shows it); a WebSocket takes a stream of its own and gives it back
+/// to nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reuse_pooled_tunnel_streams() {
+    let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bins = BinaryStack::start_with(dir.path(), &console.url, "").await.unwrap();
+    let host = format!("{SITE}.{DOMAIN}");
+    let api = Api::with_client(
+        https_client(&bins.https_ca_der),
+        &format!("https://{}", bins.addr),
+        TOKEN,
+    );
+    let get = || {
+        api.request(http::Method::GET, "/api/v1/developer/doors")
+            .header("host", host.as_str())
+            .body(empty())
+            .unwrap()
+    };
+    let opened = || async {
+        let (_, text) = admin_get(bins.admin_addr, "/metrics").await;
+        value(&text, "keyway_relay_tunnel_streams_opened_total").unwrap_or_else(|| panic!("{text}"))
+    };
+    for _ in 0..20 {
+        assert_eq!(api.send(get()).await.unwrap().status, StatusCode::OK);
+    }
+    let sequential = opened().await;
+    assert!(
+        (1.0..=2.0).contains(&sequential),
+        "20 requests one after another opened {sequential} streams"
+    );
+
+    // A burst opens at most one stream per request in flight, then reuses them.
+    for _ in 0..5 {
+        let burst = futures_util::future::join_all((0..8).map(|_| api.send(get()))).await;
+        assert!(burst.iter().all(|r| r.as_ref().unwrap().status == StatusCode::OK));
+    }
+    let after_bursts = opened().await;
+    assert!(
+        after_bursts <= sequential + 8.0 + 2.0,
+        "5 bursts of 8 opened {} more streams",
+        after_bursts - sequential
+    );
+
+    let mut l = EventListener::connect(bins.addr, &host, &bins.https_ca_der, TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(l.next_text(Duration::from_secs(10)).await.unwrap(), HELLO_FRAME);
+    assert_eq!(
+        opened().await,
+        after_bursts + 1.0,
+        "the WebSocket has a stream of its own"
+    );
+    for _ in 0..5 {
+        assert_eq!(api.send(get()).await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(opened().await, after_bursts + 1.0, "requests still reuse the pool");
+    l.close().await;
+}

@@ -47,7 +47,7 @@ impl Settings {
                 duration: Duration::from_secs(1),
                 listings: 1,
                 transfers: 2,
-                new_conns: 30,
+                new_conns: 20,
                 events: 30,
             }
         } else {

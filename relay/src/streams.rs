@@ -4,8 +4,9 @@
 //! and the agent serves it as a keep-alive connection. A request that finds
 //! an idle connection in its link's pool skips opening a stream, writing the
 //! preamble and starting a hyper client connection: on each end a task
-//! spawned and several cross-thread wake-ups, which were most of what a small
-//! request cost the relay and the agent.
+//! spawned and several cross-thread wake-ups. In bench/run (small GETs at
+//! concurrency 16) that took Keyway from 0.41–0.50× rathole's requests/s to
+//! 0.50–0.63×.
 //!
 //! A connection goes back to the pool only once its response body has ended
 //! cleanly; a body dropped half-read takes its connection with it. The agent

@@ -326,5 +326,6 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window((4u32 * 1024 * 1024).into());
     t.receive_window((16u32 * 1024 * 1024).into());
     t.send_window(16 * 1024 * 1024);
+    t.ack_frequency_config(Some(keyway_transport::quic::ack_frequency()));
     t
 }

@@ -8,6 +8,22 @@ use keyway_proto::CloseCode;
 
 use crate::{BoxFut, Closed, TransportKind, Tunnel, TunnelStream};
 
+/// How often each end asks the other to acknowledge, with QUIC's ACK
+/// frequency extension (both ends must offer it, or neither uses it).
+///
+/// By default a QUIC receiver acknowledges every second packet at once. A
+/// tunnel request and its response are one packet each way, so at low
+/// concurrency that is an ACK-only packet per request: a send, a wake-up
+/// and a receive on each end for nothing the next request could not carry.
+/// Up to 8 unacknowledged packets, or the peer's max ACK delay (25 ms),
+/// leaves ACKs to ride on data; out-of-order arrival still gets an ACK at
+/// once, so loss recovery is as quick as before.
+pub fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(8));
+    ack
+}
+
 /// A tunnel over a QUIC connection.
 #[derive(Clone, Debug)]
 pub struct QuicTunnel(pub quinn::Connection);

@@ -191,27 +191,31 @@ async fn run(targets: &std::path::Path, out: &std::path::Path, quick: bool, sel:
         .collect();
     memory.insert("idle_rss_bytes".into(), serde_json::to_value(&idle)?);
     let mut workloads: BTreeMap<String, BTreeMap<String, Outcome>> = BTreeMap::new();
-    for p in &paths {
-        let name = p.spec.name.clone();
-        eprintln!("bench: {name}");
-        let mut put = |w: &str, o: anyhow::Result<Outcome>| match o {
-            Ok(o) => {
-                eprintln!("  {w:<16} {:>10.1} {}", o.value.median, o.unit);
-                let key = format!("{}{w}", sel.prefix);
-                workloads.entry(key).or_default().insert(name.clone(), o);
+    let mut put = |w: &str, name: &str, o: anyhow::Result<Outcome>| match o {
+        Ok(o) => {
+            eprintln!("  {w:<16} {name:<8} {:>10.1} {}", o.value.median, o.unit);
+            let key = format!("{}{w}", sel.prefix);
+            workloads.entry(key).or_default().insert(name.to_string(), o);
+        }
+        Err(e) => eprintln!("  {w:<16} {name:<8} FAILED: {e:#}"),
+    };
+    // The load workloads take turns between the paths round by round.
+    for (w, concurrency) in [("get_c1", 1), ("get_c16", 16), ("get_c64", 64)] {
+        if sel.wants(w) {
+            eprintln!("bench: {w}, rounds taking turns between the paths");
+            for (p, o) in paths
+                .iter()
+                .zip(workloads::small_gets(&paths, concurrency, &settings).await)
+            {
+                put(w, &p.spec.name, o);
             }
-            Err(e) => eprintln!("  {w:<16} FAILED: {e:#}"),
-        };
+        }
+    }
+    for p in &paths {
+        let name = p.spec.name.as_str();
+        eprintln!("bench: {name}");
+        let mut put = |w: &str, o: anyhow::Result<Outcome>| put(w, name, o);
         let s = &settings;
-        if sel.wants("get_c1") {
-            put("get_c1", workloads::small_gets(p, 1, s).await);
-        }
-        if sel.wants("get_c16") {
-            put("get_c16", workloads::small_gets(p, 16, s).await);
-        }
-        if sel.wants("get_c64") {
-            put("get_c64", workloads::small_gets(p, 64, s).await);
-        }
         if sel.wants("users_10k") {
             put("users_10k", workloads::user_listing(p, s).await);
         }

@@ -93,7 +93,9 @@ fn text(r: &Results, results: &Path, plot: &str) -> String {
          in the same run. **Ratios are the headline** (this machine is shared and noisy): \
          `× direct` and `× best peer` are > 1 when the row is better than the reference, whatever \
          the unit (for times, reference ÷ row). The best peer is the best of nginx, rathole and bore \
-         on that workload. Values are the median of the rounds; the spread is min–max over rounds.\n"
+         on that workload. Values are the median of the rounds; the spread is min–max over rounds. \
+         The small-GET rounds take turns between the paths (round 1 on every path, then round 2…), \
+         so a slow spell lands on every path alike.\n"
     );
     let _ = writeln!(md, "## Machine and versions\n");
     let _ = writeln!(md, "```\n{}\n{}\n```\n", pretty(&r.machine), pretty(&r.versions));

@@ -194,83 +194,141 @@ fn cpu_of(path: &Path) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Small JSON GETs over `concurrency` keep-alive connections.
-pub async fn small_gets(path: &Path, concurrency: usize, s: &Settings) -> anyhow::Result<Outcome> {
-    let mut per_round = vec![];
-    let mut all = vec![];
-    let mut first_round = vec![];
-    let mut cpu_total: BTreeMap<String, f64> = BTreeMap::new();
-    let mut requests_total = 0u64;
-    let (sampler, stop_sampler) = rss_sampler(path);
-    for round in 0..s.rounds {
-        let mut conns = Vec::with_capacity(concurrency);
-        for _ in 0..concurrency {
-            conns.push(path.connect(false).await?);
-        }
-        let warm_until = Instant::now() + s.warmup;
-        let start_at = warm_until;
-        let end_at = warm_until + s.duration;
-        let cpu_before = Arc::new(tokio::sync::OnceCell::new());
-        let workers: Vec<_> = conns
-            .into_iter()
-            .map(|mut conn| {
-                let path = path.clone();
-                let cpu_before = cpu_before.clone();
-                tokio::spawn(async move {
-                    let mut samples = Vec::with_capacity(4096);
-                    loop {
-                        let now = Instant::now();
-                        if now >= end_at {
-                            break;
-                        }
-                        if now >= start_at {
-                            cpu_before.get_or_init(|| async { cpu_of(&path) }).await;
-                        }
-                        if conn.is_closed() {
-                            // The server ended keep-alive (nginx after N requests): reconnect.
-                            conn = path.connect(false).await?;
-                        }
-                        let (_, took) = exchange(&mut conn, path.get("/api/v1/developer/doors")).await?;
-                        if now >= start_at {
-                            samples.push(took);
-                        }
-                    }
-                    Ok::<_, anyhow::Error>(samples)
-                })
-            })
-            .collect();
-        let mut samples = vec![];
-        for w in workers {
-            samples.extend(w.await??);
-        }
-        let cpu_after = cpu_of(path);
-        if let Some(before) = cpu_before.get() {
-            for (role, after) in &cpu_after {
-                if let Some(b) = before.get(role) {
-                    *cpu_total.entry(role.clone()).or_default() += after - b;
-                }
+/// Small JSON GETs over `concurrency` keep-alive connections, on every path.
+///
+/// The rounds take turns between the paths (round 1 on each path, then
+/// round 2 on each…), so a slow spell on this shared machine lands on
+/// every path alike instead of on whichever path ran during it: the ratios
+/// between paths, the headline, hold still where the bare figures drift.
+pub async fn small_gets(paths: &[Path], concurrency: usize, s: &Settings) -> Vec<anyhow::Result<Outcome>> {
+    let mut runs: Vec<anyhow::Result<GetRuns>> = paths.iter().map(|p| Ok(GetRuns::start(p))).collect();
+    for _ in 0..s.rounds {
+        for (path, run) in paths.iter().zip(runs.iter_mut()) {
+            let Ok(acc) = run else { continue };
+            match get_round(path, concurrency, s).await {
+                Ok(round) => acc.add(round, s.duration),
+                Err(e) => *run = Err(e),
             }
         }
-        requests_total += samples.len() as u64;
-        per_round.push(samples.len() as f64 / s.duration.as_secs_f64());
-        if round == 0 {
-            first_round = samples.clone();
+    }
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        out.push(match run {
+            Ok(acc) => Ok(acc.finish().await),
+            Err(e) => Err(e),
+        });
+    }
+    out
+}
+
+/// One path's rounds of small GETs so far.
+struct GetRuns {
+    per_round: Vec<f64>,
+    all: Vec<Duration>,
+    first_round: Vec<Duration>,
+    cpu_total: BTreeMap<String, f64>,
+    requests_total: u64,
+    sampler: tokio::task::JoinHandle<BTreeMap<String, u64>>,
+    stop_sampler: tokio::sync::watch::Sender<bool>,
+}
+
+/// What one round of small GETs measured.
+struct GetRound {
+    samples: Vec<Duration>,
+    cpu: BTreeMap<String, f64>,
+}
+
+impl GetRuns {
+    fn start(path: &Path) -> Self {
+        let (sampler, stop_sampler) = rss_sampler(path);
+        Self {
+            per_round: vec![],
+            all: vec![],
+            first_round: vec![],
+            cpu_total: BTreeMap::new(),
+            requests_total: 0,
+            sampler,
+            stop_sampler,
         }
-        all.extend(samples);
     }
-    let _ = stop_sampler.send(true);
-    let mut o = Outcome::new("req/s", true, per_round);
-    first_round.sort();
-    o.curve = crate::stats::curve(&first_round);
-    o.latency = Some(Latency::of(&mut all));
-    if requests_total > 0 {
-        o.cpu_per_10k = cpu_total
-            .into_iter()
-            .map(|(r, c)| (r, c * 10_000.0 / requests_total as f64))
-            .collect();
+
+    fn add(&mut self, round: GetRound, duration: Duration) {
+        for (role, c) in round.cpu {
+            *self.cpu_total.entry(role).or_default() += c;
+        }
+        self.requests_total += round.samples.len() as u64;
+        self.per_round.push(round.samples.len() as f64 / duration.as_secs_f64());
+        if self.first_round.is_empty() {
+            self.first_round = round.samples.clone();
+        }
+        self.all.extend(round.samples);
     }
-    o.peak_rss = sampler.await?;
-    Ok(o)
+
+    async fn finish(mut self) -> Outcome {
+        let _ = self.stop_sampler.send(true);
+        let mut o = Outcome::new("req/s", true, self.per_round);
+        self.first_round.sort();
+        o.curve = crate::stats::curve(&self.first_round);
+        o.latency = Some(Latency::of(&mut self.all));
+        if self.requests_total > 0 {
+            let n = self.requests_total as f64;
+            o.cpu_per_10k = self.cpu_total.into_iter().map(|(r, c)| (r, c * 10_000.0 / n)).collect();
+        }
+        o.peak_rss = self.sampler.await.unwrap_or_default();
+        o
+    }
+}
+
+/// One warmed-up, timed round of small GETs on `path`.
+async fn get_round(path: &Path, concurrency: usize, s: &Settings) -> anyhow::Result<GetRound> {
+    let mut conns = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        conns.push(path.connect(false).await?);
+    }
+    let start_at = Instant::now() + s.warmup;
+    let end_at = start_at + s.duration;
+    let cpu_before = Arc::new(tokio::sync::OnceCell::new());
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let path = path.clone();
+            let cpu_before = cpu_before.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(4096);
+                loop {
+                    let now = Instant::now();
+                    if now >= end_at {
+                        break;
+                    }
+                    if now >= start_at {
+                        cpu_before.get_or_init(|| async { cpu_of(&path) }).await;
+                    }
+                    if conn.is_closed() {
+                        // The server ended keep-alive (nginx after N requests): reconnect.
+                        conn = path.connect(false).await?;
+                    }
+                    let (_, took) = exchange(&mut conn, path.get("/api/v1/developer/doors")).await?;
+                    if now >= start_at {
+                        samples.push(took);
+                    }
+                }
+                Ok::<_, anyhow::Error>(samples)
+            })
+        })
+        .collect();
+    let mut samples = vec![];
+    for w in workers {
+        samples.extend(w.await??);
+    }
+    let cpu_after = cpu_of(path);
+    let cpu = match cpu_before.get() {
+        Some(before) => cpu_after
+            .iter()
+            .filter_map(|(role, after)| Some((role.clone(), after - before.get(role)?)))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    Ok(GetRound { samples, cpu })
 }
 
 /// Pages through all 10,000 users, 100 per page, on one connection.

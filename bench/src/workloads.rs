@@ -214,7 +214,7 @@ pub async fn small_gets(paths: &[Path], concurrency: usize, s: &Settings) -> Vec
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         out.push(match run {
-            Ok(acc) => Ok(acc.finish().await),
+            Ok(acc) => acc.finish().await,
             Err(e) => Err(e),
         });
     }
@@ -264,7 +264,7 @@ impl GetRuns {
         self.all.extend(round.samples);
     }
 
-    async fn finish(mut self) -> Outcome {
+    async fn finish(mut self) -> anyhow::Result<Outcome> {
         let _ = self.stop_sampler.send(true);
         let mut o = Outcome::new("req/s", true, self.per_round);
         self.first_round.sort();
@@ -274,8 +274,8 @@ impl GetRuns {
             let n = self.requests_total as f64;
             o.cpu_per_10k = self.cpu_total.into_iter().map(|(r, c)| (r, c * 10_000.0 / n)).collect();
         }
-        o.peak_rss = self.sampler.await.unwrap_or_default();
-        o
+        o.peak_rss = self.sampler.await?;
+        Ok(o)
     }
 }
 

@@ -11,13 +11,16 @@ use crate::{BoxFut, Closed, TransportKind, Tunnel, TunnelStream};
 /// How often each end asks the other to acknowledge, with QUIC's ACK
 /// frequency extension (both ends must offer it, or neither uses it).
 ///
-/// By default a QUIC receiver acknowledges every second packet at once. A
-/// tunnel request and its response are one packet each way, so at low
-/// concurrency that is an ACK-only packet per request: a send, a wake-up
-/// and a receive on each end for nothing the next request could not carry.
-/// Up to 8 unacknowledged packets, or the peer's max ACK delay (25 ms),
-/// leaves ACKs to ride on data; out-of-order arrival still gets an ACK at
-/// once, so loss recovery is as quick as before.
+/// By default a QUIC receiver acknowledges every second packet at once. The
+/// agent writes a proxied response as its head and then its body, so even a
+/// small GET's response is often two packets, and the relay answered each
+/// with an ACK-only datagram: a send on the relay, a wake-up and receive
+/// calls on the agent, for an ACK the next request could carry. Asking for
+/// an immediate ACK only after 8 unacknowledged packets (or after the
+/// peer's max ACK delay, 25 ms) leaves ACKs to ride on data; packets that
+/// arrive out of order past quinn's reordering threshold still get one at
+/// once, so loss is still noticed promptly. `transport/tests/ack_frequency.rs`
+/// counts the datagrams.
 pub fn ack_frequency() -> quinn::AckFrequencyConfig {
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(quinn::VarInt::from_u32(8));

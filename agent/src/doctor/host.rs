@@ -30,13 +30,16 @@ pub fn clock(offset_ms: i64) -> Check {
     }
 }
 
+/// `ms` in its largest sensible unit, rounded to the nearest: a clock 3 h
+/// off measures 3 h minus a few ms of round trip, which is "3 h", not "2 h".
 fn human_ms(ms: u64) -> String {
+    let near = |unit: u64| (ms + unit / 2) / unit;
     match ms {
         0..1_000 => format!("{ms} ms"),
-        1_000..120_000 => format!("{} s", ms / 1000),
-        120_000..7_200_000 => format!("{} min", ms / 60_000),
-        7_200_000..172_800_000 => format!("{} h", ms / 3_600_000),
-        _ => format!("{} days", ms / 86_400_000),
+        1_000..120_000 => format!("{} s", near(1_000)),
+        120_000..7_200_000 => format!("{} min", near(60_000)),
+        7_200_000..172_800_000 => format!("{} h", near(3_600_000)),
+        _ => format!("{} days", near(86_400_000)),
     }
 }
 
@@ -173,6 +176,10 @@ mod tests {
         let c = clock(10_000);
         assert_eq!(c.verdict, Verdict::Warn);
         assert!(c.what.contains("10 s behind"), "{}", c.what);
+        // A measured offset a few ms short of the truth names the truth.
+        let c = clock(-(3 * 3_600_000 - 4));
+        assert!(c.what.contains("3 h ahead of"), "{}", c.what);
+        assert!(clock(9_999).what.contains("10 s behind"));
         assert!(clock_explains("invalid peer certificate: NotValidYet"));
     }
 

@@ -481,14 +481,9 @@ async fn serve_stream(mut stream: TunnelStream, local: Arc<Local>) {
 
 /// QUIC transport settings for the tunnel, agent side.
 pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
+    let mut t = keyway_transport::quic::transport_config();
     // A dead path is noticed within the idle timeout; keep-alives keep NAT
     // bindings open and give the idle timer something to see.
-    t.max_idle_timeout(Some(
-        keyway_proto::IDLE_TIMEOUT
-            .try_into()
-            .expect("the idle timeout fits QUIC's varint"),
-    ));
     // The interval also bounds how long a restarted relay waits for the
     // packet it answers with a stateless reset, i.e. the heal time after a
     // crash (interval + one handshake). Two small packets a second cost
@@ -496,10 +491,5 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.keep_alive_interval(Some(KEEPALIVE));
     // Each proxied request is one relay-opened stream.
     t.max_concurrent_bidi_streams(1024u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window((4u32 * 1024 * 1024).into());
-    t.receive_window((16u32 * 1024 * 1024).into());
-    t.send_window(16 * 1024 * 1024);
-    t.ack_frequency_config(Some(keyway_transport::quic::ack_frequency()));
     t
 }

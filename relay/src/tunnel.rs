@@ -313,19 +313,9 @@ async fn record_seen(registry: &Registry, site: &str, version: &str, online: Opt
 
 /// QUIC transport settings for agent connections.
 pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        keyway_proto::IDLE_TIMEOUT
-            .try_into()
-            .expect("the idle timeout fits QUIC's varint"),
-    ));
+    let mut t = keyway_transport::quic::transport_config();
     t.keep_alive_interval(Some(Duration::from_secs(3)));
     // Agents open only the control stream; requests are relay-opened.
     t.max_concurrent_bidi_streams(4u32.into());
-    t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window((4u32 * 1024 * 1024).into());
-    t.receive_window((16u32 * 1024 * 1024).into());
-    t.send_window(16 * 1024 * 1024);
-    t.ack_frequency_config(Some(keyway_transport::quic::ack_frequency()));
     t
 }

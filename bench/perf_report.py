@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""CPU per request, by layer, for each tunnel of a narrowed bench run.
+"""Per-request figures for bench/perf-stat, from one narrowed bench run.
 
-Reads `perf script -F pid,period,ip,sym,dso` of a `perf record -e cpu-clock
---call-graph dwarf` on every tunnel process (bench/perf-stat --layers) and
-prints, for each path, the CPU microseconds per request spent in each layer.
+`counts`: the `perf stat` counts of each tunnel process (syscalls, futex
+calls, epoll_waits, context switches, migrations) divided by the requests
+its path served.
+
+`layers`: reads `perf script -F pid,period,ip,sym,dso` of a `perf record -e
+cpu-clock --call-graph dwarf` on every tunnel process and prints, for each
+path, the CPU microseconds per request spent in each layer.
 
 Each sample is charged to one layer. Kernel samples are named by what the
 kernel was doing (a loopback send includes delivering to the receiver and
@@ -11,15 +15,25 @@ waking it). User samples go to the innermost frame that belongs to a known
 library; a binary without symbols (the peers' release builds) lands in
 "user: no symbols".
 
-usage: perf_layers.py PERF_SCRIPT PIDS RESULT_JSON WORKLOAD PATHS
-  PIDS: lines of "path role pid" (bench/perf-stat's list)
+usage: perf_report.py counts DIR WORKLOAD PATHS
+       perf_report.py layers DIR WORKLOAD PATHS
+  DIR: bench/perf-stat's directory: result.json (bench/run's), pids (lines
+       of "path role pid"), and <path>.<role>.perf (counts) or script.txt
+       (layers)
   PATHS: the paths to report, comma-separated
+Requests are estimated from the run's measured requests and its warm-up, so
+the warm-up's share is counted too.
 """
 
 import collections
 import json
+import os
 import re
 import sys
+
+COUNTS = {"raw_syscalls:sys_enter": "syscalls", "syscalls:sys_enter_futex": "futex",
+          "syscalls:sys_enter_epoll_wait": "epoll_wait", "cs": "ctx switches",
+          "cpu-migrations": "migrations"}
 
 KERNEL = [
     ("kernel: send", r"tcp_sendmsg|udp_sendmsg|____sys_sendmsg|__sys_sendto|__sys_sendmmsg|sock_write_iter"),
@@ -58,10 +72,10 @@ def layer(frames):
     return "user: no symbols" if frames[0][0] == "[unknown]" else "user: other"
 
 
-def samples(path):
-    """(pid, period in ns, frames) for each sample of `perf script`."""
+def samples_of(lines):
+    """(pid, period in ns, frames) for each sample of `perf script`'s text."""
     cur = None
-    for line in open(path, errors="replace"):
+    for line in lines.splitlines() if isinstance(lines, str) else lines:
         if not line.strip():
             if cur:
                 yield cur
@@ -80,30 +94,52 @@ def samples(path):
         yield cur
 
 
-def main():
-    script, pids, result, workload, wanted = sys.argv[1:6]
-    wanted = wanted.split(",")
-    owner = {}
-    for line in open(pids):
-        path, role, pid = line.split()
-        if path not in wanted:
-            continue
-        if pid in owner and owner[pid] != path:
-            print(f"note: {path} shares process {pid} ({role}) with {owner[pid]}; "
-                  f"it is counted under {owner[pid]} only", file=sys.stderr)
-        owner.setdefault(pid, path)
-    res = json.load(open(result))
+def load(d, workload, wanted):
+    """The workload's result rows, the requests each path served (warm-up
+    included), and the wanted (path, role, pid) lines of the pids list."""
+    res = json.load(open(f"{d}/result.json"))
     s = res["settings"]
     span = lambda x: x["secs"] + x["nanos"] / 1e9
     scale = (span(s["warmup"]) + span(s["duration"])) / span(s["duration"])
     rows = res["workloads"][workload]
+    requests = {p: r["latency"]["n"] * scale for p, r in rows.items()}
+    procs = [tuple(l.split()) for l in open(f"{d}/pids")]
+    return rows, requests, [(p, r, pid) for p, r, pid in procs if p in wanted and p in rows]
 
+
+def counts(d, workload, wanted):
+    rows, requests, procs = load(d, workload, wanted)
+    cols = list(COUNTS.values())
+    print(f"{workload}, per request (warm-up included):")
+    print(f"{'path':<12} {'process':<8} {'req/s':>8} " + " ".join(f"{c:>12}" for c in cols))
+    for path, role, _ in procs:
+        got = {}
+        f = f"{d}/{path}.{role}.perf"
+        for line in open(f) if os.path.exists(f) else []:
+            p = line.strip().split(",")
+            if len(p) > 2 and p[2] in COUNTS and p[0].replace(".", "").isdigit():
+                got[COUNTS[p[2]]] = float(p[0]) / requests[path]
+        print(f"{path:<12} {role:<8} {rows[path]['value']['median']:>8.0f} "
+              + " ".join(f"{got.get(c, float('nan')):>12.2f}" for c in cols))
+
+
+def layers(d, workload, wanted):
+    rows, requests, procs = load(d, workload, wanted)
+    owner = {}
+    for path, role, pid in procs:
+        if role == "console":
+            continue  # it serves every path, and bench/perf-stat does not record it
+        if pid in owner and owner[pid] != path:
+            print(f"note: {path} shares process {pid} ({role}) with {owner[pid]}; "
+                  f"it is counted under {owner[pid]} only", file=sys.stderr)
+        owner.setdefault(pid, path)
     ns = collections.defaultdict(collections.Counter)
-    for pid, period, frames in samples(script):
-        if pid in owner:
-            ns[owner[pid]][layer(frames)] += period
-    paths = [p for p in dict.fromkeys(owner.values()) if p in rows and ns[p]]
-    per_req = {p: 1e3 * rows[p]["latency"]["n"] * scale for p in paths}  # ns → µs, per request
+    with open(f"{d}/script.txt", errors="replace") as script:
+        for pid, period, frames in samples_of(script):
+            if pid in owner:
+                ns[owner[pid]][layer(frames)] += period
+    paths = [p for p in dict.fromkeys(owner.values()) if ns[p]]
+    per_req = {p: 1e3 * requests[p] for p in paths}  # ns → µs, per request
 
     print(f"{workload}, CPU µs per request by layer, every tunnel process (warm-up included):")
     print(f"{'layer':<24}" + "".join(f"{p:>12}" for p in paths))
@@ -113,6 +149,13 @@ def main():
             print(f"{name:<24}" + "".join(f"{v:>12.1f}" for v in vals))
     print(f"{'total':<24}" + "".join(f"{sum(ns[p].values()) / per_req[p]:>12.1f}" for p in paths))
     print(f"{'req/s':<24}" + "".join(f"{rows[p]['value']['median']:>12.0f}" for p in paths))
+
+
+def main():
+    if len(sys.argv) != 5 or sys.argv[1] not in ("counts", "layers"):
+        sys.exit("usage: perf_report.py counts|layers DIR WORKLOAD PATHS")
+    mode, d, workload, wanted = sys.argv[1:]
+    (counts if mode == "counts" else layers)(d, workload, wanted.split(","))
 
 
 if __name__ == "__main__":

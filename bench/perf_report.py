@@ -80,7 +80,8 @@ def samples_of(lines):
             if cur:
                 yield cur
             cur = None
-        elif not line[0].isspace():
+        elif not line.startswith("\t"):
+            # perf pads the pid to five columns: " 2105    2004008".
             head = line.split()
             try:
                 cur = (head[0].split("/")[0], int(head[1]), [])

@@ -16,6 +16,7 @@ K = "[kernel.kallsyms]"
 BIN = "/x/keyway-relay"
 
 # Three samples of 1 ms each in process 10, one in 20, one in 30 (the console).
+# perf pads a short pid with spaces, as in the sample of 20.
 SCRIPT = """\
 10/11    1000000 
 \tffffffff820a6ac0 __raw_spin_unlock ({K})
@@ -33,7 +34,7 @@ SCRIPT = """\
 \t          4b0001 rustls::conn::ConnectionCommon::read_tls ({BIN})
 \t          4b0002 hyper::proto::h1::dispatch::Dispatcher::poll_read ({BIN})
 
-20/21    1000000 
+   20    1000000 
 \t          2cdd41 [unknown] (/x/rathole)
 
 30/31    1000000 

@@ -77,6 +77,35 @@ fn num(x: f64) -> String {
     }
 }
 
+/// Total CPU per 10k requests of a path, all its processes.
+fn cpu_total(row: &Value) -> Option<f64> {
+    let roles = row.get("cpu_per_10k")?.as_object()?;
+    Some(roles.values().filter_map(Value::as_f64).sum())
+}
+
+/// Keyway's CPU per request against nginx's plus rathole's, in one run.
+/// Keyway does what nginx does (TLS termination, HTTP parsed on the way in
+/// and out, TLS to the console) and carries it across a tunnel as rathole
+/// does, so the sum of the two is what that work costs in tools that each
+/// do half of it: the ratio says how far above that reference Keyway is.
+fn against_split_work(rows: &std::collections::BTreeMap<String, Value>) -> Option<String> {
+    let reference = cpu_total(rows.get("nginx")?)? + cpu_total(rows.get("rathole")?)?;
+    if reference <= 0.0 {
+        return None;
+    }
+    let ours: Vec<String> = ["keyway", "keyway-tcp"]
+        .iter()
+        .filter_map(|p| Some(format!("{p} {:.2}×", cpu_total(rows.get(*p)?)? / reference)))
+        .collect();
+    (!ours.is_empty()).then(|| {
+        format!(
+            "CPU per request against nginx's plus rathole's ({reference:.2} s / 10k req: the same TLS and \
+             HTTP work and a tunnel hop, split between two tools): {}.",
+            ours.join(", ")
+        )
+    })
+}
+
 fn text(r: &Results, results: &Path, plot: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
@@ -185,6 +214,9 @@ fn text(r: &Results, results: &Path, plot: &str) -> String {
             let _ = writeln!(md, "{line}");
         }
         let _ = writeln!(md);
+        if let Some(line) = against_split_work(rows) {
+            let _ = writeln!(md, "{line}\n");
+        }
         if key == "get_c16" {
             let _ = writeln!(md, "![Latency by percentile, small GETs at concurrency 16]({plot})\n");
         }
@@ -334,4 +366,33 @@ fn svg(r: &Results) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keyway_cpu_is_set_against_nginx_plus_rathole() {
+        let rows: std::collections::BTreeMap<String, Value> = [
+            ("nginx", json!({"cpu_per_10k": {"relay": 0.25}})),
+            ("rathole", json!({"cpu_per_10k": {"relay": 0.2, "agent": 0.15}})),
+            ("keyway", json!({"cpu_per_10k": {"relay": 0.5, "agent": 0.4}})),
+            ("direct", json!({"cpu_per_10k": {"console": 0.25}})),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let line = against_split_work(&rows).unwrap();
+        assert!(line.contains("(0.60 s / 10k req"), "{line}");
+        assert!(line.ends_with(": keyway 1.50×."), "{line}");
+
+        let mut without_nginx = rows.clone();
+        without_nginx.remove("nginx");
+        assert_eq!(against_split_work(&without_nginx), None);
+        let mut without_keyway = rows;
+        without_keyway.remove("keyway");
+        assert_eq!(against_split_work(&without_keyway), None);
+    }
 }

@@ -40,6 +40,8 @@ const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEPALIVE: Duration = Duration::from_millis(500);
 /// A connection that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// The longest wait between reconnect attempts (full jitter below it).
+pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
 /// How long in-flight requests may run when the agent stops.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
@@ -106,7 +108,7 @@ enum End {
 
 /// Connects, serves and reconnects until `stop` is cancelled.
 pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     let mut next: Option<Arc<dyn Tunnel>> = None;
     loop {
         let handover = next.is_some();

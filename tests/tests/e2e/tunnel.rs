@@ -138,11 +138,13 @@ async fn a_newer_connection_replaces_the_old_one_and_requests_follow_it() {
     assert_eq!(r.status, StatusCode::OK);
     let second_id = stack.agents.get(SITE).unwrap().id;
 
-    // When the second one leaves, the first comes back by itself.
+    // When the second one leaves, the first comes back by itself. While
+    // both ran they replaced each other, each backing off further every
+    // time, so the first may be asleep for up to the backoff's cap.
     stop.cancel();
     task.await.unwrap();
     tokio::time::timeout(
-        Duration::from_secs(20),
+        keyway_agent::tunnel::RECONNECT_CAP + Duration::from_secs(10),
         stack
             .agents
             .wait_until(|t| t.get(SITE).is_some_and(|l| l.id > second_id)),

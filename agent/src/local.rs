@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use keyway_proto::envelope::ErrorCode;
 
 use crate::access::{Access, Credential};
 use crate::audit::{template, Audit, Record};
@@ -40,9 +41,16 @@ impl Local {
                 .to_string()
         };
         let (request_id, client_ip) = (header("x-request-id"), header("x-forwarded-for"));
+        // The relay sends canonical paths; checked again here, since the
+        // policy below is the LAN owner's and trusts no one's spelling.
+        let canonical = canonicalize(&mut parts.uri);
         let (method, path) = (parts.method.to_string(), template(parts.uri.path()));
         let request_bytes = content_length(&parts.headers);
-        let (credential, resp) = match self.access.authorize(&mut parts) {
+        let authorized = match canonical {
+            Err(refused) => Err(refused),
+            Ok(()) => self.access.authorize(&mut parts),
+        };
+        let (credential, resp) = match authorized {
             Err(refused) => (None, refused),
             Ok(credential) => {
                 let req = Request::from_parts(parts, body);
@@ -72,6 +80,44 @@ impl Local {
     }
 }
 
+/// Rewrites `uri` to its canonical path (see `keyway_proto::path`), or the 400.
+#[allow(clippy::result_large_err)]
+fn canonicalize(uri: &mut http::Uri) -> Result<(), Response<TunnelBody>> {
+    let refuse = |why: String| crate::console::envelope(ErrorCode::BadRequest, &why);
+    let Some(pq) = uri.path_and_query() else {
+        return Ok(());
+    };
+    let target = keyway_proto::path::canonical_target(pq.as_str())
+        .map_err(|e| refuse(format!("{e}; send the path in its plain form")))?;
+    if let Some(target) = target {
+        let mut parts = std::mem::take(uri).into_parts();
+        parts.path_and_query = Some(
+            target
+                .parse()
+                .map_err(|_| refuse("the request target is not valid".into()))?,
+        );
+        *uri = http::Uri::from_parts(parts).map_err(|_| refuse("the request target is not valid".into()))?;
+    }
+    Ok(())
+}
+
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_canonicalizes_what_it_is_sent() {
+        let mut uri: http::Uri = "/api/v1//developer/doors/x/%75nlock/?a=%2F".parse().unwrap();
+        assert!(canonicalize(&mut uri).is_ok());
+        assert_eq!(uri, "/api/v1/developer/doors/x/unlock?a=%2F");
+        for bad in ["/api/v1/developer/doors%2Fx/unlock", "/api/v1/developer/x/../doors"] {
+            let mut uri: http::Uri = bad.parse().unwrap();
+            let refused = canonicalize(&mut uri).unwrap_err();
+            assert_eq!(refused.status(), 400, "{bad}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod headers;
 pub mod io;
 pub mod pair;
+pub mod path;
 pub mod preamble;
 
 /// ALPN id of the tunnel protocol (agent ↔ relay).

@@ -55,7 +55,7 @@ pub type Observer = Arc<dyn Fn(&http::request::Parts) + Send + Sync>;
 
 /// The hyper service: route, forward, answer. Never fails at the HTTP level.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ctx: Arc<ProxyCtx>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -76,6 +76,9 @@ pub async fn handle(
             Err(resp) => return (None, resp),
         };
         tracing::Span::current().record("site", site.as_str());
+        if let Err(resp) = canonicalize(&mut req) {
+            return (Some(site), resp);
+        }
         let websocket = keyway_proto::headers::wants_upgrade(req.headers());
         let (slots, max_body) = match ctx.edge.admit(&site, peer.ip(), req.headers(), websocket) {
             Ok(admitted) => admitted,
@@ -192,6 +195,32 @@ fn route(req: &Request<Incoming>, ctx: &ProxyCtx) -> Result<String, Response<Pro
             &format!("no site is served at {host:?}; use https://<site>.{}/", ctx.domain),
         )
     })
+}
+
+/// Rewrites the request's path to its canonical form, so that every check
+/// after this one, on the relay and on the agent, and the console read one
+/// spelling; a path with no canonical form is refused with 400 here.
+#[allow(clippy::result_large_err)]
+fn canonicalize(req: &mut Request<Incoming>) -> Result<(), Response<ProxyBody>> {
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(());
+    };
+    let refuse = |e: keyway_proto::path::PathError| {
+        debug!("refused path: {e}");
+        error(ErrorCode::BadRequest, &format!("{e}; send the path in its plain form"))
+    };
+    let Some(target) = keyway_proto::path::canonical_target(pq.as_str()).map_err(refuse)? else {
+        return Ok(());
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        target
+            .parse()
+            .map_err(|_| error(ErrorCode::BadRequest, "the request target is not a valid path"))?,
+    );
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| error(ErrorCode::BadRequest, "the request target is not valid"))?;
+    Ok(())
 }
 
 /// `<site>.<domain>` → site; the bare domain, an IP or `localhost` → the default site.

@@ -72,17 +72,29 @@ pub struct Access {
 }
 
 /// Whether a call opens doors or changes emergency state.
+/// `path` is canonical (`keyway_proto::path`); literals compare without
+/// regard to ASCII case, as the route policy's do.
 pub fn is_door_control(method: &Method, path: &str) -> bool {
-    let seg: Vec<&str> = path.split('/').collect();
-    matches!(
-        (method, seg.as_slice()),
-        (&Method::PUT, ["", "api", "v1", "developer", "doors", _, "unlock"])
-            | (
-                &Method::PUT,
-                ["", "api", "v1", "developer", "doors", "settings", "emergency"]
-            )
-    )
+    if method != Method::PUT {
+        return false;
+    }
+    let Some(rest) = path
+        .get(..DOORS.len())
+        .filter(|p| p.eq_ignore_ascii_case(DOORS))
+        .map(|_| &path[DOORS.len()..])
+    else {
+        return false;
+    };
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        [id, action] => {
+            action.eq_ignore_ascii_case("unlock")
+                || (id.eq_ignore_ascii_case("settings") && action.eq_ignore_ascii_case("emergency"))
+        }
+        _ => false,
+    }
 }
+
+const DOORS: &str = "/api/v1/developer/doors/";
 
 fn per_minute(n: u32) -> Quota {
     let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
@@ -183,4 +195,21 @@ impl Access {
 
 fn refusal(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
     envelope(code, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn door_control_is_recognised_in_any_case() {
+        let put = Method::PUT;
+        assert!(is_door_control(&put, "/api/v1/developer/doors/abc/unlock"));
+        assert!(is_door_control(&put, "/API/v1/developer/Doors/abc/UNLOCK"));
+        assert!(is_door_control(&put, "/api/v1/developer/doors/settings/emergency"));
+        assert!(!is_door_control(&Method::GET, "/api/v1/developer/doors/abc/unlock"));
+        assert!(!is_door_control(&put, "/api/v1/developer/doors/abc"));
+        assert!(!is_door_control(&put, "/api/v1/developer/doors/abc/unlock/x"));
+        assert!(!is_door_control(&put, "/api/v1/developer/doorsx/abc/unlock"));
+    }
 }

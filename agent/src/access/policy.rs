@@ -81,7 +81,10 @@ impl Rule {
                 return true;
             }
             match got.next() {
-                Some(seg) if want == "*" || want == seg => {}
+                // Literals match without regard to ASCII case: a console
+                // that routes case-blind must not let `/DOORS/x/UNLOCK`
+                // past a rule written in lower case.
+                Some(seg) if want == "*" || want.eq_ignore_ascii_case(seg) => {}
                 _ => return false,
             }
         }
@@ -163,6 +166,7 @@ mod tests {
         assert!(!r.matches(&Method::GET, "/api/v1/developer/doors/abc/unlock"));
         assert!(!r.matches(&Method::PUT, "/api/v1/developer/doors/abc/unlock/x"));
         assert!(!r.matches(&Method::PUT, "/api/v1/developer/doors/unlock"));
+        assert!(r.matches(&Method::PUT, "/API/v1/Developer/DOORS/abc/UnLock"));
         let r: Rule = "* /api/v1/developer/webhooks/**".parse().unwrap();
         assert!(r.matches(&Method::DELETE, "/api/v1/developer/webhooks/endpoints/1"));
         assert!(r.matches(&Method::GET, "/api/v1/developer/webhooks"));

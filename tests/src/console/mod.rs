@@ -110,6 +110,10 @@ impl ConsoleOptions {
     }
 }
 
+/// How many requests [`RunningConsole::requests_seen`] remembers (bounded,
+/// so a benchmark's millions of requests cost no memory).
+pub const SEEN_KEPT: usize = 4096;
+
 struct Ctx {
     token: String,
     state: state::State,
@@ -117,6 +121,8 @@ struct Ctx {
     kick: tokio::sync::watch::Sender<u64>,
     webhook_log: Arc<Mutex<Vec<u16>>>,
     ws_accepted: std::sync::atomic::AtomicUsize,
+    /// `METHOD path?query` of the last [`SEEN_KEPT`] requests, as received.
+    seen: Mutex<std::collections::VecDeque<String>>,
     throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
     stop: CancellationToken,
 }
@@ -159,6 +165,7 @@ impl RunningConsole {
             kick: tokio::sync::watch::channel(0).0,
             webhook_log: Arc::default(),
             ws_accepted: Default::default(),
+            seen: Mutex::default(),
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
             stop: CancellationToken::new(),
         });
@@ -217,6 +224,18 @@ impl RunningConsole {
         self.ctx.ws_accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// `METHOD path?query` of the last requests the console received (up
+    /// to [`SEEN_KEPT`]), as it received them: what reached the console.
+    pub fn requests_seen(&self) -> Vec<String> {
+        self.ctx
+            .seen
+            .lock()
+            .expect("request log lock poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Number of WebSocket listeners.
     pub fn listeners(&self) -> usize {
         self.ctx.events.receiver_count()
@@ -272,6 +291,17 @@ async fn serve(listener: TcpListener, tls: TlsAcceptor, ctx: Arc<Ctx>) {
 }
 
 async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<SimBody>, Infallible> {
+    {
+        let mut seen = ctx.seen.lock().expect("request log lock poisoned");
+        if seen.len() == SEEN_KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(format!(
+            "{} {}",
+            req.method(),
+            req.uri().path_and_query().map_or("", |pq| pq.as_str())
+        ));
+    }
     if let Some(ms) = req
         .headers()
         .get(DELAY_HEADER)

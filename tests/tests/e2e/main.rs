@@ -16,6 +16,7 @@ mod impaired;
 mod memory;
 mod metrics;
 mod pairing;
+mod paths;
 mod secrets;
 mod status;
 mod tunnel;

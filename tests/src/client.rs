@@ -199,12 +199,18 @@ impl EventListener {
         }
     }
 
-    /// The next JSON event (skipping `Hello` and other non-objects).
+    /// The next JSON event, skipping what a client dispatching on `event`
+    /// passes over: the greeting and keep-alives (`Hello`, not objects) and
+    /// the console's `access.base.info` status frames.
     pub async fn next_event(&mut self, wait: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let text = self.next_text(wait).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self.next_text(left).await?;
             if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(&text) {
-                return Ok(v);
+                if v["event"] != "access.base.info" {
+                    return Ok(v);
+                }
             }
         }
     }

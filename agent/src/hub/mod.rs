@@ -2,7 +2,9 @@
 //! from it, each event numbered and kept for replay.
 //!
 //! * [`upstream`] holds the console connection (reconnecting, with ping
-//!   liveness) and [`Hub::publish`]es what it receives.
+//!   liveness) and [`Hub::publish`]es the events it receives; [`frames`]
+//!   keeps and passes on the console's other frames (greeting, status,
+//!   keep-alives), and stands in with keep-alives while it is down.
 //! * [`Hub::subscribe`] registers a subscriber and hands it the buffered
 //!   events after its `since` in the same critical section as its
 //!   registration, so replay and live events meet without a gap or a
@@ -13,6 +15,7 @@
 //! * [`serve`] answers the WebSocket upgrades that come through the tunnel.
 //! * [`webhooks`] feeds the console's webhook deliveries into the hub.
 
+pub mod frames;
 pub mod serve;
 pub mod store;
 pub mod upstream;
@@ -65,6 +68,10 @@ pub struct Subscription {
     pub cut: CancellationToken,
     /// The newest sequence number at registration: live events follow it.
     pub position: u64,
+    /// The console's connect-time frames, sent before anything else.
+    pub connect_frames: Vec<String>,
+    /// The console's keep-alives and status frames from registration on.
+    pub frames: tokio::sync::broadcast::Receiver<Arc<str>>,
 }
 
 /// Events a resuming subscriber asked for that the hub no longer has.
@@ -95,12 +102,10 @@ pub struct Hub {
     ring: Mutex<Ring>,
     persist: Option<store::Writer>,
     upstream_live: watch::Sender<bool>,
-    greeting: Mutex<Option<String>>,
+    frames: frames::Frames,
 }
 
-/// Sent first when the console's own greeting was not seen yet (both
-/// community clients accept it; see `../shared/unifi/events.md`).
-pub const DEFAULT_GREETING: &str = "\"Hello\"";
+pub use frames::DEFAULT_GREETING;
 
 impl Hub {
     /// A hub starting from `loaded` (events restored from disk) and
@@ -118,7 +123,7 @@ impl Hub {
             }),
             persist,
             upstream_live: watch::channel(false).0,
-            greeting: Mutex::new(None),
+            frames: frames::Frames::default(),
         }
     }
 
@@ -197,6 +202,8 @@ impl Hub {
             live,
             cut,
             position: ring.next_seq - 1,
+            connect_frames: self.frames.connect_frames(),
+            frames: self.frames.subscribe(),
         }
     }
 
@@ -220,14 +227,9 @@ impl Hub {
         self.upstream_live.subscribe()
     }
 
-    /// The first frame subscribers get: the console's own greeting.
-    pub fn greeting(&self) -> String {
-        let g = self.greeting.lock().unwrap_or_else(|p| p.into_inner());
-        g.clone().unwrap_or_else(|| DEFAULT_GREETING.to_string())
-    }
-
-    pub(crate) fn set_greeting(&self, text: &str) {
-        *self.greeting.lock().unwrap_or_else(|p| p.into_inner()) = Some(text.to_string());
+    /// The console's frames that are not events.
+    pub fn frames(&self) -> &frames::Frames {
+        &self.frames
     }
 
     pub(crate) fn set_upstream_live(&self, live: bool) {

@@ -4,8 +4,9 @@
 //! answered here instead of by the console: the subscriber's token is
 //! checked first (against the console with a cheap call needing the same
 //! `view:device` permission, remembered by fingerprint for
-//! [`TOKEN_CACHE_TTL`]), then it gets the console's greeting and the
-//! console's events, untouched, from the hub.
+//! [`TOKEN_CACHE_TTL`]), then it gets the console's connect-time frames
+//! (greeting, status), the console's events and its keep-alives, untouched,
+//! from the hub.
 //!
 //! With `?since=SEQ[&epoch=EPOCH]` the subscriber is Keyway-aware: each event
 //! comes wrapped with its sequence number, preceded by the buffered events
@@ -205,10 +206,12 @@ where
         mut live,
         cut,
         position,
+        connect_frames,
+        mut frames,
         ..
     } = sub;
     let epoch = hub.epoch();
-    let mut first = vec![Message::text(hub.greeting())];
+    let mut first: Vec<Message> = connect_frames.into_iter().map(Message::text).collect();
     if wrapped {
         if let Some(g) = gap {
             first.push(Message::text(
@@ -245,6 +248,17 @@ where
                     _ = cut.cancelled() => break,
                 }
             }
+            frame = frames.recv() => match frame {
+                Ok(text) => {
+                    tokio::select! {
+                        sent = tx.send(Message::text(&*text)) => if let Err(e) = sent { return e.to_string() },
+                        _ = cut.cancelled() => break,
+                    }
+                }
+                // Only keep-alives and status frames are lost; newer ones follow.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return "hub closed".into(),
+            },
             msg = rx.next() => match msg {
                 Some(Ok(Message::Ping(_))) => if let Err(e) = tx.flush().await { return e.to_string() },
                 Some(Ok(Message::Close(_))) | None => return "closed".into(),

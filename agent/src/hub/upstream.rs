@@ -1,9 +1,12 @@
 //! The hub's one WebSocket to the console.
 //!
 //! Connects with the agent's stored console token over the pinned TLS
-//! client, publishes every JSON object frame, and treats the connection as
-//! dead when nothing (event, pong, keep-alive) arrived for [`DEAD_AFTER`]:
-//! it pings every [`PING_EVERY`]. Reconnects with jittered backoff.
+//! client, publishes every event frame, passes the console's other frames
+//! (greeting, status, keep-alives) to [`super::frames`], and treats the
+//! connection as dead when nothing (event, pong, keep-alive) arrived for
+//! [`DEAD_AFTER`]: it pings every [`PING_EVERY`]. A console that sends
+//! keep-alives but never answers a ping is alive. Reconnects with jittered
+//! backoff.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::frames::{kind, Kind};
 use super::Hub;
 use crate::backoff::Backoff;
 
@@ -45,6 +49,7 @@ pub struct Upstream {
 
 /// Keeps the console's WebSocket connected until `stop`.
 pub async fn run(hub: Arc<Hub>, up: Upstream, stop: CancellationToken) {
+    tokio::spawn(super::frames::stand_in(hub.clone(), stop.clone()));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut was_up = false;
     loop {
@@ -120,12 +125,25 @@ async fn connect(up: &Upstream) -> anyhow::Result<Ws> {
 
 /// Reads the console's first frame: its greeting, which subscribers get too.
 async fn greet(hub: &Hub, ws: &mut Ws) {
-    if let Ok(Some(Ok(Message::Text(t)))) = timeout(GREETING_WAIT, ws.next()).await {
-        if is_event(&t) {
-            hub.publish(&t);
-        } else {
-            hub.set_greeting(&t);
+    match timeout(GREETING_WAIT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => match kind(&t) {
+            Kind::KeepAlive => hub.frames().connected(Some(&t)),
+            other => {
+                hub.frames().connected(None);
+                take(hub, &t, other);
+            }
+        },
+        _ => hub.frames().connected(None),
+    }
+}
+
+/// Publishes an event, or hands any other frame to the hub's frames.
+fn take(hub: &Hub, text: &str, kind: Kind) {
+    match kind {
+        Kind::Event => {
+            hub.publish(text);
         }
+        other => hub.frames().received(text, other),
     }
 }
 
@@ -140,11 +158,7 @@ async fn pump(hub: &Hub, ws: Ws) -> String {
             msg = rx.next() => {
                 last_heard = Instant::now();
                 match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        if is_event(&t) {
-                            hub.publish(&t);
-                        }
-                    }
+                    Some(Ok(Message::Text(t))) => take(hub, &t, kind(&t)),
                     // tungstenite queued the pong; flushing sends it.
                     Some(Ok(Message::Ping(_))) => {
                         if let Err(e) = tx.flush().await {
@@ -166,21 +180,5 @@ async fn pump(hub: &Hub, ws: Ws) -> String {
                 }
             }
         }
-    }
-}
-
-/// Events are JSON objects; the greeting and keep-alives are not.
-fn is_event(text: &str) -> bool {
-    text.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_objects_are_events() {
-        assert!(super::is_event("{\"event\":\"x\"}"));
-        assert!(!super::is_event("\"Hello\""));
-        assert!(!super::is_event("Hello"));
-        assert!(!super::is_event("{broken"));
     }
 }

@@ -27,6 +27,10 @@ struct Cli {
     /// Answer 429 beyond N requests per window, as "N/SECONDS" (e.g. 100/1).
     #[arg(long, value_parser = parse_throttle)]
     throttle: Option<Throttle>,
+    /// Seconds between the keep-alive text frames ("Hello") each event
+    /// WebSocket gets, as a real console sends them.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    keepalive_secs: u64,
 }
 
 fn parse_throttle(s: &str) -> Result<Throttle, String> {
@@ -54,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let mut opts = ConsoleOptions::new(&cli.token);
     opts.listen = cli.listen;
     opts.throttle = cli.throttle;
+    opts.keepalive = Duration::from_secs(cli.keepalive_secs);
     let console = RunningConsole::start(opts).await?;
     let line = serde_json::json!({"url": console.url, "fingerprint": console.fingerprint().to_string()}).to_string();
     println!("{line}");

@@ -19,7 +19,7 @@ pub mod state;
 pub mod webhooks;
 mod ws;
 
-pub use ws::HELLO_FRAME;
+pub use ws::{base_info, DEFAULT_KEEPALIVE, HELLO_FRAME};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -96,6 +96,9 @@ pub struct ConsoleOptions {
     pub throttle: Option<Throttle>,
     /// Certificate to serve; generated when `None`.
     pub identity: Option<Identity>,
+    /// How often each event WebSocket gets a keep-alive text frame, as a
+    /// real console sends one ([`ws::DEFAULT_KEEPALIVE`]).
+    pub keepalive: Duration,
 }
 
 impl ConsoleOptions {
@@ -106,6 +109,7 @@ impl ConsoleOptions {
             token: token.into(),
             throttle: None,
             identity: None,
+            keepalive: ws::DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -123,6 +127,7 @@ struct Ctx {
     ws_accepted: std::sync::atomic::AtomicUsize,
     /// `METHOD path?query` of the last [`SEEN_KEPT`] requests, as received.
     seen: Mutex<std::collections::VecDeque<String>>,
+    keepalive: Duration,
     throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
     stop: CancellationToken,
 }
@@ -166,6 +171,7 @@ impl RunningConsole {
             webhook_log: Arc::default(),
             ws_accepted: Default::default(),
             seen: Mutex::default(),
+            keepalive: opts.keepalive,
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
             stop: CancellationToken::new(),
         });
@@ -257,6 +263,7 @@ impl RunningConsole {
             token: self.token.clone(),
             throttle: self.ctx.throttle.as_ref().map(|(t, _)| *t),
             identity: Some(self.identity.clone()),
+            keepalive: self.ctx.keepalive,
         }
     }
 }
@@ -357,7 +364,15 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
     // Endpoints that take the request itself (upgrade, multipart, streams).
     match (&method, seg.as_slice()) {
         (&Method::GET, ["devices", "notifications"]) => {
-            let reply = ws::upgrade(req, &ctx.events, ctx.kick.subscribe(), ctx.stop.clone());
+            let top_log_count = ctx.state.with(|db| db.logs.len());
+            let stream = ws::Stream {
+                events: ctx.events.subscribe(),
+                kick: ctx.kick.subscribe(),
+                stop: ctx.stop.clone(),
+                connect_frames: vec![HELLO_FRAME.to_string(), ws::base_info(top_log_count)],
+                keepalive: ctx.keepalive,
+            };
+            let reply = ws::upgrade(req, stream);
             if reply.is_ok() {
                 ctx.ws_accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }

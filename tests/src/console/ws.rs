@@ -1,13 +1,18 @@
 //! `GET /api/v1/developer/devices/notifications`: the WebSocket event stream.
 //!
-//! Like a real console it sends a `Hello` text frame first, then one JSON
-//! text frame per event, to every connected listener.
+//! Like a real console it sends, on every connection, a `Hello` text frame,
+//! then an `access.base.info` status event, then one JSON text frame per
+//! event, and the same `Hello` frame again every few seconds as a
+//! keep-alive ([`DEFAULT_KEEPALIVE`]; clients such as aiounifiaccess
+//! reconnect when it stops).
 //!
 //! The greeting is undocumented. Community clients disagree on its exact
 //! bytes: py-unifi-access skips any frame starting with `Hello` and ignores
 //! JSON that is not an object; aiounifiaccess JSON-decodes every frame and
 //! drops the string `"Hello"`. The JSON string `"Hello"` is what both accept,
 //! so that is what the simulator sends ([`HELLO_FRAME`]).
+
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
@@ -23,16 +28,37 @@ use tokio_util::sync::CancellationToken;
 
 use super::reply::{full, invalid, Reply};
 
-/// The first text frame on every notification WebSocket.
+/// The first text frame on every notification WebSocket, and its keep-alive.
 pub const HELLO_FRAME: &str = "\"Hello\"";
 
+/// How often a console sends its keep-alive frame.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// The `access.base.info` status event a console sends after its greeting.
+pub fn base_info(top_log_count: usize) -> String {
+    serde_json::json!({
+        "event": "access.base.info", "receiver_id": "", "event_object_id": "",
+        "save_to_history": false, "data": {"top_log_count": top_log_count},
+    })
+    .to_string()
+}
+
+/// What one listener's connection is fed from.
+pub struct Stream {
+    /// Events, as JSON text.
+    pub events: broadcast::Receiver<String>,
+    /// Changes when every listener is to be dropped.
+    pub kick: tokio::sync::watch::Receiver<u64>,
+    /// The console is stopping.
+    pub stop: CancellationToken,
+    /// Sent first, in order.
+    pub connect_frames: Vec<String>,
+    /// The keep-alive cadence.
+    pub keepalive: Duration,
+}
+
 /// Accepts the upgrade and spawns the listener's sender.
-pub fn upgrade(
-    mut req: Request<Incoming>,
-    events: &broadcast::Sender<String>,
-    mut kick: tokio::sync::watch::Receiver<u64>,
-    stop: CancellationToken,
-) -> Reply {
+pub fn upgrade(mut req: Request<Incoming>, stream: Stream) -> Reply {
     let h = req.headers();
     let is_ws = h
         .get(UPGRADE)
@@ -46,16 +72,26 @@ pub fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let mut rx = events.subscribe();
+    let Stream {
+        events: mut rx,
+        mut kick,
+        stop,
+        connect_frames,
+        keepalive,
+    } = stream;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let (mut tx, mut incoming) = ws.split();
-        if tx.send(Message::text(HELLO_FRAME)).await.is_err() {
-            return;
+        for frame in connect_frames {
+            if tx.send(Message::text(frame)).await.is_err() {
+                return;
+            }
         }
+        let mut tick = tokio::time::interval(keepalive);
+        tick.reset();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
@@ -64,6 +100,7 @@ pub fn upgrade(
                 }
                 // Dropped without a close frame, as a lost connection is.
                 _ = kick.changed() => break,
+                _ = tick.tick() => if tx.send(Message::text(HELLO_FRAME)).await.is_err() { break },
                 ev = rx.recv() => match ev {
                     Ok(text) => if tx.send(Message::text(text)).await.is_err() { break },
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,

@@ -13,6 +13,7 @@ mod fallback;
 mod faults;
 mod hub;
 mod impaired;
+mod keepalive;
 mod memory;
 mod metrics;
 mod pairing;

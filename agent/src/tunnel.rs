@@ -37,7 +37,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the relay to send a stream's preamble and request head.
 const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive interval, both transports.
-const KEEPALIVE: Duration = Duration::from_millis(500);
+const KEEPALIVE: Duration = keyway_proto::AGENT_KEEPALIVE;
 /// A connection that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// The longest wait between reconnect attempts (full jitter below it).
@@ -275,7 +275,11 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                 if now_ok != console_ok {
                     console_ok = now_ok;
                     if console_ok { info!("console reachable again") } else { warn!("console unreachable") }
-                    let _ = write_msg(&mut send, &ControlMsg::Status { console_ok }).await;
+                    // A control stream that cannot take a message is a dead
+                    // tunnel: the relay would keep routing to it unaware.
+                    if let Err(e) = write_msg(&mut send, &ControlMsg::Status { console_ok }).await {
+                        break ended(&*tunnel, format!("control stream: {e}"));
+                    }
                 }
             }
             _ = probe.tick(), if probing && probe_task.is_none() => {
@@ -296,7 +300,10 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                 }
             }
             _ = stop.cancelled() => {
-                let _ = write_msg(&mut send, &ControlMsg::Drain { reason: "agent stopping".into() }).await;
+                // Best effort: a relay that cannot hear it learns from the close.
+                if let Err(e) = write_msg(&mut send, &ControlMsg::Drain { reason: "agent stopping".into() }).await {
+                    debug!("could not tell the relay we drain: {e}");
+                }
                 requests.close();
                 if timeout(STOP_GRACE, requests.wait()).await.is_err() {
                     warn!("stopping with requests still open after {STOP_GRACE:?}");
@@ -312,7 +319,11 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
             msg = read_msg(&mut recv, &mut buf) => match msg {
-                Ok(ControlMsg::Ping { nonce }) => { let _ = write_msg(&mut send, &ControlMsg::Pong { nonce }).await; }
+                Ok(ControlMsg::Ping { nonce }) => {
+                    if let Err(e) = write_msg(&mut send, &ControlMsg::Pong { nonce }).await {
+                        break ended(&*tunnel, format!("control stream: {e}"));
+                    }
+                }
                 Ok(ControlMsg::Pong { .. }) => {}
                 Ok(ControlMsg::Drain { reason }) => {
                     info!(reason, "relay asked to drain; reconnecting");

@@ -2,8 +2,8 @@
 //!
 //! This crate owns what both ends of a tunnel must agree on: the ALPN ids, the
 //! control-stream messages and their codec, the one-byte preamble of each
-//! proxied-request stream, the QUIC close codes, the hop-by-hop header rules
-//! and the UniFi-style error envelope. It does no I/O of its own beyond thin
+//! proxied-request stream, the QUIC close codes, the hop-by-hop header rules,
+//! the canonical request path and the UniFi-style error envelope. It does no I/O of its own beyond thin
 //! `AsyncRead`/`AsyncWrite` helpers around the sans-IO codec.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -45,7 +45,19 @@ pub enum CloseCode {
     Shutdown = 5,
     /// The site is not known to the relay.
     UnknownSite = 6,
+    /// The relay heard nothing from the agent for [`SILENT_LIMIT`].
+    Silent = 7,
 }
+
+/// The agent's keep-alive interval (QUIC keep-alive, or a TCP tunnel's
+/// ping): an idle healthy agent is heard at least this often.
+pub const AGENT_KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Silence after which the relay takes an agent for gone (four of its
+/// keep-alives missed): requests waiting on it get their 503 then, long
+/// before the transport's [`IDLE_TIMEOUT`]. The relay checks every 200 ms,
+/// so a vanished agent is dropped within 2.4 s of its last packet.
+pub const SILENT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl CloseCode {
     /// The code as a QUIC varint value.
@@ -63,6 +75,7 @@ impl CloseCode {
             4 => Self::Replaced,
             5 => Self::Shutdown,
             6 => Self::UnknownSite,
+            7 => Self::Silent,
             _ => return None,
         })
     }

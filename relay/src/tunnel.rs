@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use keyway_proto::control::{read_msg, write_msg, ControlMsg};
-use keyway_proto::{CloseCode, ALPN_PAIR, PROTOCOL_VERSION};
+use keyway_proto::{CloseCode, ALPN_PAIR, PROTOCOL_VERSION, SILENT_LIMIT};
 use keyway_transport::h2::H2Tunnel;
 use keyway_transport::quic::QuicTunnel;
 use keyway_transport::{TransportKind, Tunnel, TunnelStream};
@@ -226,7 +226,15 @@ async fn handle_tunnel(
     record_seen(&ctx.registry, &site, &agent_version, Some(transport)).await;
     record_console(&ctx.registry, &site, console_ok).await;
 
-    let result = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site).await;
+    let result = tokio::select! {
+        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site) => r,
+        silent = watch_silence(&*tunnel) => {
+            // Requests waiting on it fail now with a 503, not at the idle timeout.
+            warn!(site, "agent silent for {silent:?}: dropping its tunnel");
+            tunnel.close(CloseCode::Silent, "the relay heard nothing from the agent");
+            Err(anyhow::anyhow!("agent silent for {silent:?}"))
+        }
+    };
     if ctx.agents.get(&site).is_none_or(|l| l.id == id) {
         record_seen(&ctx.registry, &site, &agent_version, None).await;
     }
@@ -240,6 +248,26 @@ async fn handle_tunnel(
     }
     result
 }
+
+/// Resolves once nothing has arrived from the agent for [`SILENT_LIMIT`]
+/// (the agent sends a keep-alive every [`keyway_proto::AGENT_KEEPALIVE`]).
+async fn watch_silence(tunnel: &dyn keyway_transport::Tunnel) -> Duration {
+    let mut tick = tokio::time::interval(SILENCE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last, mut since) = (tunnel.heard(), tokio::time::Instant::now());
+    loop {
+        tick.tick().await;
+        let now = tunnel.heard();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= SILENT_LIMIT {
+            return since.elapsed();
+        }
+    }
+}
+
+/// How often each link's silence is checked.
+const SILENCE_CHECK: Duration = Duration::from_millis(200);
 
 async fn control_loop(
     send: &mut WriteHalf<TunnelStream>,

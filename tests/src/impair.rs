@@ -3,6 +3,7 @@
 //! kernel lacks). Loopback only; it stops with the test.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,15 @@ pub struct UdpProxy {
     /// Where the agent should send.
     pub addr: SocketAddr,
     settings: Arc<Mutex<Impairment>>,
+    counts: Arc<Counts>,
     stop: CancellationToken,
+}
+
+/// Datagrams the proxy forwarded and dropped, both directions.
+#[derive(Debug, Default)]
+struct Counts {
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl Drop for UdpProxy {
@@ -47,9 +56,24 @@ impl UdpProxy {
         back.connect(upstream).await?;
         let addr = front.local_addr()?;
         let settings = Arc::new(Mutex::new(Impairment::default()));
+        let counts = Arc::new(Counts::default());
         let stop = CancellationToken::new();
-        tokio::spawn(run(front, back, settings.clone(), stop.clone()));
-        Ok(Self { addr, settings, stop })
+        tokio::spawn(run(front, back, settings.clone(), counts.clone(), stop.clone()));
+        Ok(Self {
+            addr,
+            settings,
+            counts,
+            stop,
+        })
+    }
+
+    /// Datagrams forwarded and dropped so far: a test reads these to prove
+    /// its traffic really went through the proxy and really lost packets.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counts.forwarded.load(Ordering::Relaxed),
+            self.counts.dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// Changes the impairment from now on.
@@ -58,7 +82,13 @@ impl UdpProxy {
     }
 }
 
-async fn run(front: Arc<UdpSocket>, back: Arc<UdpSocket>, settings: Arc<Mutex<Impairment>>, stop: CancellationToken) {
+async fn run(
+    front: Arc<UdpSocket>,
+    back: Arc<UdpSocket>,
+    settings: Arc<Mutex<Impairment>>,
+    counts: Arc<Counts>,
+    stop: CancellationToken,
+) {
     let mut client: Option<SocketAddr> = None;
     let mut rng = Lcg(0x9e37_79b9_7f4a_7c15);
     let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
@@ -69,7 +99,7 @@ async fn run(front: Arc<UdpSocket>, back: Arc<UdpSocket>, settings: Arc<Mutex<Im
                 let Ok((n, from)) = r else { continue };
                 client = Some(from);
                 let imp = *settings.lock().expect("impairment lock poisoned");
-                if pass(&imp, &mut rng) {
+                if pass(&imp, &mut rng, &counts) {
                     let (sock, data) = (back.clone(), up[..n].to_vec());
                     later(imp.delay, async move { let _ = sock.send(&data).await; });
                 }
@@ -77,7 +107,7 @@ async fn run(front: Arc<UdpSocket>, back: Arc<UdpSocket>, settings: Arc<Mutex<Im
             r = back.recv(&mut down) => {
                 let (Ok(n), Some(to)) = (r, client) else { continue };
                 let imp = *settings.lock().expect("impairment lock poisoned");
-                if pass(&imp, &mut rng) {
+                if pass(&imp, &mut rng, &counts) {
                     let (sock, data) = (front.clone(), down[..n].to_vec());
                     later(imp.delay, async move { let _ = sock.send_to(&data, to).await; });
                 }
@@ -86,8 +116,11 @@ async fn run(front: Arc<UdpSocket>, back: Arc<UdpSocket>, settings: Arc<Mutex<Im
     }
 }
 
-fn pass(imp: &Impairment, rng: &mut Lcg) -> bool {
-    !imp.blackhole && rng.unit() >= imp.loss
+fn pass(imp: &Impairment, rng: &mut Lcg, counts: &Counts) -> bool {
+    let pass = !imp.blackhole && rng.unit() >= imp.loss;
+    let counter = if pass { &counts.forwarded } else { &counts.dropped };
+    counter.fetch_add(1, Ordering::Relaxed);
+    pass
 }
 
 fn later(delay: Duration, f: impl std::future::Future<Output = ()> + Send + 'static) {

@@ -312,12 +312,17 @@ impl Stack {
     }
 
     /// Points the agent's config at `addr` instead of the relay (a proxy).
+    /// Fails when the config names no such relay line, so a test cannot
+    /// run unimpaired believing it goes through the proxy.
     pub fn route_agent_via(&self, addr: SocketAddr) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&self.agent_config)?;
-        let text = text.replace(
-            &format!("relay = \"{}\"", self.relay_addr),
-            &format!("relay = \"{addr}\""),
+        let line = format!("relay = \"{}\"", self.relay_addr);
+        anyhow::ensure!(
+            text.matches(&line).count() == 1,
+            "{} has no single line {line:?} to point at the proxy:\n{text}",
+            self.agent_config.display()
         );
+        let text = text.replace(&line, &format!("relay = \"{addr}\""));
         std::fs::write(&self.agent_config, text)?;
         Ok(())
     }

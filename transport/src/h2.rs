@@ -249,6 +249,10 @@ impl Tunnel for H2Tunnel {
         Box::pin(self.shared.done.cancelled())
     }
 
+    fn heard(&self) -> u64 {
+        self.shared.last_rx.load(Ordering::Relaxed)
+    }
+
     fn close_reason(&self) -> Option<Closed> {
         self.shared.reason.get().cloned()
     }

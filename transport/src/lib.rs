@@ -162,6 +162,10 @@ pub trait Tunnel: Send + Sync + 'static {
     fn closed(&self) -> BoxFut<'_, ()>;
     /// Why it closed, once it has.
     fn close_reason(&self) -> Option<Closed>;
+    /// A count that grows whenever anything arrives from the peer (QUIC:
+    /// datagrams; TCP: the time of the last read). A watchdog that sees it
+    /// stand still knows the peer went silent, long before an idle timeout.
+    fn heard(&self) -> u64;
 }
 
 impl fmt::Debug for dyn Tunnel {

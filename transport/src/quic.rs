@@ -102,6 +102,10 @@ impl Tunnel for QuicTunnel {
         })
     }
 
+    fn heard(&self) -> u64 {
+        self.0.stats().udp_rx.datagrams
+    }
+
     fn close_reason(&self) -> Option<Closed> {
         Some(match self.0.close_reason()? {
             quinn::ConnectionError::ApplicationClosed(c) => Closed::ByPeer {

@@ -83,7 +83,7 @@ async fn relay_crash_and_restart_heals_within_a_second() {
         heal.push(time_to_first_ok(&f.api).await);
     }
     let p95 = report("relay kill -9 → listening again → first 200", heal);
-    assert!(p95 < Duration::from_secs(1), "p95 heal {p95:?}");
+    assert!(p95 < CRASH_HEAL, "p95 heal {p95:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +98,7 @@ async fn agent_crash_and_restart_replaces_the_stale_session_at_once() {
         heal.push(time_to_first_ok(&f.api).await);
     }
     let p95 = report("agent kill -9 → restarted → first 200", heal);
-    assert!(p95 < Duration::from_secs(3), "p95 {p95:?}");
+    assert!(p95 < CRASH_HEAL, "p95 {p95:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,6 +135,18 @@ async fn relay_sigterm_lets_in_flight_requests_finish_and_restarts_websockets() 
     time_to_first_ok(&f.api).await;
 }
 
+/// A silent agent is dropped after the relay's silence limit (it may have
+/// been heard up to one keep-alive before it froze), not before, and within
+/// a check interval after: 2.0 to 3.0 s, the README's bound.
+pub(crate) fn assert_silence_detected(after: Duration) {
+    let (limit, keepalive) = (keyway_proto::SILENT_LIMIT, keyway_proto::AGENT_KEEPALIVE);
+    assert!(
+        after >= limit - keepalive,
+        "dropped after {after:?}: before {limit:?} of silence"
+    );
+    assert!(after < Duration::from_secs(3), "dropped only after {after:?}");
+}
+
 /// Polls (bounded) until `pred` holds for a response status.
 async fn until_status(api: &Api, deadline: Duration, pred: impl Fn(StatusCode) -> bool) -> Duration {
     let t0 = Instant::now();
@@ -159,13 +171,14 @@ async fn a_stopped_agent_is_dropped_and_reconnects_when_it_wakes() {
     })
     .await;
     eprintln!(
-        "relay dropped the frozen agent after {dropped:?} (idle timeout {:?})",
-        keyway_proto::IDLE_TIMEOUT
+        "relay dropped the frozen agent after {dropped:?} (silence limit {:?})",
+        keyway_proto::SILENT_LIMIT
     );
-    assert!(dropped <= keyway_proto::IDLE_TIMEOUT + Duration::from_secs(2));
+    assert_silence_detected(dropped);
     BinaryStack::signal(agent, "CONT").await.unwrap();
     let back = until_status(&f.api, Duration::from_secs(15), |s| s == StatusCode::OK).await;
     eprintln!("agent serving again {back:?} after SIGCONT");
+    assert!(back < MAX_ANSWER, "serving again only {back:?} after SIGCONT");
     let list = keyway_tests::procs::cli(
         "keyway-relay",
         &[
@@ -185,45 +198,84 @@ async fn a_stopped_agent_is_dropped_and_reconnects_when_it_wakes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_across_five_relay_restarts_never_hang() {
     let mut f = fixture().await;
-    let (mut ok, mut envelope, mut refused) = (0, 0, 0);
+    let (mut ok, mut offline) = (0, 0);
     let mut slowest = Duration::ZERO;
-    let mut last_ok = false;
-    for i in 0..1000 {
-        if i > 0 && i % 200 == 0 {
-            // Restart only a healthy tunnel, so each restart is a fresh fault.
-            until_status(&f.api, Duration::from_secs(15), |s| s == StatusCode::OK).await;
-            BinaryStack::signal(f.bins.relay.pid(), "TERM").await.unwrap();
-            f.bins.relay.0.wait().await.unwrap();
-            f.bins.start_relay().await.unwrap();
-        }
-        let t0 = Instant::now();
-        // The client's own deadline (60 s) is far above any answer here.
-        match get(&f.api, None).await {
-            Ok(r) if r.status == StatusCode::OK => {
+    let mut heals = vec![];
+    for round in 0..5 {
+        // Restart only a healthy tunnel, so each restart is a fresh fault.
+        until_status(&f.api, Duration::from_secs(15), |s| s == StatusCode::OK).await;
+        BinaryStack::signal(f.bins.relay.pid(), "TERM").await.unwrap();
+        f.bins.relay.0.wait().await.unwrap();
+        f.bins.start_relay().await.unwrap();
+        let restarted = Instant::now();
+        let mut healed = None;
+        for i in 0..200 {
+            let t0 = Instant::now();
+            // The relay is listening: every request gets an answer.
+            let r = get(&f.api, None)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, request {i}: no answer from a listening relay: {e:#}"));
+            slowest = slowest.max(t0.elapsed());
+            if r.status == StatusCode::OK {
                 ok += 1;
-                last_ok = true;
-            }
-            Ok(r) => {
-                last_ok = false;
-                let v = r.json();
-                assert!(
-                    v["code"].as_str().is_some_and(|c| c.starts_with("CODE_KEYWAY_")),
-                    "not an envelope: {v}"
+                healed.get_or_insert(restarted.elapsed());
+            } else {
+                // Until the agent is back, the one honest answer: it is offline.
+                assert_eq!(
+                    r.status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{}",
+                    String::from_utf8_lossy(&r.body)
                 );
-                envelope += 1;
-            }
-            Err(_) => {
-                last_ok = false;
-                refused += 1;
+                assert_eq!(r.json()["code"], "CODE_KEYWAY_AGENT_OFFLINE");
+                assert!(healed.is_none(), "round {round}: a 503 after the tunnel had healed");
+                offline += 1;
+                // Paced while the agent is away, so the round spans its return.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        slowest = slowest.max(t0.elapsed());
+        let healed = healed.unwrap_or_else(|| panic!("round {round}: the tunnel did not heal within 200 requests"));
+        heals.push(healed);
     }
-    eprintln!("1000 requests, 5 restarts: {ok} ok, {envelope} envelope errors, {refused} connection errors; slowest {slowest:?}");
-    assert_eq!(ok + envelope + refused, 1000);
-    assert!(slowest < Duration::from_secs(10), "a request hung for {slowest:?}");
-    let healed = until_status(&f.api, Duration::from_secs(15), |s| s == StatusCode::OK).await;
-    eprintln!("last restart healed {healed:?} after the requests (last_ok={last_ok})");
+    eprintln!(
+        "1000 requests, 5 SIGTERM restarts: {ok} ok, {offline} 503 agent offline; slowest {slowest:?}; healed after {heals:?}"
+    );
+    assert_eq!(ok + offline, 1000);
+    assert!(slowest < MAX_ANSWER, "a request took {slowest:?}");
+    let worst = heals.iter().max().copied().unwrap_or_default();
+    assert!(worst < SIGTERM_HEAL, "a restart healed only after {worst:?}");
+}
+
+/// The bounds the README's table states (typical figures are far below;
+/// these leave room for a loaded 2-core CI machine running tests side by side).
+const MAX_ANSWER: Duration = Duration::from_secs(1);
+/// A SIGTERM'd relay restarted: the agent returns after its reconnect backoff.
+const SIGTERM_HEAL: Duration = Duration::from_secs(3);
+/// A crashed relay or agent replaced: first 200 through the tunnel (p95).
+const CRASH_HEAL: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_gets_the_next_request_a_503_within_3_s() {
+    let mut f = fixture().await;
+    assert_eq!(get(&f.api, None).await.unwrap().status, StatusCode::OK);
+    // A power cut at the site: no FIN, no close frame, just silence.
+    f.bins.kill_agent().await.unwrap();
+    let t0 = Instant::now();
+    let r = get(&f.api, None).await.unwrap();
+    let took = t0.elapsed();
+    eprintln!("agent kill -9 → next request answered {} after {took:?}", r.status);
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["code"], "CODE_KEYWAY_AGENT_OFFLINE");
+    assert!(took < Duration::from_secs(3), "the 503 took {took:?}");
+    // The link is down: the next one is answered at once.
+    let t0 = Instant::now();
+    assert_eq!(get(&f.api, None).await.unwrap().status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(t0.elapsed() < MAX_ANSWER, "{:?}", t0.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

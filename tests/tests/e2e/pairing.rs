@@ -161,7 +161,8 @@ async fn the_cli_flow_pairs_serves_refuses_reuse_and_revokes() {
     }
     let took = t0.elapsed();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(took < Duration::from_secs(2), "revocation took {took:?}");
+    // The relay re-reads the registry every 500 ms: the README says within 1 s.
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
     eprintln!("revoke → 503 in {took:?}");
 
     let out = cli("keyway-relay", &["site", "revoke", "nope", "--config", &cfg])

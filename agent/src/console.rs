@@ -120,7 +120,10 @@ impl Console {
                 warn!("console did not answer within {:?}", self.head_timeout);
                 return envelope(
                     ErrorCode::Timeout,
-                    &format!("the console did not answer within {}s", self.head_timeout.as_secs()),
+                    &format!(
+                        "the console did not answer within {}",
+                        humantime::format_duration(self.head_timeout)
+                    ),
                 );
             }
         };

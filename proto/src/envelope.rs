@@ -26,6 +26,9 @@ pub enum ErrorCode {
     BadRequest,
     /// The request body is larger than allowed.
     PayloadTooLarge,
+    /// A body sent without a declared length is larger than the edge reads
+    /// whole; large uploads must send `Content-Length`.
+    LengthRequired,
     /// The request's headers are too many or too large.
     HeadersTooLarge,
     /// The client's address is not in the site's allow-list.
@@ -52,6 +55,7 @@ impl ErrorCode {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ClientNotAllowed | Self::PolicyDenied => StatusCode::FORBIDDEN,
             Self::RateLimited | Self::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
@@ -71,6 +75,7 @@ impl ErrorCode {
             Self::Timeout => "CODE_KEYWAY_TIMEOUT",
             Self::BadRequest => "CODE_KEYWAY_BAD_REQUEST",
             Self::PayloadTooLarge => "CODE_KEYWAY_PAYLOAD_TOO_LARGE",
+            Self::LengthRequired => "CODE_KEYWAY_LENGTH_REQUIRED",
             Self::HeadersTooLarge => "CODE_KEYWAY_HEADERS_TOO_LARGE",
             Self::ClientNotAllowed => "CODE_KEYWAY_CLIENT_NOT_ALLOWED",
             Self::RateLimited => "CODE_KEYWAY_RATE_LIMITED",

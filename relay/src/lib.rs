@@ -23,6 +23,7 @@ pub mod sites;
 pub mod streams;
 pub mod tunnel;
 pub mod upgrade;
+pub mod whole;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -44,6 +44,9 @@ pub struct Overrides {
     pub max_headers: Option<usize>,
     /// Request body bytes (uploads). Responses are not limited.
     pub max_body_bytes: Option<u64>,
+    /// Bytes of a body sent without a declared length (chunked) that the
+    /// relay reads whole before forwarding; a longer one gets 411.
+    pub max_chunked_body_bytes: Option<u64>,
     /// Requests under way at once for a site.
     pub max_concurrent_requests: Option<usize>,
     /// WebSockets open at once for a site.
@@ -70,6 +73,8 @@ pub struct Limits {
     /// See [`Overrides`].
     pub max_body_bytes: u64,
     /// See [`Overrides`].
+    pub max_chunked_body_bytes: u64,
+    /// See [`Overrides`].
     pub max_concurrent_requests: usize,
     /// See [`Overrides`].
     pub max_websockets: usize,
@@ -92,6 +97,8 @@ impl Default for Limits {
             max_headers: 100,
             // Avatars and API-server certificates: generous, not unbounded.
             max_body_bytes: 20 * 1024 * 1024,
+            // Read whole at the edge; larger uploads declare their length.
+            max_chunked_body_bytes: 1024 * 1024,
             max_concurrent_requests: 256,
             max_websockets: 64,
             // A plan change pushes hundreds of users at once: the bursts
@@ -114,6 +121,7 @@ impl Limits {
             max_header_bytes,
             max_headers,
             max_body_bytes,
+            max_chunked_body_bytes,
             max_concurrent_requests,
             max_websockets,
             site_rate,
@@ -135,6 +143,7 @@ impl LimitsConfig {
                 ("max_headers", l.max_headers as u64),
                 ("max_header_bytes", l.max_header_bytes as u64),
                 ("max_body_bytes", l.max_body_bytes),
+                ("max_chunked_body_bytes", l.max_chunked_body_bytes),
                 ("max_concurrent_requests", l.max_concurrent_requests as u64),
                 ("max_websockets", l.max_websockets as u64),
                 ("site_rate", l.site_rate.into()),
@@ -173,10 +182,22 @@ pub enum Refusal {
     Busy(&'static str),
 }
 
+/// The body limits of an admitted request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// `max_body_bytes`: enforced on the declared length, or as it streams.
+    pub max: u64,
+    /// `max_chunked_body_bytes` (never above `max`): a body without a
+    /// declared length is read whole up to this.
+    pub whole: u64,
+}
+
 /// The live state behind the limits: buckets and counters.
 pub struct Edge {
     config: LimitsConfig,
     sites: Mutex<HashMap<String, Arc<SiteState>>>,
+    /// Memory held by bodies being read whole, all sites.
+    pub held: crate::whole::Held,
 }
 
 struct SiteState {
@@ -209,6 +230,7 @@ impl Edge {
         Self {
             config,
             sites: Mutex::new(HashMap::new()),
+            held: Default::default(),
         }
     }
 
@@ -238,7 +260,7 @@ impl Edge {
         client: IpAddr,
         headers: &HeaderMap,
         websocket: bool,
-    ) -> Result<(Vec<Slot>, u64), Refusal> {
+    ) -> Result<(Vec<Slot>, BodyLimits), Refusal> {
         let s = self.site(site);
         let l = &s.limits;
         let client = client.to_canonical();
@@ -284,7 +306,11 @@ impl Edge {
         if websocket {
             slots.push(take(&s.websockets, l.max_websockets).ok_or(Refusal::Busy("WebSockets"))?);
         }
-        Ok((slots, l.max_body_bytes))
+        let body = BodyLimits {
+            max: l.max_body_bytes,
+            whole: l.max_chunked_body_bytes.min(l.max_body_bytes),
+        };
+        Ok((slots, body))
     }
 
     /// Forgets idle client buckets (call now and then: they are per address).

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyway_proto::envelope::ErrorCode;
@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use tracing::{debug, debug_span, info, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
-use crate::limits::{Refusal, Slot};
+use crate::limits::{BodyLimits, Refusal, Slot};
 use crate::metrics::METRICS;
 use crate::respond::{error, ProxyBody};
 use crate::streams::{Lease, Sender, StreamPool};
@@ -80,7 +80,7 @@ pub async fn handle(
             return (Some(site), resp);
         }
         let websocket = keyway_proto::headers::wants_upgrade(req.headers());
-        let (slots, max_body) = match ctx.edge.admit(&site, peer.ip(), req.headers(), websocket) {
+        let (slots, body_limits) = match ctx.edge.admit(&site, peer.ip(), req.headers(), websocket) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 METRICS.refused.get_or_create(&reason(&refusal)).inc();
@@ -95,7 +95,7 @@ pub async fn handle(
             );
             return (Some(site), resp);
         };
-        let resp = forward(req, &site, link, &ctx, peer, &request_id, (slots, max_body)).await;
+        let resp = forward(req, &site, link, &ctx, peer, &request_id, (slots, body_limits)).await;
         debug!(status = resp.status().as_u16(), "response head");
         (Some(site), resp)
     }
@@ -286,8 +286,9 @@ async fn forward(
     ctx: &ProxyCtx,
     peer: SocketAddr,
     request_id: &str,
-    (slots, max_body): (Vec<Slot>, u64),
+    (slots, limits): (Vec<Slot>, BodyLimits),
 ) -> Response<ProxyBody> {
+    let max_body = limits.max;
     let client_upgrade = (req.version() == Version::HTTP_11 && keyway_proto::headers::wants_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -306,14 +307,26 @@ async fn forward(
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
+    // A body of unknown length is read whole before its head may enter the
+    // tunnel (see `whole`); a declared one streams, limited as it goes.
+    let unsized_body =
+        upgrade.is_none() && !parts.headers.contains_key(CONTENT_LENGTH) && !hyper::body::Body::is_end_stream(&body);
+    let (body, _share) = if unsized_body {
+        match crate::whole::read(body, limits.whole, max_body, &ctx.edge.held, ctx.request_timeout).await {
+            Ok((bytes, share)) => {
+                parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                (Either::Right(Full::new(bytes)), Some(share))
+            }
+            Err(refusal) => return refused_whole(refusal, site),
+        }
+    } else {
+        let limited = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX));
+        (Either::Left(limited), None)
+    };
     if let Some(observe) = &ctx.observer {
         observe(&parts);
     }
-    // Chunked bodies have no declared size: counted as they stream.
-    let out = Request::from_parts(
-        parts,
-        Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)),
-    );
+    let out = Request::from_parts(parts, body);
 
     // An upgrade turns its stream into a byte pipe: never one from the pool.
     let upgrading = upgrade.is_some();
@@ -346,7 +359,10 @@ async fn forward(
         Err(_) => {
             return error(
                 ErrorCode::Timeout,
-                &format!("site {site:?} did not answer within {}s", ctx.request_timeout.as_secs()),
+                &format!(
+                    "site {site:?} did not answer within {}",
+                    humantime::format_duration(ctx.request_timeout)
+                ),
             )
         }
         Ok(Err(Failure::Offline(e))) => {
@@ -406,6 +422,37 @@ async fn forward(
         }
         .boxed_unsync()
     })
+}
+
+/// A body that could not be read whole, as the envelope.
+fn refused_whole(r: crate::whole::Refused, site: &str) -> Response<ProxyBody> {
+    use crate::whole::Refused;
+    let (metric, resp) = match r {
+        Refused::TooLarge(max) => ("body", refused(Refusal::Body(max), site)),
+        Refused::Busy => (
+            "concurrency",
+            refused(Refusal::Busy("bodies without a declared length"), site),
+        ),
+        Refused::NeedsLength(max) => (
+            "length",
+            error(
+                ErrorCode::LengthRequired,
+                &format!("a request body over {max} bytes must declare its length (send Content-Length, not chunked)"),
+            ),
+        ),
+        Refused::Bad(why) => {
+            debug!("request body failed: {why}");
+            (
+                "malformed",
+                error(ErrorCode::BadRequest, "the request body is malformed or was cut off"),
+            )
+        }
+    };
+    METRICS
+        .refused
+        .get_or_create(&crate::metrics::Reason { reason: metric.into() })
+        .inc();
+    resp
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -22,8 +22,9 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-/// The body of a request going into the tunnel (the client's, size-limited).
-pub type OutBody = Limited<Incoming>;
+/// The body of a request going into the tunnel: the client's, streamed
+/// and size-limited, or read whole at the edge (see [`crate::whole`]).
+pub type OutBody = http_body_util::Either<Limited<Incoming>, http_body_util::Full<bytes::Bytes>>;
 
 /// One HTTP/1.1 client connection over a tunnel stream.
 pub type Sender = SendRequest<OutBody>;

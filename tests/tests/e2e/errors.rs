@@ -92,7 +92,8 @@ async fn slow_console_is_504_from_the_agent() {
         .body(empty())
         .unwrap();
     let r = api.send(req).await.unwrap();
-    assert_envelope(&r, StatusCode::GATEWAY_TIMEOUT, "CODE_KEYWAY_TIMEOUT");
+    let msg = assert_envelope(&r, StatusCode::GATEWAY_TIMEOUT, "CODE_KEYWAY_TIMEOUT");
+    assert!(msg.contains("within 300ms"), "the message names the limit: {msg}");
     // The tunnel is fine afterwards.
     assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
     stack.shutdown().await.unwrap();
@@ -117,6 +118,7 @@ async fn relay_gives_up_with_504_when_the_tunnel_is_too_slow() {
         "CODE_KEYWAY_TIMEOUT",
     );
     assert!(msg.contains("hq"), "{msg}");
+    assert!(msg.contains("within 300ms"), "the message names the limit: {msg}");
     assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
     stack.shutdown().await.unwrap();
 }
@@ -153,6 +155,29 @@ async fn malformed_http_gets_400_and_the_relay_keeps_serving() {
             "{:?} → {answer:?}",
             String::from_utf8_lossy(case)
         );
+    }
+    // Well-formed HTTP the relay refuses itself: its envelope, with the reason.
+    let refused: [(&[u8], &str); 3] = [
+        (
+            b"GET /api/v1/developer/doors HTTP/1.1\r\nHost: not a host!\r\nConnection: close\r\n\r\n",
+            "not a valid host",
+        ),
+        (b"GET /api/v1/developer/doors HTTP/1.0\r\n\r\n", "no Host header"),
+        (
+            b"GET /api/v1/developer/../doors HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            "dot-segment",
+        ),
+    ];
+    for (case, why) in refused {
+        let answer = raw_exchange(&stack, case).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.0 400"),
+            "{answer:?}"
+        );
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+        assert_eq!(v["code"], "CODE_KEYWAY_BAD_REQUEST", "{answer:?}");
+        assert!(v["msg"].as_str().unwrap().contains(why), "{why}: {v}");
     }
     let r = stack.api().get(DOORS).await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "still serving after malformed input");
@@ -247,5 +272,29 @@ async fn a_console_reset_mid_body_is_a_clean_error_and_the_tunnel_stays_up() {
         "the tunnel is still up"
     );
     assert!(stack.agents.is_online(keyway_tests::stack::SITE));
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tunnel_stream_that_breaks_while_the_tunnel_stays_up_is_502_tunnel_failed() {
+    let stack = Stack::builder().without_agent().start().await.unwrap();
+    let rogue = keyway_tests::rogue::RogueAgent::connect(&stack.agent_config)
+        .await
+        .unwrap();
+    stack.wait_online().await.unwrap();
+    let api = stack.api();
+    for _ in 0..2 {
+        let msg = assert_envelope(
+            &api.get(DOORS).await.unwrap(),
+            StatusCode::BAD_GATEWAY,
+            "CODE_KEYWAY_TUNNEL_FAILED",
+        );
+        assert!(msg.contains("hq"), "{msg}");
+    }
+    assert!(rogue.streams() >= 2, "each request reached the agent");
+    assert!(
+        stack.agents.is_online(keyway_tests::stack::SITE),
+        "one broken stream does not take the tunnel down"
+    );
     stack.shutdown().await.unwrap();
 }

@@ -18,6 +18,7 @@ mod memory;
 mod metrics;
 mod pairing;
 mod paths;
+mod refused;
 mod secrets;
 mod status;
 mod tunnel;

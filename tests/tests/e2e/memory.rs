@@ -80,13 +80,16 @@ async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_mem
     };
     let base = (rss_bytes(relay_pid).unwrap(), rss_bytes(agent_pid).unwrap());
     let watch = Watch::start([relay_pid, agent_pid]);
-    let (upload, digest) = streamed_multipart(100 * MB);
+    // Declared length: it streams (a body without one is read whole at
+    // the edge, up to max_chunked_body_bytes).
+    let (upload, length, digest) = streamed_multipart(100 * MB);
     let req = hyper::Request::builder()
         .method(Method::POST)
         .uri(format!("https://{addr}/api/v1/developer/users/{user}/avatar"))
         .header("authorization", format!("Bearer {TOKEN}"))
         .header("host", SITE_HOST)
         .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header("content-length", length)
         .body(upload)
         .unwrap();
     let r = client.request(req).await.unwrap();
@@ -108,11 +111,13 @@ async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_mem
 const BOUNDARY: &str = "keyway-memory-boundary";
 
 /// A multipart body of `size` pseudo-random bytes produced chunk by chunk,
-/// and the SHA-256 of those bytes once they have all been produced.
+/// its total length, and the SHA-256 of those bytes once they have all been
+/// produced.
 fn streamed_multipart(
     size: u64,
 ) -> (
     keyway_tests::stack::ClientBody,
+    u64,
     tokio::sync::oneshot::Receiver<keyway_certs::Fingerprint>,
 ) {
     use futures_util::StreamExt;
@@ -123,6 +128,7 @@ fn streamed_multipart(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
     );
     let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let length = head.len() as u64 + size + tail.len() as u64;
     let chunk = 256 * 1024u64;
     let mut ctx = Some(ring::digest::Context::new(&ring::digest::SHA256));
     let mut tx = Some(tx);
@@ -146,7 +152,7 @@ fn streamed_multipart(
         .chain(data)
         .chain(futures_util::stream::once(async move { bytes::Bytes::from(tail) }))
         .map(|b| Ok::<_, keyway_tests::stack::BoxError>(Frame::data(b)));
-    (http_body_util::BodyExt::boxed(StreamBody::new(stream)), rx)
+    (http_body_util::BodyExt::boxed(StreamBody::new(stream)), length, rx)
 }
 
 fn assert_flat(what: &str, base: (u64, u64), peak: (u64, u64)) {

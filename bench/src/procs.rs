@@ -31,7 +31,21 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id();
         assert!(rss_bytes(me).unwrap() > 1024 * 1024);
-        assert!(cpu_seconds(me).unwrap() >= 0.0);
+        // Burn CPU until the kernel's tick-granular count moves (bounded):
+        // a reader that returned a constant would never see it move.
+        let before = cpu_seconds(me).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_seconds(me).unwrap() <= before && t0.elapsed() < std::time::Duration::from_secs(10) {
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
+        }
+        assert!(
+            cpu_seconds(me).unwrap() > before,
+            "CPU time did not move while spinning"
+        );
         assert!(rss_bytes(u32::MAX).is_none());
     }
 }

@@ -59,7 +59,8 @@ enum Cmd {
     /// and writes the config. Exit codes: 10 wrong code, 11 expired, 12 used,
     /// 13 burned, 14 proof failed, 15 relay unreachable, 16 relay not
     /// trusted, 17 console unreachable, 18 console fingerprint mismatch,
-    /// 19 already paired, 20 console not pinned, 65 malformed code.
+    /// 19 already paired, 20 console not pinned, 21 relay speaks another
+    /// protocol version, 65 malformed code.
     Pair {
         /// The pairing code, e.g. 7KQ4-M2XH-9P.
         code: String,

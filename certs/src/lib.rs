@@ -42,6 +42,9 @@ pub enum CertError {
     /// A certificate lacks what Keyway puts in it.
     #[error("certificate: {0}")]
     Identity(String),
+    /// A pairing code that is not one (the message says what one looks like).
+    #[error("{0}")]
+    BadCode(String),
     /// A fingerprint string is not 32 bytes of hex.
     #[error("fingerprint {0:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)")]
     BadFingerprint(String),

@@ -62,7 +62,7 @@ impl PairingCode {
     /// ignored, O read as 0 and I/L as 1.
     pub fn parse(s: &str) -> Result<Self, CertError> {
         let bad = || {
-            CertError::Identity(format!(
+            CertError::BadCode(format!(
                 "{s:?} is not a pairing code (10 letters and digits like 7KQ4-M2XH-9P); check what the relay operator sent"
             ))
         };

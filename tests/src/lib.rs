@@ -7,6 +7,7 @@ pub mod client;
 pub mod console;
 pub mod impair;
 pub mod procs;
+pub mod readme;
 pub mod rogue;
 pub mod stack;
 

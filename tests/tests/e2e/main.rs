@@ -16,6 +16,7 @@ mod impaired;
 mod keepalive;
 mod memory;
 mod metrics;
+mod pair_exits;
 mod pairing;
 mod paths;
 mod refused;

@@ -108,6 +108,7 @@ enum End {
 
 /// Connects, serves and reconnects until `stop` is cancelled.
 pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
+    let mut console = watch_console(ctx.clone(), stop.clone()).await;
     let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     let mut next: Option<Arc<dyn Tunnel>> = None;
     loop {
@@ -119,7 +120,7 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
         let end = tokio::select! {
             _ = stop.cancelled() => End::Stopped,
             r = async { match next.take() { Some(t) => Ok(t), None => connect(&ctx).await } } => match r {
-                Ok(tunnel) => session(tunnel, &ctx, &stop, handover).await,
+                Ok(tunnel) => session(tunnel, &ctx, &stop, handover, &mut console).await,
                 Err(e) => End::Reconnect(format!("{e:#}")),
             },
         };
@@ -242,8 +243,38 @@ async fn connect_tcp(ctx: &TunnelCtx) -> anyhow::Result<Arc<dyn Tunnel>> {
         .map_err(|_| anyhow!("relay {addr} did not complete a TLS handshake within {HANDSHAKE_TIMEOUT:?}"))?
 }
 
-async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationToken, handover: bool) -> End {
-    let mut console_ok = ctx.console.reachable().await;
+/// Checks the console every `console_check` in a task of its own (a check
+/// of a dark console takes seconds, and must not hold up the tunnel's
+/// streams and pings); the first result is in before this returns.
+async fn watch_console(ctx: Arc<TunnelCtx>, stop: CancellationToken) -> watch::Receiver<bool> {
+    let first = ctx.console.reachable().await;
+    ctx.local.live.set_console_ok(first);
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        let mut check = tokio::time::interval(ctx.console_check);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.reset();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = check.tick() => {}
+            }
+            let ok = ctx.console.reachable().await;
+            ctx.local.live.set_console_ok(ok);
+            tx.send_if_modified(|was| std::mem::replace(was, ok) != ok);
+        }
+    });
+    rx
+}
+
+async fn session(
+    tunnel: Arc<dyn Tunnel>,
+    ctx: &TunnelCtx,
+    stop: &CancellationToken,
+    handover: bool,
+    console: &mut watch::Receiver<bool>,
+) -> End {
+    let mut console_ok = *console.borrow_and_update();
     let (control, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, console_ok, handover)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => match e.downcast::<RelayRefused>() {
@@ -261,17 +292,17 @@ async fn session(tunnel: Arc<dyn Tunnel>, ctx: &TunnelCtx, stop: &CancellationTo
 
     let requests = TaskTracker::new();
     let mut buf = BytesMut::new();
-    let mut check = tokio::time::interval(ctx.console_check);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probing = ctx.mode == TransportMode::Auto && transport == TransportKind::Tcp;
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + ctx.quic_probe, ctx.quic_probe);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_task: Option<tokio::task::JoinHandle<anyhow::Result<Arc<dyn Tunnel>>>> = None;
     let end = loop {
         tokio::select! {
-            _ = check.tick() => {
-                let now_ok = ctx.console.reachable().await;
-                ctx.local.live.set_console_ok(now_ok);
+            changed = console.changed() => {
+                if changed.is_err() {
+                    break End::Stopped;
+                }
+                let now_ok = *console.borrow_and_update();
                 if now_ok != console_ok {
                     console_ok = now_ok;
                     if console_ok { info!("console reachable again") } else { warn!("console unreachable") }

@@ -313,3 +313,69 @@ async fn the_audit_log_records_who_did_what_without_secrets() {
     assert!(human.stdout.contains("integration:coworks"), "{}", human.stdout);
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn passthrough_allow_admits_only_what_it_lists() {
+    let stack = Stack::builder()
+        .agent_extra("passthrough_allow = [\"GET /api/v1/developer/doors\", \"GET /api/v1/developer/users/*\"]")
+        .start()
+        .await
+        .unwrap();
+    let api = stack.api();
+    assert_eq!(api.get(&format!("{DEV}/doors")).await.unwrap().status, StatusCode::OK);
+    let r = api.get(&format!("{DEV}/users/nobody")).await.unwrap();
+    assert_ne!(r.status.as_u16(), 403, "allowed through to the console");
+    for (method, path) in [
+        (Method::GET, format!("{DEV}/users")),
+        (Method::POST, format!("{DEV}/users")),
+        (Method::PUT, format!("{DEV}/doors/{}/unlock", DOOR_IDS[0])),
+    ] {
+        let r = api.json(method.clone(), &path, &json!({})).await.unwrap();
+        assert_refused(&r, 403, "CODE_KEYWAY_POLICY_DENIED");
+        assert!(
+            r.json()["msg"].as_str().unwrap().contains("no allow rule matches"),
+            "{method} {path}: {}",
+            r.json()
+        );
+    }
+    assert!(
+        !stack
+            .console
+            .requests_seen()
+            .iter()
+            .any(|r| r.starts_with("POST ") || r.contains("unlock")),
+        "nothing refused reached the console"
+    );
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn emergency_settings_share_the_unlock_limit() {
+    let stack = Stack::builder()
+        .agent_extra("unlock_per_minute = 2\nunlock_site_per_minute = 100")
+        .start()
+        .await
+        .unwrap();
+    let api = stack.api();
+    let emergency = format!("{DEV}/doors/settings/emergency");
+    let unlock = format!("{DEV}/doors/{}/unlock", DOOR_IDS[0]);
+    let body = json!({"lockdown": false, "evacuation": false});
+    assert_eq!(
+        api.json(Method::PUT, &emergency, &body).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.json(Method::PUT, &unlock, &json!({})).await.unwrap().status,
+        StatusCode::OK
+    );
+    // Two door-control calls spent the credential's two a minute: both kinds are refused now.
+    for path in [&emergency, &unlock] {
+        let r = api.json(Method::PUT, path, &body).await.unwrap();
+        assert_refused(&r, 429, "CODE_KEYWAY_RATE_LIMITED");
+        let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+    }
+    // Reading the settings is not door control.
+    assert_eq!(api.get(&emergency).await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}

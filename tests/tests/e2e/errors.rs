@@ -298,3 +298,62 @@ async fn a_tunnel_stream_that_breaks_while_the_tunnel_stays_up_is_502_tunnel_fai
     );
     stack.shutdown().await.unwrap();
 }
+
+/// A loopback listener whose accept queue is full, so a new connection's
+/// handshake is never answered (a console that went dark mid-route).
+async fn unanswered_port() -> (
+    std::net::SocketAddr,
+    Vec<tokio::net::TcpStream>,
+    tokio::net::TcpListener,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue (never accepted), then check a further connect hangs.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(e)) => panic!("connect failed instead of hanging: {e}"),
+            Err(_) => return (addr, held, listener),
+        }
+    }
+    panic!("the accept queue never filled");
+}
+
+#[tokio::test]
+async fn a_console_that_never_answers_a_connect_is_502_after_console_connect_timeout() {
+    let (addr, _held, _listener) = unanswered_port().await;
+    let mut stack = Stack::builder()
+        .agent_extra("console_connect_timeout = \"400ms\"\nconsole_timeout = \"10s\"")
+        .without_agent()
+        .start()
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&stack.agent_config).unwrap();
+    let line = format!("console_url = \"{}\"", stack.console.url);
+    assert_eq!(text.matches(&line).count(), 1, "{text}");
+    std::fs::write(
+        &stack.agent_config,
+        text.replace(&line, &format!("console_url = \"https://{addr}\"")),
+    )
+    .unwrap();
+    stack.start_agent().await.unwrap();
+
+    let t0 = Instant::now();
+    let r = stack.api().get(DOORS).await.unwrap();
+    let took = t0.elapsed();
+    eprintln!(
+        "console connect timed out: {} after {took:?}: {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_envelope(&r, StatusCode::BAD_GATEWAY, "CODE_KEYWAY_CONSOLE_UNREACHABLE");
+    // The connect timeout, not console_timeout (10 s) nor an immediate
+    // refusal; nor held up by the agent's periodic console check, which
+    // takes 3 s against a dark console and once stalled the tunnel.
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    stack.shutdown().await.unwrap();
+}

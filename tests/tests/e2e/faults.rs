@@ -303,3 +303,43 @@ async fn agent_sigterm_lets_in_flight_requests_finish() {
     f.bins.spawn_agent().unwrap();
     time_to_first_ok(&f.api).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_sigterm_waits_shutdown_grace_for_requests_then_exits() {
+    let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bins = BinaryStack::start_with(dir.path(), &console.url, "shutdown_grace = \"1s\"\n")
+        .await
+        .unwrap();
+    let api = Api::with_client(
+        https_client(&bins.https_ca_der),
+        &format!("https://{}", bins.addr),
+        TOKEN,
+    );
+    let quick = {
+        let api = api.clone();
+        tokio::spawn(async move { get(&api, Some(300)).await })
+    };
+    let slow = {
+        let api = api.clone();
+        tokio::spawn(async move { get(&api, Some(10_000)).await })
+    };
+    // A fast request after them has made a full round trip: both are in flight.
+    assert_eq!(get(&api, None).await.unwrap().status, StatusCode::OK);
+    let t0 = Instant::now();
+    BinaryStack::signal(bins.relay.pid(), "TERM").await.unwrap();
+    let status = bins.relay.0.wait().await.unwrap();
+    let took = t0.elapsed();
+    eprintln!("relay exited {took:?} after SIGTERM with a 10 s request in flight (grace 1 s)");
+    assert!(status.success(), "{status:?}");
+    assert!(took >= Duration::from_millis(900), "left before the grace: {took:?}");
+    assert!(took < Duration::from_secs(5), "waited past the grace: {took:?}");
+    let quick = quick.await.unwrap().expect("the request within the grace finished");
+    assert_eq!(quick.status, StatusCode::OK);
+    let slow = slow.await.unwrap();
+    assert!(
+        slow.as_ref().map_or(true, |r| r.status != StatusCode::OK),
+        "the request past the grace was cut: {:?}",
+        slow.map(|r| r.status)
+    );
+}

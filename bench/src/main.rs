@@ -4,6 +4,7 @@
 //! latency plot.
 
 mod client;
+mod docs;
 mod procs;
 mod report;
 mod stats;
@@ -64,6 +65,26 @@ enum Cmd {
         /// SVG plot to write (linked from the markdown by file name).
         #[arg(long)]
         plot: PathBuf,
+    },
+    /// Check that BENCHMARKS.md, its plot and the README's generated
+    /// blocks (`<!-- bench:NAME -->`) say what a results file says; with
+    /// --write, regenerate them. Exits 1 naming the first stale line.
+    Docs {
+        /// Raw results (JSON).
+        #[arg(long)]
+        results: PathBuf,
+        /// BENCHMARKS.md.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        markdown: PathBuf,
+        /// The latency plot.
+        #[arg(long)]
+        plot: PathBuf,
+        /// README.md.
+        #[arg(long, default_value = "README.md")]
+        readme: PathBuf,
+        /// Rewrite what differs instead of failing.
+        #[arg(long)]
+        write: bool,
     },
 }
 
@@ -139,6 +160,13 @@ async fn main() -> anyhow::Result<()> {
             markdown,
             plot,
         } => report::write(&results, &markdown, &plot),
+        Cmd::Docs {
+            results,
+            markdown,
+            plot,
+            readme,
+            write,
+        } => docs::docs(&results, &markdown, &plot, &readme, write),
     }
 }
 

@@ -77,6 +77,27 @@ fn num(x: f64) -> String {
     }
 }
 
+/// Clock ticks a process must have used for its CPU figure to mean
+/// something: the kernel counts CPU time in 10 ms ticks, so a few ticks over
+/// a slow WAN workload's few dozen requests are noise, not a measurement.
+const MIN_TICKS: f64 = 20.0;
+
+/// A row's CPU per 10k requests by process, or why it is not shown.
+fn cpu_cell(o: &Value) -> String {
+    let Some(m) = o["cpu_per_10k"].as_object().filter(|m| !m.is_empty()) else {
+        return String::new();
+    };
+    let n = f(&o["latency"]["n"]).unwrap_or(0.0);
+    let ticks = |s: f64| s * n / 10_000.0 * 100.0;
+    if m.values().filter_map(Value::as_f64).any(|s| ticks(s) < MIN_TICKS) {
+        return format!("– ({n:.0} requests: too few for the 10 ms CPU clock)");
+    }
+    m.iter()
+        .map(|(role, s)| format!("{role} {:.2}", s.as_f64().unwrap_or(0.0)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Total CPU per 10k requests of a path, all its processes.
 fn cpu_total(row: &Value) -> Option<f64> {
     let roles = row.get("cpu_per_10k")?.as_object()?;
@@ -106,7 +127,7 @@ fn against_split_work(rows: &std::collections::BTreeMap<String, Value>) -> Optio
     })
 }
 
-fn text(r: &Results, results: &Path, plot: &str) -> String {
+pub(crate) fn text(r: &Results, results: &Path, plot: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
@@ -200,16 +221,7 @@ fn text(r: &Results, results: &Path, plot: &str) -> String {
                 }
             }
             if has_cpu {
-                let cpu = o["cpu_per_10k"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(role, s)| format!("{role} {:.2}", s.as_f64().unwrap_or(0.0)))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                let _ = write!(line, " {cpu} |");
+                let _ = write!(line, " {} |", cpu_cell(o));
             }
             let _ = writeln!(md, "{line}");
         }
@@ -294,7 +306,7 @@ fn pretty(v: &Value) -> String {
 }
 
 /// Latency by percentile for small GETs at c=16, one line per path.
-fn svg(r: &Results) -> String {
+pub(crate) fn svg(r: &Results) -> String {
     const W: f64 = 720.0;
     const H: f64 = 400.0;
     const L: f64 = 60.0;

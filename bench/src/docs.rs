@@ -132,7 +132,7 @@ pub fn docs(results: &Path, markdown: &Path, plot: &Path, readme: &Path, write: 
                 .lines()
                 .zip(want.lines())
                 .position(|(a, b)| a != b)
-                .map_or_else(|| have.lines().count().min(want.lines().count()), |i| i)
+                .unwrap_or_else(|| have.lines().count().min(want.lines().count()))
                 + 1;
             stale.push(format!(
                 "{} differs from what {} gives, from line {line}:\n  has:    {}\n  should: {}",

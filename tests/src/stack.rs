@@ -349,6 +349,12 @@ impl Stack {
         Ok(())
     }
 
+    /// The agent's state as it changes (every attempt to reach the relay
+    /// publishes `Connecting`).
+    pub fn agent_states(&self) -> Option<watch::Receiver<AgentState>> {
+        self.agent.as_ref().map(|a| a.state.clone())
+    }
+
     /// The agent's last published state.
     pub fn agent_state(&self) -> Option<AgentState> {
         self.agent.as_ref().map(|a| a.state.borrow().clone())

@@ -48,7 +48,7 @@ async fn remote_unlock_event_reaches_every_listener_through_the_tunnel() {
 }
 
 #[tokio::test]
-async fn events_keep_flowing_on_a_long_lived_listener() {
+async fn fifty_events_in_a_row_arrive_in_order_on_one_listener() {
     let stack = Stack::start().await.unwrap();
     let mut l = stack.listen_events().await.unwrap();
     assert_eq!(l.next_text(WAIT).await.unwrap(), HELLO_FRAME);

@@ -2,6 +2,7 @@
 //! over TCP on the relay's HTTPS port, serve there, and move back to QUIC
 //! when UDP returns, without failing a request in flight.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -79,10 +80,18 @@ async fn with_udp_blocked_a_fresh_agent_pairs_and_serves_over_tcp_within_five_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_udp_returns_the_agent_moves_back_to_quic_without_failing_a_request() {
+    // When the slow request's head entered a tunnel.
+    let crossed = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let log = crossed.clone();
     let stack = Stack::builder()
         .udp_blocked()
         .transport("auto")
         .agent_extra("quic_probe_interval = \"1s\"")
+        .observe_relay(Arc::new(move |parts: &http::request::Parts| {
+            if parts.headers.contains_key(DELAY_HEADER) {
+                *log.lock().unwrap() = Some(Instant::now());
+            }
+        }))
         .start()
         .await
         .unwrap();
@@ -96,20 +105,37 @@ async fn when_udp_returns_the_agent_moves_back_to_quic_without_failing_a_request
             .header(DELAY_HEADER, "2500")
             .body(empty())
             .unwrap();
-        api.send(req).await
+        let r = api.send(req).await;
+        (r, Instant::now())
     });
-    let fast = stack.api().get("/api/v1/developer/doors").await.unwrap();
-    assert_eq!(fast.status, StatusCode::OK, "the slow request is on its way");
+    for _ in 0..400 {
+        if crossed.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sent = crossed
+        .lock()
+        .unwrap()
+        .expect("the slow request entered the TCP tunnel");
 
     // UDP at the relay's address answers again (a forwarder to its QUIC port).
     let udp_back = Instant::now();
     let _udp = UdpProxy::start_on(stack.relay_addr, stack.quic_addr).await.unwrap();
     stack.wait_transport(TransportKind::Quic, WAIT).await.unwrap();
-    eprintln!("UDP back → tunnel on QUIC: {:?} (probe every 1 s)", udp_back.elapsed());
+    let switched = Instant::now();
+    eprintln!("UDP back → tunnel on QUIC: {:?} (probe every 1 s)", switched - udp_back);
     assert_eq!(stack.agents.get(SITE).unwrap().conn.kind(), TransportKind::Quic);
 
-    let slow = slow.await.unwrap().unwrap();
+    let (slow, answered) = slow.await.unwrap();
+    let slow = slow.unwrap();
     assert_eq!(slow.status, StatusCode::OK, "{}", String::from_utf8_lossy(&slow.body));
+    // It really was in flight across the switch: sent on TCP before UDP
+    // came back, answered after the tunnel had moved to QUIC.
+    assert!(
+        sent < udp_back && answered > switched,
+        "not in flight during the switch"
+    );
     for _ in 0..20 {
         assert_eq!(
             stack.api().get("/api/v1/developer/doors").await.unwrap().status,

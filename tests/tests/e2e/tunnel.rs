@@ -167,3 +167,28 @@ async fn the_agent_finds_a_restarted_relay_by_itself() {
     assert_eq!(stack.api().get(DOORS).await.unwrap().status, StatusCode::OK);
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_revoked_agent_does_not_hammer_the_relay() {
+    let stack = Stack::start().await.unwrap();
+    let mut states = stack.agent_states().unwrap();
+    let config = stack.relay_config.to_str().unwrap();
+    let out = keyway_tests::procs::cli("keyway-relay", &["site", "revoke", SITE, "--config", config])
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let refused = |s: &keyway_agent::AgentState| matches!(s, keyway_agent::AgentState::Retrying { reason } if reason.contains("revoked"));
+    tokio::time::timeout(Duration::from_secs(10), states.wait_for(refused))
+        .await
+        .expect("the agent learns it was revoked")
+        .unwrap();
+    // A refusal that retrying cannot fix waits 5 minutes before the next
+    // attempt; every attempt publishes `Connecting`, so none may follow now.
+    let attempt = tokio::time::timeout(Duration::from_secs(5), states.changed()).await;
+    assert!(
+        attempt.is_err(),
+        "the agent tried again within 5 s: {:?}",
+        *states.borrow()
+    );
+    stack.shutdown().await.unwrap();
+}

@@ -296,11 +296,15 @@ async fn session(
     let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + ctx.quic_probe, ctx.quic_probe);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe_task: Option<tokio::task::JoinHandle<anyhow::Result<Arc<dyn Tunnel>>>> = None;
+    let mut watching_console = true;
     let end = loop {
         tokio::select! {
-            changed = console.changed() => {
+            changed = console.changed(), if watching_console => {
                 if changed.is_err() {
-                    break End::Stopped;
+                    // The checker stops with the agent: the stop branch
+                    // below drains; this one just goes quiet.
+                    watching_console = false;
+                    continue;
                 }
                 let now_ok = *console.borrow_and_update();
                 if now_ok != console_ok {

@@ -27,7 +27,8 @@ pub fn create_user(db: &mut Inner, body: &Value) -> Reply {
     let id = db.new_id();
     let user = json!({
         "id": id, "first_name": first, "last_name": last, "full_name": format!("{first} {last}"),
-        "alias": "", "user_email": email, "email_status": if email.is_empty() { "" } else { "UNVERIFIED" },
+        "alias": "", "user_email": email, "email": email, "username": "",
+        "email_status": if email.is_empty() { "" } else { "UNVERIFIED" },
         "phone": "", "employee_number": s(body, "employee_number"),
         "onboard_time": body.get("onboard_time").cloned().unwrap_or(json!(now_secs())),
         "status": "ACTIVE", "nfc_cards": [], "license_plates": [], "pin_code": null, "touch_pass": null,
@@ -58,6 +59,7 @@ pub fn update_user(db: &mut Inner, id: &str, body: &Value) -> Reply {
         }
     }
     user["full_name"] = json!(format!("{} {}", s(user, "first_name"), s(user, "last_name")));
+    user["email"] = user["user_email"].clone();
     ok(Value::Null)
 }
 
@@ -195,24 +197,6 @@ pub fn unassign_pin(db: &mut Inner, collection: &str, id: &str) -> Reply {
     ok(Value::Null)
 }
 
-/// `PUT /{users|visitors}/{id}/nfc_cards` (and `/delete`).
-pub fn nfc(db: &mut Inner, collection: &str, id: &str, body: &Value, remove: bool) -> Reply {
-    let token = s(body, "token").to_string();
-    if token.is_empty() {
-        return Err(invalid("token is required"));
-    }
-    let obj = db
-        .collection(collection)
-        .get_mut(id)
-        .ok_or_else(|| not_found("object"))?;
-    let cards = obj["nfc_cards"].as_array_mut().expect("nfc_cards is an array");
-    cards.retain(|c| c["token"] != json!(token));
-    if !remove {
-        cards.push(json!({"id": token.chars().take(8).collect::<String>(), "token": token, "type": "ua_card"}));
-    }
-    ok(Value::Null)
-}
-
 /// `POST /user_groups/{id}/users` (and `/delete`): body is an array of ids
 /// (as the spec says) or `{"user_ids": […]}` (as some clients send).
 pub fn group_members(db: &mut Inner, id: &str, body: &Value, remove: bool) -> Reply {
@@ -276,25 +260,60 @@ pub fn create_visitor(db: &mut Inner, body: &Value) -> Reply {
     let visitor = json!({
         "id": id, "first_name": first, "last_name": last, "avatar": "",
         "mobile_phone": s(body, "mobile_phone"), "email": s(body, "email"), "company": s(body, "company"),
-        "status": visitor_status(start, end), "start_time": start, "end_time": end,
+        "status": "UPCOMING", "start_time": start, "end_time": end, "visitor_company": s(body, "visitor_company"),
+        "inviter_id": s(body, "inviter_id"), "inviter_name": s(body, "inviter_name"),
+        "schedule_id": s(body, "schedule_id"),
         "visit_reason": body.get("visit_reason").cloned().unwrap_or(json!("Others")),
         "nfc_cards": [], "pin_code": null, "qr_code": null, "license_plates": [],
         "resources": body.get("resources").cloned().unwrap_or(json!([])), "remarks": s(body, "remarks"),
         "access_policy_ids": [],
     });
+    let mut visitor = visitor;
+    // A recurring visit has a schedule; a one-time one has none (visitor.md).
+    if let Some(sched) = body.get("schedule").filter(|v| v.is_object()) {
+        visitor["schedule"] = sched.clone();
+    }
+    visitor["status"] = json!(visitor_status(&visitor));
     db.collection("visitors").insert(id, visitor.clone());
     ok(visitor)
 }
 
-/// 1 upcoming, 3 visiting, 5 no visit (ended).
-fn visitor_status(start: i64, end: i64) -> i64 {
-    let now = now_secs();
-    if now < start {
-        1
-    } else if now <= end {
-        3
+/// The visitor statuses, numbered from 1 as the list filter takes them.
+pub const VISITOR_STATUSES: [&str; 6] = ["UPCOMING", "VISITED", "VISITING", "CANCELLED", "NO_VISIT", "ACTIVE"];
+
+/// `DELETE /visitors/{id}`: cancels the visit (its status becomes
+/// `CANCELLED`); with `is_force=true` the visitor is deleted outright.
+pub fn delete_visitor(db: &mut Inner, id: &str, query: Option<&str>) -> Reply {
+    let force = query_pairs(query).iter().any(|(k, v)| k == "is_force" && v == "true");
+    if force {
+        db.collection("visitors")
+            .remove(id)
+            .ok_or_else(|| not_found("visitor"))?;
     } else {
-        5
+        let v = db
+            .collection("visitors")
+            .get_mut(id)
+            .ok_or_else(|| not_found("visitor"))?;
+        v["status"] = json!("CANCELLED");
+    }
+    ok(Value::Null)
+}
+
+/// The description's visitor status: `UPCOMING` before its window,
+/// `ACTIVE` within it, `VISITED` after it if a credential of the visitor
+/// opened a door, `NO_VISIT` otherwise; `CANCELLED` stays.
+pub fn visitor_status(v: &Value) -> &'static str {
+    let (start, end) = (
+        v["start_time"].as_i64().unwrap_or(0),
+        v["end_time"].as_i64().unwrap_or(0),
+    );
+    let now = now_secs();
+    match () {
+        _ if v["status"] == "CANCELLED" => "CANCELLED",
+        _ if now < start => "UPCOMING",
+        _ if now <= end => "ACTIVE",
+        _ if v["visited"] == true => "VISITED",
+        _ => "NO_VISIT",
     }
 }
 
@@ -310,6 +329,9 @@ pub fn update_visitor(db: &mut Inner, id: &str, body: &Value) -> Reply {
         "mobile_phone",
         "email",
         "company",
+        "visitor_company",
+        "schedule_id",
+        "schedule",
         "start_time",
         "end_time",
         "visit_reason",
@@ -327,7 +349,7 @@ pub fn update_visitor(db: &mut Inner, id: &str, body: &Value) -> Reply {
     if end <= start {
         return Err(invalid("start_time must be before end_time"));
     }
-    v["status"] = json!(visitor_status(start, end));
+    v["status"] = json!(visitor_status(v));
     ok(v.clone())
 }
 
@@ -335,14 +357,21 @@ pub fn update_visitor(db: &mut Inner, id: &str, body: &Value) -> Reply {
 pub fn list_visitors(db: &mut Inner, query: Option<&str>) -> Reply {
     let (num, size) = paging(query)?;
     let params = query_pairs(query);
-    let status = params
-        .iter()
-        .find(|(k, _)| k == "status")
-        .and_then(|(_, v)| v.parse::<i64>().ok());
     let keyword = params
         .iter()
         .find(|(k, _)| k == "keyword")
         .map(|(_, v)| v.to_lowercase());
+    // The filter takes the enum's number (UPCOMING=1 … ACTIVE=6); the
+    // guide: "status filtering is disabled when searching with keyword".
+    let status = match params.iter().find(|(k, _)| k == "status") {
+        Some((_, v)) if keyword.is_none() => Some(
+            v.parse::<usize>()
+                .ok()
+                .and_then(|n| VISITOR_STATUSES.get(n.wrapping_sub(1)))
+                .ok_or_else(|| invalid("status must be 1 to 6"))?,
+        ),
+        _ => None,
+    };
     let items: Vec<Value> = db
         .collection("visitors")
         .values()
@@ -376,19 +405,4 @@ pub fn visitor_qr(db: &mut Inner, id: &str, assign: bool) -> Reply {
 /// `POST /credentials/pin_codes`: a fresh 8-digit PIN.
 pub fn generate_pin() -> Reply {
     ok(json!(format!("{:08}", super::state::random_u64() % 100_000_000)))
-}
-
-/// `GET /credentials/nfc_cards/tokens` (paginated), from every holder's cards.
-pub fn list_nfc_cards(db: &mut Inner, query: Option<&str>) -> Reply {
-    let (num, size) = paging(query)?;
-    let mut cards = vec![];
-    for c in ["users", "visitors"] {
-        for (owner, v) in db.collection(c).iter() {
-            for card in v["nfc_cards"].as_array().into_iter().flatten() {
-                cards.push(json!({"token": card["token"], "card_id": card["id"], "display_id": card["id"], "status": "assigned",
-                                  "card_type": "UA Card", "user_id": owner, "user_type": c.trim_end_matches('s').to_uppercase()}));
-            }
-        }
-    }
-    page(cards, num, size)
 }

@@ -34,8 +34,67 @@ pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Va
     if let Some(o) = obj.as_object_mut() {
         o.remove("group_name");
     }
+    shape(db, collection, &mut obj);
     db.collection(collection).insert(id, obj.clone());
     ok(obj)
+}
+
+const WEEK: [&str; 7] = [
+    "sunday",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+];
+
+/// Fills the fields a console derives or always sends, after a create or
+/// an update: a group's `full_name`, a schedule's seven days and its
+/// holiday group, a holiday group's description and template.
+pub fn shape(db: &mut Inner, collection: &str, obj: &mut Value) {
+    let set_default = |obj: &mut Value, k: &str, v: Value| {
+        if obj.get(k).is_none_or(Value::is_null) {
+            obj[k] = v;
+        }
+    };
+    match collection {
+        "user_groups" => obj["full_name"] = obj["name"].clone(),
+        "holiday_groups" => {
+            set_default(obj, "description", json!(""));
+            set_default(obj, "template_name", json!(""));
+            set_default(obj, "holidays", json!([]));
+        }
+        "schedules" => {
+            set_default(obj, "week_schedule", json!({}));
+            for day in WEEK {
+                set_default(&mut obj["week_schedule"], day, json!([]));
+            }
+            set_default(obj, "holiday_group_id", json!(""));
+            set_default(obj, "holiday_schedule", json!([]));
+            let group = db.collection("holiday_groups").get(s(obj, "holiday_group_id")).cloned();
+            match group {
+                Some(g) => obj["holiday_group"] = g,
+                None => {
+                    obj.as_object_mut().map(|o| o.remove("holiday_group"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `GET /access_policies/holiday_groups`: summaries, with their holiday count.
+pub fn list_holiday_groups(db: &mut Inner) -> Reply {
+    ok(Value::Array(
+        db.collection("holiday_groups")
+            .values()
+            .map(|g| {
+                json!({"id": g["id"], "name": g["name"], "description": g["description"], "is_default": g["is_default"],
+                       "count": g["holidays"].as_array().map_or(0, Vec::len)})
+            })
+            .collect(),
+    ))
 }
 
 /// Generic `PUT`: merges fields; answers the object.
@@ -50,7 +109,10 @@ pub fn update(db: &mut Inner, collection: &str, id: &str, body: &Value) -> Reply
         obj["name"] = n.clone();
         obj.as_object_mut().map(|o| o.remove("group_name"));
     }
-    ok(obj.clone())
+    let mut obj = obj.clone();
+    shape(db, collection, &mut obj);
+    db.collection(collection).insert(id.to_string(), obj.clone());
+    ok(obj)
 }
 
 /// Generic `GET` of one object.
@@ -81,7 +143,9 @@ pub fn delete(db: &mut Inner, collection: &str, id: &str) -> Reply {
             }
         }
     }
-    ok(if collection == "users" || collection == "user_groups" {
+    // What each delete answers, per the description: `null` for users,
+    // groups and webhook endpoints, "success" for the rest.
+    ok(if ["users", "user_groups", "webhooks"].contains(&collection) {
         json!(null)
     } else {
         json!("success")
@@ -227,22 +291,9 @@ pub fn topology(db: &mut Inner) -> Reply {
         .collect();
     ok(
         json!([{"id": "d5573467-d6b3-4e8f-8e48-8c322b7e1a02", "name": "HQ", "type": "building",
-               "resource_topologies": [{"id": "2a6d2ea3-2f3e-4a4e-8e36-1f1b6a3c2b10", "name": "1F", "type": "floor", "resources": doors}]}]),
+               "resource_topologies": [{"id": "2a6d2ea3-2f3e-4a4e-8e36-1f1b6a3c2b10", "name": "1F", "type": "floor",
+                                        "is_bind_hub": true, "resources": doors}]}]),
     )
-}
-
-/// `GET /devices`: a nested array, one inner array per door.
-pub fn devices(db: &mut Inner) -> Reply {
-    let groups: Vec<Value> = db
-        .collection("doors")
-        .values()
-        .map(|d| {
-            json!([{"id": d["hub_id"], "name": format!("UA-Hub-{}", s(d, "name")), "alias": "", "type": "UAH",
-                    "location_id": d["id"], "ip": "", "mac": d["hub_id"], "online": true,
-                    "adopted": true, "firmware": "v1.9.7", "is_connected": true, "capabilities": []}])
-        })
-        .collect();
-    ok(Value::Array(groups))
 }
 
 /// `POST /webhooks/endpoints`: requires `endpoint`, `name`, `events`; adds a secret.

@@ -30,8 +30,8 @@ pub struct Inner {
     next_id: u64,
 }
 
-/// The collections the API manages generically.
-pub const COLLECTIONS: [&str; 9] = [
+/// The collections the console keeps.
+pub const COLLECTIONS: [&str; 15] = [
     "users",
     "user_groups",
     "visitors",
@@ -41,6 +41,12 @@ pub const COLLECTIONS: [&str; 9] = [
     "door_groups",
     "doors",
     "webhooks",
+    "devices",
+    "device_settings",
+    "nfc_cards",
+    "nfc_sessions",
+    "touch_passes",
+    "identity",
 ];
 
 /// The seeded doors' ids, so tests can name them.
@@ -88,7 +94,15 @@ impl State {
                 }),
             );
         }
-        let all_doors: Vec<Value> = DOOR_IDS.iter().map(|id| json!({"id": id, "type": "door"})).collect();
+        for d in super::devices::seed() {
+            let id = d["id"].as_str().expect("seeded ids").to_string();
+            inner.collection("devices").insert(id, d);
+        }
+        let all_doors: Vec<Value> = DOOR_IDS
+            .iter()
+            .zip(["Front Door", "Back Door", "Meeting Room"])
+            .map(|(id, name)| json!({"id": id, "type": "door", "name": name}))
+            .collect();
         inner.collection("door_groups").insert(
             "d5573467-d6b3-4e8f-8e48-8c322b7e1a02".into(),
             json!({"id": "d5573467-d6b3-4e8f-8e48-8c322b7e1a02", "name": "All Doors", "type": "building", "resources": all_doors}),
@@ -96,7 +110,8 @@ impl State {
         inner.collection("schedules").insert(
             "73f15cab-c725-4a76-a419-a4026d131e96".into(),
             json!({"id": "73f15cab-c725-4a76-a419-a4026d131e96", "name": "Always Access", "type": "access",
-                   "is_default": true, "week_schedule": {}, "holiday_group_id": "", "holiday_schedule": []}),
+                   "is_default": true, "week_schedule": {"sunday": [], "monday": [], "tuesday": [], "wednesday": [],
+                   "thursday": [], "friday": [], "saturday": []}, "holiday_group_id": "", "holiday_schedule": []}),
         );
         Self {
             inner: Mutex::new(inner),
@@ -134,8 +149,10 @@ impl Inner {
     pub fn log(&mut self, topic: &str, event_type: &str, display: &str, target_id: &str) {
         let ts = now_secs();
         let id = self.new_id();
+        // `@timestamp` is a string in the official samples (RFC 3339).
+        let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(ts as u64));
         self.logs.push(json!({
-            "@timestamp": ts, "_id": id, "_source": {
+            "@timestamp": at.to_string(), "_id": id, "_source": {
                 "actor": {"id": "api", "type": "open_api", "display_name": "API token", "alternate_id": "", "alternate_name": ""},
                 "event": {"type": event_type, "display_message": display, "result": "ACCESS", "published": ts * 1000, "reason": ""},
                 "authentication": {"credential_provider": "API", "issuer": ""},

@@ -152,7 +152,7 @@ async fn multipart_upload_and_binary_downloads_are_byte_exact() {
     );
 
     let visitor = api
-        .json(Method::POST, &format!("{DEV}/visitors"), &json!({"first_name": "Vi", "last_name": "Sitor", "start_time": 1_900_000_000i64, "end_time": 1_900_003_600i64}))
+        .json(Method::POST, &format!("{DEV}/visitors"), &json!({"first_name": "Vi", "last_name": "Sitor", "start_time": 1_900_000_000i64, "end_time": 1_900_003_600i64, "visit_reason": "Business"}))
         .await
         .unwrap()
         .data();

@@ -113,10 +113,10 @@ async fn visitor_with_a_start_and_end_time() {
         &api,
         "/visitors",
         json!({"first_name": "Vera", "last_name": "Visitor", "company": "Acme", "visit_reason": "Business",
-               "start_time": now + 3600, "end_time": now + 7200, "resources": [{"id": DOOR_IDS[0], "type": "door"}]}),
+               "start_time": now + 3600, "end_time": now + 7200, "visit_reason": "Business", "resources": [{"id": DOOR_IDS[0], "type": "door"}]}),
     )
     .await;
-    assert_eq!(visitor["status"], 1, "upcoming");
+    assert_eq!(visitor["status"], "UPCOMING");
     let listed = api
         .get(&format!("{DEV}/visitors?status=1&page_num=1&page_size=10"))
         .await
@@ -129,13 +129,13 @@ async fn visitor_with_a_start_and_end_time() {
         json!({"start_time": now - 60, "end_time": now + 600}),
     )
     .await;
-    assert_eq!(moved["data"]["status"], 3, "visiting");
+    assert_eq!(moved["data"]["status"], "ACTIVE", "within its window");
 
     let bad = api
         .json(
             Method::POST,
             &format!("{DEV}/visitors"),
-            &json!({"first_name": "A", "last_name": "B", "start_time": now, "end_time": now - 1}),
+            &json!({"first_name": "A", "last_name": "B", "start_time": now, "end_time": now - 1, "visit_reason": "Others"}),
         )
         .await
         .unwrap();

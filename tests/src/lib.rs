@@ -4,6 +4,7 @@
 
 pub mod acme;
 pub mod client;
+pub mod conformance;
 pub mod console;
 pub mod impair;
 pub mod procs;

@@ -5,6 +5,7 @@
 mod access;
 mod api;
 mod certs;
+mod conformance;
 mod doctor;
 mod edge;
 mod errors;

@@ -300,7 +300,10 @@ async fn drive_relay<T>(
                 // The agent hangs up once it has read the close.
                 std::future::pending::<()>().await;
             };
-            let _ = timeout(CLOSE_LINGER, async { tokio::select! { _ = &mut conn => {}, _ = deliver => {} } }).await;
+            // A peer closed for its silence would not read it: waiting
+            // would only hold its in-flight requests past their 503.
+            let linger = if code == CloseCode::Silent { Duration::ZERO } else { CLOSE_LINGER };
+            let _ = timeout(linger, async { tokio::select! { _ = &mut conn => {}, _ = deliver => {} } }).await;
             Closed::Locally
         }
     };

@@ -31,6 +31,13 @@ struct Cli {
     /// WebSocket gets, as a real console sends them.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive_secs: u64,
+    /// Also serve the simulated building's control listener here (plain
+    /// HTTP, JSON; keep it on loopback): POST /credential, /doorbell,
+    /// /door, /device make the physical world happen (a card at a reader,
+    /// a doorbell, a door opened, a device offline), with the events,
+    /// webhooks and system-log entries a console produces. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    control: Option<SocketAddr>,
 }
 
 fn parse_throttle(s: &str) -> Result<Throttle, String> {
@@ -60,7 +67,20 @@ async fn main() -> anyhow::Result<()> {
     opts.throttle = cli.throttle;
     opts.keepalive = Duration::from_secs(cli.keepalive_secs);
     let console = RunningConsole::start(opts).await?;
-    let line = serde_json::json!({"url": console.url, "fingerprint": console.fingerprint().to_string()}).to_string();
+    let control = match cli.control {
+        Some(addr) => Some(
+            console
+                .control(addr)
+                .await
+                .with_context(|| format!("could not bind the control listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut line = serde_json::json!({"url": console.url, "fingerprint": console.fingerprint().to_string()});
+    if let Some(addr) = control {
+        line["control"] = serde_json::json!(format!("http://{addr}"));
+    }
+    let line = line.to_string();
     println!("{line}");
     if let Some(path) = &cli.ready_file {
         keyway_certs::files::write_atomic(path, format!("{line}\n").as_bytes(), false)

@@ -11,9 +11,11 @@
 // the point, and the console is a test fixture, not a hot path.
 #![allow(clippy::result_large_err)]
 
+mod building;
 mod credentials;
 mod described;
 mod devices;
+pub mod door;
 mod files;
 mod people;
 mod reply;
@@ -43,6 +45,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+pub use door::Presented;
 pub use files::{qr_image, EXPORT_BYTES_HEADER, FAIL_AFTER_HEADER};
 use reply::{err, read_json, Reply, SimBody};
 pub use state::{DOOR_IDS, HUB_ID};
@@ -204,6 +207,36 @@ impl RunningConsole {
         self.ctx.state.with(|db| db.static_files.get(path).cloned())
     }
 
+    /// A credential presented at a door's reader (the simulated building):
+    /// the door's rules decide, and the outcome is logged and streamed as a
+    /// console does (`access.logs.add`, and on opening the location update
+    /// and the `access.door.unlock` webhook). `None` for an unknown door;
+    /// else whether it opened, and why.
+    pub fn present(&self, door_id: &str, presented: door::Presented) -> Option<(bool, String)> {
+        building::present(&self.ctx, door_id, &presented)
+    }
+
+    /// A doorbell pressed at a reader; `false` for an unknown device.
+    pub fn ring(&self, device_id: &str) -> bool {
+        building::ring(&self.ctx, device_id)
+    }
+
+    /// A door opened or closed by hand; `false` for an unknown door.
+    pub fn door_position(&self, door_id: &str, open: bool) -> bool {
+        building::door_position(&self.ctx, door_id, open)
+    }
+
+    /// A device dropping off the network or coming back.
+    pub fn device_online(&self, device_id: &str, online: bool) -> bool {
+        building::device_online(&self.ctx, device_id, online)
+    }
+
+    /// Serves the building's control listener on `listen` (see
+    /// `building`); its address.
+    pub async fn control(&self, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+        building::start(listen, self.ctx.clone()).await
+    }
+
     /// A credential unlock at the door (NFC, PIN, face, mobile): like a real
     /// console, it is sent only as an `access.door.unlock` webhook, never on
     /// the WebSocket. Returns the payload, or `None` for an unknown door.
@@ -342,6 +375,20 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<SimBod
     Ok(route(req, &ctx).await.unwrap_or_else(|e| e))
 }
 
+impl Ctx {
+    /// Sends what an attempt at a door produced: its events to every
+    /// listener, its webhooks to their subscribers.
+    fn publish(&self, outcome: door::Outcome) {
+        for e in &outcome.events {
+            let _ = self.events.send(e.to_string());
+        }
+        for (name, payload) in outcome.hooks {
+            let targets = self.state.with(|db| webhooks::targets(db, name));
+            webhooks::deliver(targets, &payload, self.webhook_log.clone());
+        }
+    }
+}
+
 /// Seconds to wait if over the limit.
 fn throttled(ctx: &Ctx) -> Option<u64> {
     let (t, window) = ctx.throttle.as_ref()?;
@@ -417,18 +464,8 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
         return files::fetch_logs(st, q, b);
     }
     if let (&Method::PUT, ["doors", id, "unlock"]) = (&method, seg.as_slice()) {
-        let (reply, event, hook) = st.with(|db| {
-            let (reply, event) = space::unlock(db, id, b)?;
-            let door = db.collection("doors").get(*id).cloned().unwrap_or_default();
-            let actor = (
-                b["actor_id"].as_str().unwrap_or("api"),
-                b["actor_name"].as_str().unwrap_or("API"),
-            );
-            let hook = webhooks::door_unlock(&door, actor.0, actor.1, "REMOTE_THROUGH_API");
-            Ok::<_, Response<SimBody>>((reply, event, (webhooks::targets(db, "access.door.unlock"), hook)))
-        })?;
-        let _ = ctx.events.send(event.to_string());
-        webhooks::deliver(hook.0, &hook.1, ctx.webhook_log.clone());
+        let (reply, outcome) = st.with(|db| space::unlock(db, id, b))?;
+        ctx.publish(outcome);
         return reply;
     }
 
@@ -436,6 +473,8 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
     let evented = st.with(|db| match (&method, seg.as_slice()) {
         (&Method::POST, ["devices", id, "doorbell"]) => Some(devices::doorbell(db, id, b).map(|(r, e)| (r, Some(e)))),
         (&Method::PUT, ["devices", id, "settings"]) => Some(devices::settings(db, id, Some(b))),
+        (&Method::PUT, ["doors", "settings", "emergency"]) => Some(space::emergency(db, Some(b))),
+        (&Method::PUT, ["doors", id, "lock_rule"]) => Some(space::lock_rule(db, id, Some(b))),
         _ => None,
     });
     if let Some(result) = evented {
@@ -546,11 +585,9 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
             (&M::PUT, ["door_groups", id]) => space::update(db, "door_groups", id, b),
             (&M::DELETE, ["door_groups", id]) => space::delete(db, "door_groups", id),
             (&M::GET, ["doors"]) => space::list(db, "doors"),
-            (&M::GET, ["doors", "settings", "emergency"]) => space::emergency(db, None),
-            (&M::PUT, ["doors", "settings", "emergency"]) => space::emergency(db, Some(b)),
+            (&M::GET, ["doors", "settings", "emergency"]) => space::emergency(db, None)?.0,
             (&M::GET, ["doors", id]) => space::get(db, "doors", id),
-            (&M::GET, ["doors", id, "lock_rule"]) => space::lock_rule(db, id, None),
-            (&M::PUT, ["doors", id, "lock_rule"]) => space::lock_rule(db, id, Some(b)),
+            (&M::GET, ["doors", id, "lock_rule"]) => space::lock_rule(db, id, None)?.0,
             (&M::GET, ["devices"]) => devices::list(db),
             (&M::GET, ["devices", id, "settings"]) => devices::settings(db, id, None).map(|(r, _)| r)?,
             (&M::GET, ["system", "logs", "resource", id]) => devices::log_resource(db, id),

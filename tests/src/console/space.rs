@@ -198,18 +198,38 @@ fn with_resources(db: &mut Inner, body: &Value) -> Result<Value, http::Response<
     Ok(body)
 }
 
-/// `PUT /doors/{id}/unlock`: logs it and returns the event for listeners.
-pub fn unlock(db: &mut Inner, id: &str, body: &Value) -> Result<(Reply, Value), http::Response<super::reply::SimBody>> {
+/// `PUT /doors/{id}/unlock`: a remote unlock, decided by the door's rules
+/// (`door`); refused with `CODE_OPERATION_FORBIDDEN` when they keep it
+/// shut. The outcome (events, webhooks) is for the caller to send, refused
+/// or not.
+pub fn unlock(
+    db: &mut Inner,
+    id: &str,
+    body: &Value,
+) -> Result<(Reply, super::door::Outcome), http::Response<super::reply::SimBody>> {
     if body.get("actor_id").is_some() != body.get("actor_name").is_some() {
         return Err(invalid("actor_id and actor_name must be given together"));
     }
+    let presented = super::door::Presented::Remote {
+        actor_id: body["actor_id"].as_str().unwrap_or("api").to_string(),
+        actor_name: body["actor_name"].as_str().unwrap_or("API").to_string(),
+        extra: body.get("extra").cloned().unwrap_or(Value::Null),
+    };
     let door = db
         .collection("doors")
         .get(id)
         .cloned()
         .ok_or_else(|| not_found("door"))?;
-    let display = format!("{} unlocked remotely", s(&door, "name"));
-    db.log("door_openings", "access.door.unlock", &display, id);
+    let mut outcome =
+        super::door::attempt(db, id, &presented, super::state::now_secs()).ok_or_else(|| not_found("door"))?;
+    if !outcome.granted {
+        let refused = err(
+            StatusCode::BAD_REQUEST,
+            "CODE_OPERATION_FORBIDDEN",
+            &format!("The requested operation is not allowed: {}.", outcome.reason),
+        );
+        return Ok((Err(refused), outcome));
+    }
     let mut data = door.clone();
     if let Some(o) = data.as_object_mut() {
         o.insert("unique_id".into(), json!(id));
@@ -226,24 +246,37 @@ pub fn unlock(db: &mut Inner, id: &str, body: &Value) -> Result<(Reply, Value), 
             o.remove(k);
         }
     }
-    let event = json!({
-        "event": "access.data.device.remote_unlock", "receiver_id": "",
-        "event_object_id": door["hub_id"], "save_to_history": false, "data": data,
-    });
-    Ok((ok(json!("success")), event))
+    // The documented WebSocket event of a remote unlock comes first.
+    outcome.events.insert(
+        0,
+        json!({
+            "event": "access.data.device.remote_unlock", "receiver_id": "",
+            "event_object_id": door["hub_id"], "save_to_history": false, "data": data,
+        }),
+    );
+    Ok((ok(json!("success")), outcome))
 }
 
-/// `GET`/`PUT /doors/{id}/lock_rule`.
-pub fn lock_rule(db: &mut Inner, id: &str, set: Option<&Value>) -> Reply {
-    if !db.collection("doors").contains_key(id) {
+/// `GET`/`PUT /doors/{id}/lock_rule`; `reset` returns the door to its
+/// schedule (a `GET` then says `schedule`). A change is streamed as the
+/// door's `access.data.v2.location.update`.
+pub fn lock_rule(
+    db: &mut Inner,
+    id: &str,
+    set: Option<&Value>,
+) -> Result<(Reply, Option<Value>), http::Response<super::reply::SimBody>> {
+    let Some(door) = db.collection("doors").get(id).cloned() else {
         return Err(not_found("door"));
-    }
+    };
     match set {
-        None => ok(db
-            .lock_rules
-            .get(id)
-            .cloned()
-            .unwrap_or(json!({"type": "schedule", "ended_time": 0}))),
+        None => Ok((
+            ok(db
+                .lock_rules
+                .get(id)
+                .cloned()
+                .unwrap_or(json!({"type": "schedule", "ended_time": 0}))),
+            None,
+        )),
         Some(body) => {
             let ty = s(body, "type");
             if !["keep_lock", "keep_unlock", "custom", "reset", "lock_early", "lock_now"].contains(&ty) {
@@ -260,26 +293,42 @@ pub fn lock_rule(db: &mut Inner, id: &str, set: Option<&Value>) -> Reply {
             } else {
                 0
             };
-            db.lock_rules
-                .insert(id.to_string(), json!({"type": ty, "ended_time": ended}));
-            ok(json!("success"))
+            if ty == "reset" {
+                db.lock_rules.remove(id);
+            } else {
+                db.lock_rules
+                    .insert(id.to_string(), json!({"type": ty, "ended_time": ended}));
+            }
+            let lock = if matches!(ty, "keep_unlock" | "custom") {
+                "unlocked"
+            } else {
+                "locked"
+            };
+            let event = super::door::location_update(&door, lock, db);
+            Ok((ok(json!("success")), Some(event)))
         }
     }
 }
 
-/// `GET`/`PUT /doors/settings/emergency`.
-pub fn emergency(db: &mut Inner, set: Option<&Value>) -> Reply {
-    if let Some(body) = set {
-        for k in ["lockdown", "evacuation"] {
-            match body.get(k) {
-                Some(Value::Bool(b)) => db.emergency[k] = json!(b),
-                Some(_) => return Err(invalid(&format!("{k} must be a boolean"))),
-                None => {}
-            }
+/// `GET`/`PUT /doors/settings/emergency`; a change is streamed as
+/// `access.data.setting.update`.
+pub fn emergency(
+    db: &mut Inner,
+    set: Option<&Value>,
+) -> Result<(Reply, Option<Value>), http::Response<super::reply::SimBody>> {
+    let Some(body) = set else {
+        return Ok((ok(db.emergency.clone()), None));
+    };
+    for k in ["lockdown", "evacuation"] {
+        match body.get(k) {
+            Some(Value::Bool(b)) => db.emergency[k] = json!(b),
+            Some(_) => return Err(invalid(&format!("{k} must be a boolean"))),
+            None => {}
         }
-        return ok(json!("success"));
     }
-    ok(db.emergency.clone())
+    let event = json!({"event": "access.data.setting.update", "receiver_id": "", "event_object_id": "",
+                       "save_to_history": false, "data": {"emergency": db.emergency.clone()}});
+    Ok((ok(json!("success")), Some(event)))
 }
 
 /// `GET /door_groups/topology`.

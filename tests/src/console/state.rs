@@ -145,21 +145,39 @@ impl Inner {
         )
     }
 
-    /// Appends a system log entry (shape of `fetchSystemLogs` hits).
+    /// Appends a system log entry for an API action (shape of `fetchSystemLogs` hits).
     pub fn log(&mut self, topic: &str, event_type: &str, display: &str, target_id: &str) {
         let ts = now_secs();
+        self.log_entry(
+            topic,
+            json!({"id": "api", "type": "open_api", "display_name": "API token", "alternate_id": "", "alternate_name": "",
+                   "avatar": "", "sso_picture": ""}),
+            json!({"type": event_type, "display_message": display, "result": "ACCESS", "published": ts * 1000, "reason": ""}),
+            json!({"credential_provider": "API", "issuer": ""}),
+            json!([{"type": "door", "id": target_id, "display_name": display, "alternate_id": "", "alternate_name": ""}]),
+        );
+    }
+
+    /// Appends a system log entry with its parts; returns it (the payload
+    /// of the `access.logs.add` event a console streams for it).
+    pub fn log_entry(
+        &mut self,
+        topic: &str,
+        actor: Value,
+        event: Value,
+        authentication: Value,
+        target: Value,
+    ) -> Value {
         let id = self.new_id();
         // `@timestamp` is a string in the official samples (RFC 3339).
-        let at = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(ts as u64));
-        self.logs.push(json!({
-            "@timestamp": at.to_string(), "_id": id, "_source": {
-                "actor": {"id": "api", "type": "open_api", "display_name": "API token", "alternate_id": "", "alternate_name": ""},
-                "event": {"type": event_type, "display_message": display, "result": "ACCESS", "published": ts * 1000, "reason": ""},
-                "authentication": {"credential_provider": "API", "issuer": ""},
-                "target": [{"type": "door", "id": target_id, "display_name": display, "alternate_id": "", "alternate_name": ""}],
-            },
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let entry = json!({
+            "@timestamp": at, "_id": id,
+            "_source": {"actor": actor, "event": event, "authentication": authentication, "target": target},
             "tag": topic,
-        }));
+        });
+        self.logs.push(entry.clone());
+        entry
     }
 }
 

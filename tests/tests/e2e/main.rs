@@ -7,6 +7,7 @@ mod api;
 mod certs;
 mod conformance;
 mod doctor;
+mod doors;
 mod edge;
 mod errors;
 mod events;

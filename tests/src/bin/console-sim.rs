@@ -38,6 +38,10 @@ struct Cli {
     /// webhooks and system-log entries a console produces. Off by default.
     #[arg(long, value_name = "ADDR")]
     control: Option<SocketAddr>,
+    /// Trust this CA (PEM) for HTTPS webhook receivers, besides the web
+    /// PKI (a test receiver's own certificate, say).
+    #[arg(long, value_name = "FILE")]
+    webhook_ca: Option<PathBuf>,
 }
 
 fn parse_throttle(s: &str) -> Result<Throttle, String> {
@@ -66,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
     opts.listen = cli.listen;
     opts.throttle = cli.throttle;
     opts.keepalive = Duration::from_secs(cli.keepalive_secs);
+    if let Some(path) = &cli.webhook_ca {
+        let ca = keyway_certs::files::load_certs(path).with_context(|| format!("--webhook-ca {}", path.display()))?;
+        opts.webhook_ca = ca.into_iter().next();
+    }
     let console = RunningConsole::start(opts).await?;
     let control = match cli.control {
         Some(addr) => Some(

@@ -105,6 +105,8 @@ pub struct ConsoleOptions {
     /// How often each event WebSocket gets a keep-alive text frame, as a
     /// real console sends one ([`ws::DEFAULT_KEEPALIVE`]).
     pub keepalive: Duration,
+    /// A CA trusted for HTTPS webhook receivers, besides the web PKI.
+    pub webhook_ca: Option<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl ConsoleOptions {
@@ -116,6 +118,7 @@ impl ConsoleOptions {
             throttle: None,
             identity: None,
             keepalive: ws::DEFAULT_KEEPALIVE,
+            webhook_ca: None,
         }
     }
 }
@@ -129,11 +132,12 @@ struct Ctx {
     state: state::State,
     events: broadcast::Sender<String>,
     kick: tokio::sync::watch::Sender<u64>,
-    webhook_log: Arc<Mutex<Vec<u16>>>,
+    webhooks: webhooks::Sender,
     ws_accepted: std::sync::atomic::AtomicUsize,
     /// `METHOD path?query` of the last [`SEEN_KEPT`] requests, as received.
     seen: Mutex<std::collections::VecDeque<String>>,
     keepalive: Duration,
+    webhook_ca: Option<rustls_pki_types::CertificateDer<'static>>,
     throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
     stop: CancellationToken,
 }
@@ -174,10 +178,11 @@ impl RunningConsole {
             state: state::State::new(),
             events: broadcast::channel(256).0,
             kick: tokio::sync::watch::channel(0).0,
-            webhook_log: Arc::default(),
+            webhooks: webhooks::Sender::new(opts.webhook_ca.as_ref())?,
             ws_accepted: Default::default(),
             seen: Mutex::default(),
             keepalive: opts.keepalive,
+            webhook_ca: opts.webhook_ca.clone(),
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
             stop: CancellationToken::new(),
         });
@@ -246,13 +251,13 @@ impl RunningConsole {
             let event = webhooks::door_unlock(&door, "u-1", actor_name, auth);
             Some((webhooks::targets(db, "access.door.unlock"), event))
         })?;
-        webhooks::deliver(targets, &event, self.ctx.webhook_log.clone());
+        self.ctx.webhooks.deliver(targets, &event);
         Some(event)
     }
 
     /// The HTTP status of each webhook delivery so far (0: not delivered).
     pub fn webhook_deliveries(&self) -> Vec<u16> {
-        self.ctx.webhook_log.lock().expect("webhook log lock poisoned").clone()
+        self.ctx.webhooks.deliveries()
     }
 
     /// Drops every WebSocket listener's connection (as a console reboot or
@@ -300,6 +305,7 @@ impl RunningConsole {
             throttle: self.ctx.throttle.as_ref().map(|(t, _)| *t),
             identity: Some(self.identity.clone()),
             keepalive: self.ctx.keepalive,
+            webhook_ca: self.ctx.webhook_ca.clone(),
         }
     }
 }
@@ -384,7 +390,7 @@ impl Ctx {
         }
         for (name, payload) in outcome.hooks {
             let targets = self.state.with(|db| webhooks::targets(db, name));
-            webhooks::deliver(targets, &payload, self.webhook_log.clone());
+            self.webhooks.deliver(targets, &payload);
         }
     }
 }
@@ -609,7 +615,7 @@ async fn route(req: Request<Incoming>, ctx: &Ctx) -> Reply {
 
             (&M::GET, ["webhooks", "endpoints"]) => space::list(db, "webhooks"),
             (&M::POST, ["webhooks", "endpoints"]) => space::add_webhook(db, b),
-            (&M::PUT, ["webhooks", "endpoints", id]) => space::update(db, "webhooks", id, b),
+            (&M::PUT, ["webhooks", "endpoints", id]) => space::update_webhook(db, id, b),
             (&M::DELETE, ["webhooks", "endpoints", id]) => space::delete(db, "webhooks", id),
             (&M::DELETE, ["api_server", "certificates"]) => reply::ok(json!("success")),
             _ => Err(reply::not_found("API path")),

@@ -345,11 +345,38 @@ pub fn topology(db: &mut Inner) -> Reply {
     )
 }
 
+/// Refuses event names a console does not send to webhooks, and an
+/// endpoint that is not an http(s) URL.
+fn check_webhook(body: &Value) -> Result<(), http::Response<super::reply::SimBody>> {
+    for e in body["events"].as_array().into_iter().flatten() {
+        let name = e.as_str().unwrap_or("");
+        if !super::webhooks::EVENTS.contains(&name) {
+            return Err(invalid(&format!(
+                "events: {name:?} is not a webhook event (one of {})",
+                super::webhooks::EVENTS.join(", ")
+            )));
+        }
+    }
+    if let Some(url) = body.get("endpoint").and_then(Value::as_str) {
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.parse::<http::Uri>().is_err() {
+            return Err(invalid("endpoint must be an https:// (or http://) URL"));
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /webhooks/endpoints/{id}`.
+pub fn update_webhook(db: &mut Inner, id: &str, body: &Value) -> Reply {
+    check_webhook(body)?;
+    update(db, "webhooks", id, body)
+}
+
 /// `POST /webhooks/endpoints`: requires `endpoint`, `name`, `events`; adds a secret.
 pub fn add_webhook(db: &mut Inner, body: &Value) -> Reply {
     if s(body, "endpoint").is_empty() || s(body, "name").is_empty() || !body["events"].is_array() {
         return Err(invalid("endpoint, name and events are required"));
     }
+    check_webhook(body)?;
     if db
         .collection("webhooks")
         .values()

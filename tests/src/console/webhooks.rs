@@ -18,12 +18,47 @@ use serde_json::{json, Value};
 
 use super::state::Inner;
 
-/// (endpoint URL, secret) of the endpoints subscribed to `event`.
-pub fn targets(db: &mut Inner, event: &str) -> Vec<(String, String)> {
+/// The event names an endpoint may subscribe to (the guide's webhook
+/// events, `../shared/unifi/events.md` §4).
+pub const EVENTS: [&str; 11] = [
+    "access.doorbell.incoming",
+    "access.doorbell.completed",
+    "access.doorbell.incoming.REN",
+    "access.device.dps_status",
+    "access.door.unlock",
+    "access.device.emergency_status",
+    "access.unlock_schedule.activate",
+    "access.unlock_schedule.deactivate",
+    "access.temporary_unlock.start",
+    "access.temporary_unlock.end",
+    "access.visitor.status.changed",
+];
+
+/// Where one delivery goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    url: String,
+    secret: String,
+    headers: Vec<(String, String)>,
+}
+
+/// The endpoints subscribed to `event`, with their secrets and custom headers.
+pub fn targets(db: &mut Inner, event: &str) -> Vec<Target> {
     db.collection("webhooks")
         .values()
         .filter(|w| w["events"].as_array().is_some_and(|e| e.iter().any(|n| n == event)))
-        .filter_map(|w| Some((w["endpoint"].as_str()?.to_string(), w["secret"].as_str()?.to_string())))
+        .filter_map(|w| {
+            Some(Target {
+                url: w["endpoint"].as_str()?.to_string(),
+                secret: w["secret"].as_str()?.to_string(),
+                headers: w["headers"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect(),
+            })
+        })
         .collect()
 }
 
@@ -55,30 +90,66 @@ pub fn signature(secret: &str, body: &[u8], t: u64) -> String {
     format!("t={t},v1={hex}")
 }
 
-/// Posts `event` to each target in the background; each answer's status
-/// (0: not delivered) is appended to `log`.
-pub fn deliver(targets: Vec<(String, String)>, event: &Value, log: Arc<Mutex<Vec<u16>>>) {
-    if targets.is_empty() {
-        return;
+/// Delivers webhooks as a console does: HTTPS (the receiver's certificate
+/// verified against the web PKI roots and, for tests, one more CA) or
+/// plain HTTP (the guide's samples register `http://` endpoints too), with
+/// the endpoint's custom headers and the `Signature` header.
+pub struct Sender {
+    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>,
+    log: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Sender {
+    /// A sender trusting the web PKI and `extra_ca`.
+    pub fn new(extra_ca: Option<&rustls_pki_types::CertificateDer<'static>>) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = extra_ca {
+            roots.add(ca.clone())?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(keyway_certs::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(https),
+            log: Arc::default(),
+        })
     }
-    let body = Bytes::from(event.to_string());
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    for (url, secret) in targets {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let req = Request::post(url.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .header("signature", signature(&secret, &body, t))
-            .body(Full::new(body.clone()));
-        let (client, log) = (client.clone(), log.clone());
-        tokio::spawn(async move {
-            let status = match req {
-                Ok(req) => match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-                    Ok(Ok(resp)) => resp.status().as_u16(),
-                    _ => 0,
-                },
-                Err(_) => 0,
-            };
-            log.lock().expect("webhook log lock poisoned").push(status);
-        });
+
+    /// The HTTP status of each delivery so far (0: not delivered).
+    pub fn deliveries(&self) -> Vec<u16> {
+        self.log.lock().expect("webhook log lock poisoned").clone()
+    }
+
+    /// Posts `event` to each target in the background.
+    pub fn deliver(&self, targets: Vec<Target>, event: &Value) {
+        let body = Bytes::from(event.to_string());
+        for target in targets {
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let mut req = Request::post(target.url.as_str())
+                .header(CONTENT_TYPE, "application/json")
+                .header("signature", signature(&target.secret, &body, t));
+            for (k, v) in &target.headers {
+                req = req.header(k.as_str(), v.as_str());
+            }
+            let req = req.body(Full::new(body.clone()));
+            let (client, log) = (self.client.clone(), self.log.clone());
+            tokio::spawn(async move {
+                let status = match req {
+                    Ok(req) => match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                        Ok(Ok(resp)) => resp.status().as_u16(),
+                        _ => 0,
+                    },
+                    Err(_) => 0,
+                };
+                log.lock().expect("webhook log lock poisoned").push(status);
+            });
+        }
     }
 }

@@ -549,3 +549,89 @@ async fn a_tap_reaches_fifty_subscribers_as_a_check_in_within_50_ms_p99() {
     assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
     stack.shutdown().await.unwrap();
 }
+
+/// POSTs JSON to the simulated building's control listener.
+async fn control(base: &str, path: &str, body: Value) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    let status = r.status().as_u16();
+    let bytes = r.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn console_sim_serves_the_building_on_its_control_listener_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let _sim = keyway_tests::procs::Proc::spawn(
+        "console-sim",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "t0k3n",
+            "--control",
+            "127.0.0.1:0",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    eventually("console-sim is ready", || ready.exists()).await;
+    let line: Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let base = line["control"]
+        .as_str()
+        .expect("the control listener's URL")
+        .to_string();
+    let (status, v) = control(
+        &base,
+        "/credential",
+        json!({"door_id": FRONT, "type": "nfc", "value": "00aa"}),
+    )
+    .await;
+    assert_eq!((status, &v["granted"]), (200, &json!(false)), "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("not bound"), "{v}");
+    assert_eq!(
+        control(&base, "/door", json!({"door_id": FRONT, "position": "open"}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(control(&base, "/doorbell", json!({"device_id": "nope"})).await.0, 404);
+    assert_eq!(
+        control(&base, "/device", json!({"device_id": "e4388384236b0", "online": false}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        control(&base, "/credential", json!({"door_id": FRONT, "type": "retina"}))
+            .await
+            .0,
+        400
+    );
+
+    // Without --control there is no control listener in the ready line.
+    let ready2 = dir.path().join("ready2.json");
+    let _plain = keyway_tests::procs::Proc::spawn(
+        "console-sim",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            "t0k3n",
+            "--ready-file",
+            ready2.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    eventually("console-sim is ready", || ready2.exists()).await;
+    let line: Value = serde_json::from_str(&std::fs::read_to_string(&ready2).unwrap()).unwrap();
+    assert!(line.get("control").is_none(), "{line}");
+}

@@ -25,4 +25,5 @@ mod refused;
 mod secrets;
 mod status;
 mod tunnel;
+mod webhooks;
 mod workflows;

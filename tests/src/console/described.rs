@@ -70,17 +70,24 @@ pub fn check(method: &Method, seg: &[&str], body: &Value) -> Result<(), http::Re
     let Some(validator) = find(method, seg).and_then(|o| o.body.as_ref()) else {
         return Ok(());
     };
-    match validator.iter_errors(body).next() {
+    // A null in a field the body does not require is the field left out
+    // (clients such as unifi-access send every optional field, null).
+    let mut body = body.clone();
+    if let Value::Object(o) = &mut body {
+        o.retain(|_, v| !v.is_null());
+    }
+    let first = validator.iter_errors(&body).next().map(|e| {
+        let at = e.instance_path().to_string();
+        let field = if at.is_empty() {
+            "the body".to_string()
+        } else {
+            at.trim_start_matches('/').replace('/', ".")
+        };
+        format!("{field}: {e}")
+    });
+    match first {
         None => Ok(()),
-        Some(e) => {
-            let at = e.instance_path().to_string();
-            let field = if at.is_empty() {
-                "the body".to_string()
-            } else {
-                at.trim_start_matches('/').replace('/', ".")
-            };
-            Err(invalid(&format!("{field}: {e}")))
-        }
+        Some(why) => Err(invalid(&why)),
     }
 }
 

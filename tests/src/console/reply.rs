@@ -101,7 +101,9 @@ pub async fn read_json(body: Incoming) -> Result<Value, Response<SimBody>> {
 pub fn paging(query: Option<&str>) -> Result<(usize, usize), Response<SimBody>> {
     let mut num = 1usize;
     let mut size = 25usize;
-    for (k, v) in query_pairs(query) {
+    // An empty value is the parameter left out (`page_num=`, as clients
+    // that send every optional parameter do).
+    for (k, v) in query_pairs(query).into_iter().filter(|(_, v)| !v.is_empty()) {
         let parsed = || {
             v.parse::<usize>()
                 .ok()

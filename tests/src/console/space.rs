@@ -19,12 +19,20 @@ pub fn create_named(db: &mut Inner, collection: &str, body: &Value, defaults: Va
         return Err(invalid("name is required"));
     }
     if db.collection(collection).values().any(|v| s(v, "name") == name) {
-        return Err(err(
-            StatusCode::BAD_REQUEST,
-            "CODE_USER_NAME_DUPLICATED",
-            "The provided name already exists.",
-        ));
+        let (code, msg) = match collection {
+            "schedules" => (
+                "CODE_ACCESS_POLICY_SCHEDULE_NAME_EXIST",
+                "The provided schedule name already exists.",
+            ),
+            "holiday_groups" => (
+                "CODE_ACCESS_POLICY_HOLIDAY_GROUP_NAME_EXIST",
+                "The provided holiday group name already exists.",
+            ),
+            _ => ("CODE_USER_NAME_DUPLICATED", "The provided name already exists."),
+        };
+        return Err(err(StatusCode::BAD_REQUEST, code, msg));
     }
+    check_refs(db, collection, body)?;
     let body = &with_resources(db, body)?;
     let id = db.new_id();
     let mut obj = defaults;
@@ -97,8 +105,30 @@ pub fn list_holiday_groups(db: &mut Inner) -> Reply {
     ))
 }
 
+/// The schedule a policy names, and the holiday group a schedule names,
+/// must exist (the guide's `…_NOT_FOUND` codes).
+fn check_refs(db: &mut Inner, collection: &str, body: &Value) -> Result<(), http::Response<super::reply::SimBody>> {
+    let missing = |db: &mut Inner, c: &str, id: &str| !id.is_empty() && !db.collection(c).contains_key(id);
+    if collection == "access_policies" && missing(db, "schedules", s(body, "schedule_id")) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "CODE_ACCESS_POLICY_SCHEDULE_NOT_FOUND",
+            "The requested schedule could not be found.",
+        ));
+    }
+    if collection == "schedules" && missing(db, "holiday_groups", s(body, "holiday_group_id")) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "CODE_ACCESS_POLICY_HOLIDAY_GROUP_NOT_FOUND",
+            "The requested holiday group could not be found.",
+        ));
+    }
+    Ok(())
+}
+
 /// Generic `PUT`: merges fields; answers the object.
 pub fn update(db: &mut Inner, collection: &str, id: &str, body: &Value) -> Reply {
+    check_refs(db, collection, body)?;
     let body = &with_resources(db, body)?;
     let obj = db
         .collection(collection)
@@ -129,8 +159,24 @@ pub fn list(db: &mut Inner, collection: &str) -> Reply {
     ok(Value::Array(db.collection(collection).values().cloned().collect()))
 }
 
-/// Generic `DELETE`.
+/// Generic `DELETE`; a schedule a policy uses, or a holiday group a
+/// schedule uses, cannot be deleted (the guide's `…_CAN_NOT_DELETE`).
 pub fn delete(db: &mut Inner, collection: &str, id: &str) -> Reply {
+    let used_by = |db: &mut Inner, c: &str, field: &str| db.collection(c).values().any(|v| v[field] == json!(id));
+    if collection == "schedules" && used_by(db, "access_policies", "schedule_id") {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "CODE_ACCESS_POLICY_SCHEDULE_CAN_NOT_DELETE",
+            "The schedule could not be deleted: an access policy uses it.",
+        ));
+    }
+    if collection == "holiday_groups" && used_by(db, "schedules", "holiday_group_id") {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "CODE_ACCESS_POLICY_HOLIDAY_GROUP_CAN_NOT_DELETE",
+            "The holiday group could not be deleted: a schedule uses it.",
+        ));
+    }
     db.collection(collection)
         .remove(id)
         .ok_or_else(|| not_found(collection.trim_end_matches('s')))?;

@@ -31,8 +31,10 @@ fn body_for(op: &Op, ids: &Ids) -> Option<Value> {
         // Names must be unique: the description's example names are taken by
         // the resources the test created from them.
         "createUserGroup" => json!({"name": unique("group")}),
+        // On the console's default schedule: the test deletes its own later.
         "createAccessPolicy" => {
-            json!({"name": unique("policy"), "resources": [{"id": ids.get("doors"), "type": "door"}], "schedule_id": ids.get("schedules")})
+            json!({"name": unique("policy"), "resources": [{"id": ids.get("doors"), "type": "door"}],
+                                       "schedule_id": "73f15cab-c725-4a76-a419-a4026d131e96"})
         }
         "createSchedule" => json!({"name": unique("schedule"), "week_schedule": {}}),
         "createHolidayGroup" => json!({"name": unique("holidays"), "holidays": []}),
@@ -274,6 +276,14 @@ fn order(mut ops: Vec<Op>) -> Vec<Op> {
             o.id.clone(),
         )
     });
+    // What others use goes after them: policies use schedules, schedules
+    // holiday groups.
+    for last in ["deleteSchedule", "deleteHolidayGroup"] {
+        if let Some(i) = ops.iter().position(|o| o.id == last) {
+            let op = ops.remove(i);
+            ops.push(op);
+        }
+    }
     ops
 }
 

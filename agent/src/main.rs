@@ -10,6 +10,18 @@ use tokio_util::sync::CancellationToken;
 
 /// Keyway agent: makes the UniFi Access console on this LAN reachable through
 /// a Keyway relay. It only dials out (QUIC to the relay) and never listens.
+
+/// `println!`, except that a reader that went away (`| head -1`) ends the
+/// program quietly, as other command-line tools do, instead of a panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe { std::process::exit(0) }
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -312,10 +324,10 @@ fn main() -> ExitCode {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(pair(&opts)) {
                 Ok(p) => {
-                    println!("Paired: site {} is served at {}", p.site, p.url);
-                    println!("Console certificate pinned: {}", p.console_fingerprint);
-                    println!("Config written to {}", p.config.display());
-                    println!(
+                    say!("Paired: site {} is served at {}", p.site, p.url);
+                    say!("Console certificate pinned: {}", p.console_fingerprint);
+                    say!("Config written to {}", p.config.display());
+                    say!(
                         "Start it: keyway-agent run --config {}  (or: systemctl enable --now keyway-agent)",
                         p.config.display()
                     );
@@ -330,9 +342,9 @@ fn main() -> ExitCode {
         Cmd::Unpair { config } => match tell_relay(&config).and_then(|()| keyway_agent::pair::unpair(&config)) {
             Ok(removed) => {
                 for p in removed {
-                    println!("removed {}", p.display());
+                    say!("removed {}", p.display());
                 }
-                println!("Unpaired: the relay revoked this agent's certificate.");
+                say!("Unpaired: the relay revoked this agent's certificate.");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -348,9 +360,9 @@ fn main() -> ExitCode {
                     if json {
                         let mut v = serde_json::to_value(&s).expect("status serialises");
                         v["running"] = running.into();
-                        println!("{v}");
+                        say!("{v}");
                     } else {
-                        println!("{}", keyway_agent::status::describe(&s, running));
+                        say!("{}", keyway_agent::status::describe(&s, running));
                     }
                     if running && s.state == "online" {
                         ExitCode::SUCCESS
@@ -368,7 +380,7 @@ fn main() -> ExitCode {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             let checks = rt.block_on(keyway_agent::doctor::run(&config));
             let (text, failed) = keyway_agent::doctor::report(&checks);
-            print!("{text}");
+            say!("{}", text.trim_end_matches('\n'));
             if failed {
                 ExitCode::FAILURE
             } else {
@@ -377,7 +389,7 @@ fn main() -> ExitCode {
         }
         Cmd::Token { action } => match token(action) {
             Ok(msg) => {
-                println!("{msg}");
+                say!("{msg}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -402,7 +414,7 @@ fn main() -> ExitCode {
         },
         Cmd::Events { action } => match events(action) {
             Ok(msg) => {
-                println!("{msg}");
+                say!("{msg}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -412,7 +424,7 @@ fn main() -> ExitCode {
         },
         Cmd::ConsoleToken { action } => match console_token(action) {
             Ok(msg) => {
-                println!("{msg}");
+                say!("{msg}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -536,9 +548,9 @@ fn audit_tail(config: &std::path::Path, n: usize, follow: bool, json: bool) -> a
     let dir = cfg.state_dir();
     let show = |line: &str| {
         if json {
-            println!("{line}");
+            say!("{line}");
         } else {
-            println!("{}", keyway_agent::audit::describe(line));
+            say!("{}", keyway_agent::audit::describe(line));
         }
     };
     keyway_agent::audit::tail(&dir, n)?.iter().for_each(|l| show(l));

@@ -175,11 +175,7 @@ pub async fn pair(opts: &PairOptions) -> Result<Paired, PairError> {
     write_atomic(&key_path, key.serialize_pem().as_bytes(), true).map_err(anyhow::Error::from)?;
     write_atomic(&cert_path, cert.as_bytes(), false).map_err(anyhow::Error::from)?;
     write_atomic(&ca_path, ca.as_bytes(), false).map_err(anyhow::Error::from)?;
-    let relay = if opts.relay.contains(':') && !opts.relay.ends_with(']') {
-        opts.relay.clone()
-    } else {
-        format!("{}:{port}", opts.relay)
-    };
+    let relay = host_port(&host, port);
     let toml = format!(
         "# Keyway agent for site {site:?}, written by `keyway-agent pair`.\n\
          relay = {relay:?}\n\
@@ -318,10 +314,19 @@ impl PairLink {
     }
 }
 
+/// `host:port`, with an IPv6 literal in brackets (`[::1]:443`, not `::1:443`).
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Connects over QUIC, or over TLS/TCP to the same port when no QUIC
 /// handshake completes within [`QUIC_DEADLINE`] (UDP blocked).
 async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<PairLink, PairError> {
-    let target = format!("{host}:{port}");
+    let target = host_port(host, port);
     let addr: SocketAddr = tokio::net::lookup_host((host, port))
         .await
         .map_err(|_| PairError::RelayUnreachable(target.clone()))?
@@ -514,6 +519,9 @@ mod tests {
         assert_eq!(split_host_port("127.0.0.1:4433").unwrap(), ("127.0.0.1".into(), 4433));
         assert_eq!(split_host_port("[::1]:4433").unwrap(), ("::1".into(), 4433));
         assert_eq!(split_host_port("[::1]").unwrap(), ("::1".into(), 443));
+        assert_eq!(host_port("::1", 443), "[::1]:443");
+        assert_eq!(host_port("relay.example.com", 8443), "relay.example.com:8443");
+        assert_eq!(host_port("127.0.0.1", 443), "127.0.0.1:443");
         assert!(split_host_port("host:notaport").is_err());
     }
 

@@ -13,6 +13,18 @@ use tokio_util::sync::CancellationToken;
 /// Keyway relay: gives UniFi Access consoles on private LANs a public HTTPS
 /// address. Agents dial in over QUIC; integrations call
 /// https://<site>.<domain>/api/v1/developer/... with the console's own token.
+
+/// `println!`, except that a reader that went away (`| head -1`) ends the
+/// program quietly, as other command-line tools do, instead of a panic.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe { std::process::exit(0) }
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -178,20 +190,20 @@ fn load(config: &std::path::Path) -> Result<RelayConfig, ExitCode> {
 
 fn run_init(opts: InitOptions) -> anyhow::Result<()> {
     let report = init(&opts)?;
-    println!("Created a Keyway relay in {}:", opts.dir.display());
+    say!("Created a Keyway relay in {}:", opts.dir.display());
     for f in &report.created {
-        println!("  {}", f.display());
+        say!("  {}", f.display());
     }
     if let Some(ca) = &report.https_ca {
-        println!(
+        say!(
             "\nThe HTTPS certificate is a development one; clients must trust {}.",
             ca.display()
         );
     } else {
-        println!("\nPut the public certificate chain and key for the domain and *.domain in https.pem and https.key.");
+        say!("\nPut the public certificate chain and key for the domain and *.domain in https.pem and https.key.");
     }
-    println!("Next: keyway-relay serve --config {}", report.config.display());
-    println!("Then: keyway-relay site add NAME --config {}", report.config.display());
+    say!("Next: keyway-relay serve --config {}", report.config.display());
+    say!("Then: keyway-relay site add NAME --config {}", report.config.display());
     Ok(())
 }
 
@@ -210,24 +222,28 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                 admin::new_code(&cfg, &a.name)?
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&issued)?);
+                say!("{}", serde_json::to_string_pretty(&issued)?);
             } else {
                 let minutes = cfg.pairing_code_ttl.as_secs() / 60;
-                println!("Site {} → {}", issued.site, issued.url);
-                println!("Pairing code: {}   (single use, valid {minutes} minutes)", issued.code);
-                println!("On the machine next to the console, run:\n\n  {}\n", issued.command);
+                say!("Site {} → {}", issued.site, issued.url);
+                say!("Pairing code: {}   (single use, valid {minutes} minutes)", issued.code);
+                say!("On the machine next to the console, run:\n\n  {}\n", issued.command);
             }
         }
         SiteCmd::List(_) => {
             let sites = admin::list(&cfg)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&sites)?);
+                say!("{}", serde_json::to_string_pretty(&sites)?);
             } else if sites.is_empty() {
-                println!("No sites yet: keyway-relay site add NAME");
+                say!("No sites yet: keyway-relay site add NAME");
             } else {
-                println!(
+                say!(
                     "{:<24} {:<7} {:<7} {:<8} {:<20} AGENT",
-                    "SITE", "PAIRED", "ONLINE", "CONSOLE", "LAST SEEN (UTC)"
+                    "SITE",
+                    "PAIRED",
+                    "ONLINE",
+                    "CONSOLE",
+                    "LAST SEEN (UTC)"
                 );
                 for s in sites {
                     let seen = s.last_seen.map(format_time).unwrap_or_else(|| "never".into());
@@ -244,7 +260,7 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                         Some(false) => "DOWN",
                         None => "-",
                     };
-                    println!(
+                    say!(
                         "{:<24} {:<7} {:<7} {:<8} {:<20} {version}",
                         s.name,
                         yn(s.paired),
@@ -258,12 +274,12 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
         SiteCmd::Revoke(a) => {
             let serial = admin::revoke(&cfg, &a.name)?;
             if json {
-                println!("{}", serde_json::json!({"site": a.name, "revoked_serial": serial}));
+                say!("{}", serde_json::json!({"site": a.name, "revoked_serial": serial}));
             } else if let Some(serial) = serial {
-                println!("Revoked the certificate of {} (serial {serial}); a running relay closes its tunnel within a second.", a.name);
-                println!("To pair again: keyway-relay site code {}", a.name);
+                say!("Revoked the certificate of {} (serial {serial}); a running relay closes its tunnel within a second.", a.name);
+                say!("To pair again: keyway-relay site code {}", a.name);
             } else {
-                println!(
+                say!(
                     "{} had no paired agent; its pending code (if any) is cancelled.",
                     a.name
                 );

@@ -104,6 +104,31 @@ async fn every_pairing_failure_exits_with_the_number_the_readme_gives_it() {
     assert_eq!(p.exit("ZZZZ-ZZZZ-ZZ", |_| {}).await, n("unknown code"));
     let c = code(&stack, minute);
     assert_eq!(p.exit(&c, |a| set(a, "--relay", &closed)).await, n("relay unreachable"));
+    // An IPv6 relay is named as one ([::1]:port, not ::1:port).
+    let v6 = format!("[::1]:{}", free_port("::1".parse().unwrap()).unwrap());
+    let dir = p.dir.path().join("v6");
+    let out = cli(
+        "keyway-agent",
+        &[
+            "pair",
+            &c,
+            "--relay",
+            &v6,
+            "--relay-ca",
+            stack.https_ca.to_str().unwrap(),
+            "--console",
+            &stack.console.url,
+            "--trust-console",
+            "--config",
+            dir.join("agent.toml").to_str().unwrap(),
+            "--state-dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.code, n("relay unreachable"), "{}", out.stderr);
+    assert!(out.stderr.contains(&v6), "the address as typed: {}", out.stderr);
     let ca = tunnel_ca.to_str().unwrap();
     assert_eq!(
         p.exit(&c, |a| set(a, "--relay-ca", ca)).await,

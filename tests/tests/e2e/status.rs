@@ -57,3 +57,36 @@ async fn status_reports_live_figures_through_the_socket_then_the_stop() {
     assert!(out.stdout.contains("not running"), "{}", out.stdout);
     stack.shutdown().await.unwrap();
 }
+
+/// Runs `bin args` with its standard output a pipe nobody reads any more
+/// (as `| head -1` leaves it once head has its line): exit code and stderr.
+fn into_closed_pipe(bin: &str, args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(keyway_tests::workspace_bin(bin))
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[tokio::test]
+async fn output_into_a_closed_pipe_ends_quietly_not_in_a_panic() {
+    let stack = Stack::start().await.unwrap();
+    let (agent, relay) = (
+        stack.agent_config.to_str().unwrap(),
+        stack.relay_config.to_str().unwrap(),
+    );
+    for (bin, args) in [
+        ("keyway-relay", vec!["site", "list", "--config", relay]),
+        ("keyway-agent", vec!["status", "--config", agent]),
+        ("keyway-agent", vec!["doctor", "--config", agent]),
+    ] {
+        let (code, stderr) = into_closed_pipe(bin, &args);
+        assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+        assert_ne!(code, Some(101), "{bin} {args:?} panicked: {stderr}");
+    }
+    stack.shutdown().await.unwrap();
+}

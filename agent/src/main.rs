@@ -8,9 +8,6 @@ use keyway_agent::pair::{pair, ConsolePin, PairOptions};
 use keyway_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Keyway agent: makes the UniFi Access console on this LAN reachable through
-/// a Keyway relay. It only dials out (QUIC to the relay) and never listens.
-
 /// `println!`, except that a reader that went away (`| head -1`) ends the
 /// program quietly, as other command-line tools do, instead of a panic.
 macro_rules! say {
@@ -22,6 +19,8 @@ macro_rules! say {
     }};
 }
 
+/// Keyway agent: makes the UniFi Access console on this LAN reachable through
+/// a Keyway relay. It only dials out (QUIC to the relay) and never listens.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {

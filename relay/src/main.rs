@@ -10,10 +10,6 @@ use keyway_relay::registry::RegistryError;
 use keyway_relay::{admin, Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 
-/// Keyway relay: gives UniFi Access consoles on private LANs a public HTTPS
-/// address. Agents dial in over QUIC; integrations call
-/// https://<site>.<domain>/api/v1/developer/... with the console's own token.
-
 /// `println!`, except that a reader that went away (`| head -1`) ends the
 /// program quietly, as other command-line tools do, instead of a panic.
 macro_rules! say {
@@ -25,6 +21,9 @@ macro_rules! say {
     }};
 }
 
+/// Keyway relay: gives UniFi Access consoles on private LANs a public HTTPS
+/// address. Agents dial in over QUIC; integrations call
+/// https://<site>.<domain>/api/v1/developer/... with the console's own token.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {

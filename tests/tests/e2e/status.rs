@@ -61,8 +61,11 @@ async fn status_reports_live_figures_through_the_socket_then_the_stop() {
 /// Runs `bin args` with its standard output a pipe nobody reads any more
 /// (as `| head -1` leaves it once head has its line): exit code and stderr.
 fn into_closed_pipe(bin: &str, args: &[&str]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
+    // A socket pair with one end closed: a write gets EPIPE, as into a
+    // pipe whose reader exited (std::io::pipe is newer than our MSRV).
+    let (writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
     drop(reader);
+    let writer = std::os::fd::OwnedFd::from(writer);
     let out = std::process::Command::new(keyway_tests::workspace_bin(bin))
         .args(args)
         .stdout(writer)

@@ -14,6 +14,9 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// The file this config was read from (for a re-pin written there).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// The relay's QUIC address, `host:port` (re-resolved on every connect).
     pub relay: String,
     /// The name the relay's tunnel certificate is checked against; defaults
@@ -163,6 +166,7 @@ impl AgentConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
         let mut cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        cfg.source = Some(path.to_path_buf());
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.relay_ca, &mut cfg.cert, &mut cfg.key] {
             if p.is_relative() {

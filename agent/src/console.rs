@@ -5,6 +5,7 @@
 //! kept warm in hyper's pool so a request through the tunnel does not pay a
 //! TLS handshake to the console.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_certs::pin::find_pin_mismatch;
-use keyway_certs::ConsoleTrust;
+use keyway_certs::{ConsoleTrust, Fingerprint};
 use keyway_proto::envelope::ErrorCode;
 use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use tokio::time::timeout;
@@ -27,6 +28,9 @@ use tracing::{debug, warn, Instrument};
 /// devices needs `view:device`, the permission of the event stream.
 const TOKEN_CHECK_PATH: &str = "/api/v1/developer/devices";
 
+/// How long a health check may take (TCP connect and TLS handshake).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long one side of an upgraded stream may stay open after the other closed.
 const UPGRADE_LINGER: Duration = Duration::from_secs(5);
 
@@ -35,25 +39,25 @@ pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::E
 
 /// The console as seen from the agent.
 pub struct Console {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
-    /// For the agent's own calls (token checks), which have no body.
-    own: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    clients: std::sync::RwLock<Arc<Clients>>,
+    /// The certificate trust the clients use; shared with the event hub's
+    /// WebSocket, and replaced by a re-pin ([`Console::repin`]).
+    trust: Arc<std::sync::RwLock<ConsoleTrust>>,
     base: Uri,
     host: HeaderValue,
+    connect_timeout: Duration,
     head_timeout: Duration,
 }
 
-impl Console {
-    /// A pooled client for the console at `base` (`https://host:port`).
-    pub fn new(
-        base: Uri,
-        trust: ConsoleTrust,
-        connect_timeout: Duration,
-        head_timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        if trust == ConsoleTrust::Insecure {
-            warn!("console certificate verification is OFF (console_insecure): anyone on the LAN path can impersonate the console");
-        }
+/// The pooled clients for one trust.
+struct Clients {
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// For the agent's own calls (token checks), which have no body.
+    own: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Clients {
+    fn new(trust: ConsoleTrust, connect_timeout: Duration) -> anyhow::Result<Self> {
         let tls = keyway_certs::tls::console_client(trust)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -72,14 +76,102 @@ impl Console {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(50))
             .build(https);
+        Ok(Self { client, own })
+    }
+}
+
+/// What the agent's console check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleHealth {
+    /// A TLS handshake with the pinned certificate completed.
+    Ok,
+    /// No TCP connection or no TLS handshake in time.
+    Unreachable,
+    /// The console presents another certificate than the pinned one (as
+    /// after a console update); the agent refuses it until re-pinned.
+    CertificateChanged {
+        /// The fingerprint pinned in `agent.toml`.
+        pinned: Fingerprint,
+        /// The fingerprint the console presents now.
+        seen: Fingerprint,
+    },
+}
+
+impl ConsoleHealth {
+    /// Whether requests can reach the console.
+    pub fn is_ok(&self) -> bool {
+        *self == Self::Ok
+    }
+
+    /// What is wrong, for `status`, `site list` and the logs.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Self::Ok => None,
+            Self::Unreachable => Some("unreachable".into()),
+            Self::CertificateChanged { pinned, seen } => Some(format!(
+                "certificate changed: pinned {pinned}, the console presents {seen}; if the change is expected \
+                 (a console update), run `keyway-agent console pin` on the agent"
+            )),
+        }
+    }
+}
+
+impl Console {
+    /// A pooled client for the console at `base` (`https://host:port`).
+    pub fn new(
+        base: Uri,
+        trust: ConsoleTrust,
+        connect_timeout: Duration,
+        head_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        if trust == ConsoleTrust::Insecure {
+            warn!("console certificate verification is OFF (console_insecure): anyone on the LAN path can impersonate the console");
+        }
+        let clients = Clients::new(trust, connect_timeout)?;
         let host = HeaderValue::from_str(base.authority().map(|a| a.as_str()).unwrap_or_default())?;
         Ok(Self {
-            client,
-            own,
+            clients: std::sync::RwLock::new(Arc::new(clients)),
+            trust: Arc::new(std::sync::RwLock::new(trust)),
             base,
             host,
+            connect_timeout,
             head_timeout,
         })
+    }
+
+    fn clients(&self) -> Arc<Clients> {
+        self.clients.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The trust in force.
+    pub fn trust(&self) -> ConsoleTrust {
+        *self.trust.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The trust, shared (the event hub's WebSocket follows a re-pin).
+    pub fn trust_cell(&self) -> Arc<std::sync::RwLock<ConsoleTrust>> {
+        self.trust.clone()
+    }
+
+    /// Trusts `trust` from now on: new connections use it; pooled ones made
+    /// under the old pin are dropped with the old clients.
+    pub fn repin(&self, trust: ConsoleTrust) -> anyhow::Result<()> {
+        let clients = Arc::new(Clients::new(trust, self.connect_timeout)?);
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = clients;
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = trust;
+        Ok(())
+    }
+
+    /// The console's health: a TLS handshake (no request, no token, nothing
+    /// logged on the console), its certificate compared with the pin.
+    pub async fn health(&self) -> ConsoleHealth {
+        let seen = timeout(HEALTH_TIMEOUT, crate::pair::console_fingerprint(&self.base)).await;
+        match (seen, self.trust()) {
+            (Ok(Ok(_)), ConsoleTrust::Insecure) => ConsoleHealth::Ok,
+            (Ok(Ok(seen)), ConsoleTrust::Pinned(pinned)) if seen == pinned => ConsoleHealth::Ok,
+            (Ok(Ok(seen)), ConsoleTrust::Pinned(pinned)) => ConsoleHealth::CertificateChanged { pinned, seen },
+            _ => ConsoleHealth::Unreachable,
+        }
     }
 
     /// Whether the console accepts a TCP connection now (a cheap health
@@ -113,7 +205,12 @@ impl Console {
             Ok(u) => u,
             Err(_) => return envelope(ErrorCode::BadRequest, "the request target is not a valid path"),
         };
-        let mut resp = match timeout(self.head_timeout, self.client.request(Request::from_parts(parts, body))).await {
+        let mut resp = match timeout(
+            self.head_timeout,
+            self.clients().client.request(Request::from_parts(parts, body)),
+        )
+        .await
+        {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return self.classify(&e),
             Err(_) => {
@@ -153,7 +250,7 @@ impl Console {
             .header(http::header::AUTHORIZATION, authorization.clone())
             .body(Full::new(Bytes::new()))
             .map_err(|_| envelope(ErrorCode::BadRequest, "invalid Authorization header"))?;
-        let resp = match timeout(self.head_timeout, self.own.request(req)).await {
+        let resp = match timeout(self.head_timeout, self.clients().own.request(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(self.classify(&e)),
             Err(_) => {
@@ -201,7 +298,7 @@ impl Console {
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))?;
-        let resp = timeout(self.head_timeout, self.own.request(req))
+        let resp = timeout(self.head_timeout, self.clients().own.request(req))
             .await
             .map_err(|_| anyhow::anyhow!("the console did not answer within {:?}", self.head_timeout))?
             .map_err(|e| anyhow::anyhow!("the console could not be reached: {}", error_chain(&e)))?;

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod live;
 pub mod local;
 pub mod pair;
+pub mod repin;
 pub mod status;
 pub mod status_socket;
 pub mod tunnel;
@@ -71,7 +72,7 @@ impl Agent {
             cfg.console_timeout,
         )?;
         let console_token = console_token::load(&cfg.console_token_path())?;
-        let hub = event_hub(cfg, console_token.as_deref())?;
+        let hub = event_hub(cfg, console_token.as_deref(), console.trust_cell())?;
         let console = Arc::new(console);
         let access = access::Access::new(
             access::AccessOptions {
@@ -114,6 +115,7 @@ impl Agent {
             local,
             state: state_tx,
             console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
+            config_path: cfg.source.clone(),
         };
         let webhooks = match &hub {
             Some(_) => hub::webhooks::Capture::load(&cfg.state_dir())?,
@@ -145,7 +147,7 @@ impl Agent {
     pub async fn notify_unpair(&self) -> anyhow::Result<()> {
         use keyway_proto::control::{write_msg, ControlMsg};
         let tunnel = tunnel::connect(&self.ctx).await?;
-        let (mut control, site) = tunnel::hello(&*tunnel, true, false).await?;
+        let (mut control, site) = tunnel::hello(&*tunnel, true, None, false).await?;
         write_msg(&mut control, &ControlMsg::Unpair).await?;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tunnel.closed()).await;
         match keyway_transport::peer_close(&*tunnel) {
@@ -249,6 +251,7 @@ impl Agent {
 fn event_hub(
     cfg: &AgentConfig,
     token: Option<&str>,
+    trust: Arc<std::sync::RwLock<keyway_certs::ConsoleTrust>>,
 ) -> anyhow::Result<Option<(Arc<hub::Hub>, hub::upstream::Upstream)>> {
     if !cfg.event_hub {
         return Ok(None);
@@ -271,7 +274,7 @@ fn event_hub(
     let hub = Arc::new(hub::Hub::new(opts, loaded, Some(writer)));
     let upstream = hub::upstream::Upstream {
         base: cfg.console_uri()?,
-        trust: cfg.console_trust()?,
+        trust,
         token,
     };
     Ok(Some((hub, upstream)))

@@ -2,17 +2,18 @@
 //! use (for its round-trip time), whether the console answers, and requests
 //! and errors per minute over the last hour.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyway_transport::Tunnel;
 
+use crate::console::ConsoleHealth;
+
 /// Shared by the tunnel sessions, the request path and the status socket.
 pub struct Live {
     tunnel: Mutex<Option<Arc<dyn Tunnel>>>,
-    /// 0 unknown, 1 reachable, 2 unreachable.
-    console: AtomicU8,
+    /// The console's last check (none yet: `None`).
+    console: Mutex<Option<ConsoleHealth>>,
     minutes: Mutex<[Minute; 60]>,
 }
 
@@ -27,7 +28,7 @@ impl Default for Live {
     fn default() -> Self {
         Self {
             tunnel: Mutex::default(),
-            console: AtomicU8::new(0),
+            console: Mutex::new(None),
             minutes: Mutex::new([Minute::default(); 60]),
         }
     }
@@ -48,18 +49,19 @@ impl Live {
             .map(|t| t.rtt())
     }
 
-    /// Records the console's reachability.
-    pub fn set_console_ok(&self, ok: bool) {
-        self.console.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+    /// Records the console's last check.
+    pub fn set_console(&self, health: ConsoleHealth) {
+        *self.console.lock().unwrap_or_else(|e| e.into_inner()) = Some(health);
     }
 
-    /// The console's reachability, once checked.
+    /// The console's last check, once there was one.
+    pub fn console(&self) -> Option<ConsoleHealth> {
+        *self.console.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the console answered its last check.
     pub fn console_ok(&self) -> Option<bool> {
-        match self.console.load(Ordering::Relaxed) {
-            1 => Some(true),
-            2 => Some(false),
-            _ => None,
-        }
+        self.console().map(|h| h.is_ok())
     }
 
     /// Counts one answered request; 5xx statuses count as errors.
@@ -116,7 +118,7 @@ mod tests {
         assert_eq!(live.last_hour_at(1060), (2, 0));
         assert_eq!(live.last_hour_at(1200), (0, 0));
         assert_eq!(live.console_ok(), None);
-        live.set_console_ok(false);
+        live.set_console(crate::console::ConsoleHealth::Unreachable);
         assert_eq!(live.console_ok(), Some(false));
         assert_eq!(live.rtt(), None);
     }

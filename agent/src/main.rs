@@ -132,6 +132,16 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
         config: PathBuf,
     },
+    /// The console's certificate: `pin` trusts the one it presents now, after
+    /// it changed (a console update regenerates it), without a new pairing
+    /// code. Shows the pinned fingerprint and the new one and asks (or takes
+    /// --fingerprint); the running agent picks the new pin up at its next
+    /// console check, with no restart. Exit codes: 17 console unreachable,
+    /// 18 not the --fingerprint given, 20 not confirmed.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleAction,
+    },
     /// Store the console's API token on this machine (mode 0600), read from
     /// stdin so it stays out of shell history and `ps`. With it, the agent
     /// holds one WebSocket to the console and serves every door-event
@@ -257,6 +267,20 @@ enum EventsAction {
         /// The agent's config file.
         #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleAction {
+    /// Trust the certificate the console presents now.
+    Pin {
+        /// The agent's config file.
+        #[arg(long, short, default_value = "/etc/keyway/agent.toml")]
+        config: PathBuf,
+        /// The SHA-256 fingerprint expected (from the console's settings);
+        /// without it, asks on the terminal.
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
 }
 
@@ -421,6 +445,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Console {
+            action: ConsoleAction::Pin { config, fingerprint },
+        } => console_pin(&config, fingerprint.as_deref()),
         Cmd::ConsoleToken { action } => match console_token(action) {
             Ok(msg) => {
                 say!("{msg}");
@@ -616,6 +643,47 @@ fn events(action: EventsAction) -> anyhow::Result<String> {
             }
             Capture::forget(&cfg.state_dir())?;
             Ok(format!("Removed webhook endpoint {} from the console.", capture.id))
+        }
+    }
+}
+
+/// `console pin`: the logic is `keyway_agent::repin`; this prints and asks.
+fn console_pin(config: &std::path::Path, fingerprint: Option<&str>) -> ExitCode {
+    use keyway_agent::repin::{pin, Pinned};
+    let expected = match fingerprint.map(str::parse::<keyway_certs::Fingerprint>).transpose() {
+        Ok(fp) => fp,
+        Err(e) => {
+            eprintln!("keyway-agent: --fingerprint: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let ask = |old: &keyway_certs::Fingerprint, new: &keyway_certs::Fingerprint| {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return false;
+        }
+        say!("The console's certificate changed.\n  pinned:   {old}\n  presents: {new}");
+        print!("Trust the new one? Compare with the console's settings if you can. [y/N] ");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(pin(config, expected, ask)) {
+        Ok(Pinned::Unchanged(fp)) => {
+            say!("The console presents the pinned certificate ({fp}); nothing to do.");
+            ExitCode::SUCCESS
+        }
+        Ok(Pinned::Changed { old, new }) => {
+            say!(
+                "Pinned {new} (was {old}) in {}.\nThe running agent trusts it from its next console check; no restart needed.",
+                config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keyway-agent: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

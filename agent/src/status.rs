@@ -46,6 +46,10 @@ pub struct LiveStatus {
     pub rtt_ms: Option<f64>,
     /// Whether the console answered its last check.
     pub console_ok: Option<bool>,
+    /// What is wrong with the console, when something is (its certificate
+    /// changed, with both fingerprints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_problem: Option<String>,
     /// Unix seconds when the agent certificate expires.
     pub cert_not_after: Option<i64>,
     /// Requests answered in the last hour.
@@ -151,11 +155,14 @@ pub fn describe(s: &Status, running: bool) -> String {
         if let Some(rtt) = live.rtt_ms {
             text.push_str(&format!("\nRound trip to the relay: {rtt:.1} ms"));
         }
-        text.push_str(match live.console_ok {
-            Some(true) => "\nConsole: reachable",
-            Some(false) => "\nConsole: NOT reachable (keyway-agent doctor says why)",
-            None => "\nConsole: not checked yet",
-        });
+        match (live.console_ok, &live.console_problem) {
+            (_, Some(p)) if p.starts_with("certificate changed") => {
+                text.push_str(&format!("\nConsole: CERTIFICATE CHANGED: {p}"))
+            }
+            (Some(true), _) => text.push_str("\nConsole: reachable, certificate as pinned"),
+            (Some(false), _) => text.push_str("\nConsole: NOT reachable (keyway-agent doctor says why)"),
+            (None, _) => text.push_str("\nConsole: not checked yet"),
+        }
         if let Some(t) = live.cert_not_after {
             let days = (t - now() as i64) / 86400;
             text.push_str(&format!("\nAgent certificate: valid for {days} more days"));

@@ -54,6 +54,7 @@ impl Source {
             version: env!("CARGO_PKG_VERSION").into(),
             rtt_ms: self.live.rtt().map(|d| d.as_secs_f64() * 1000.0),
             console_ok: self.live.console_ok(),
+            console_problem: self.live.console().and_then(|h| h.problem()),
             cert_not_after: self.cert_not_after,
             requests_last_hour: requests,
             errors_last_hour: errors,

@@ -22,6 +22,9 @@ use keyway_transport::{peer_close, Closed, TransportKind, Tunnel, TunnelStream};
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
+
+use crate::console::ConsoleHealth;
+use keyway_certs::ConsoleTrust;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -92,6 +95,8 @@ pub struct TunnelCtx {
     pub state: watch::Sender<AgentState>,
     /// How often console reachability is checked and reported.
     pub console_check: Duration,
+    /// The agent's config file, where a re-pin is read from.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// How a session ended.
@@ -246,9 +251,9 @@ async fn connect_tcp(ctx: &TunnelCtx) -> anyhow::Result<Arc<dyn Tunnel>> {
 /// Checks the console every `console_check` in a task of its own (a check
 /// of a dark console takes seconds, and must not hold up the tunnel's
 /// streams and pings); the first result is in before this returns.
-async fn watch_console(ctx: Arc<TunnelCtx>, stop: CancellationToken) -> watch::Receiver<bool> {
-    let first = ctx.console.reachable().await;
-    ctx.local.live.set_console_ok(first);
+async fn watch_console(ctx: Arc<TunnelCtx>, stop: CancellationToken) -> watch::Receiver<ConsoleHealth> {
+    let first = check_console(&ctx).await;
+    ctx.local.live.set_console(first);
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         let mut check = tokio::time::interval(ctx.console_check);
@@ -259,12 +264,37 @@ async fn watch_console(ctx: Arc<TunnelCtx>, stop: CancellationToken) -> watch::R
                 _ = stop.cancelled() => return,
                 _ = check.tick() => {}
             }
-            let ok = ctx.console.reachable().await;
-            ctx.local.live.set_console_ok(ok);
-            tx.send_if_modified(|was| std::mem::replace(was, ok) != ok);
+            let health = check_console(&ctx).await;
+            ctx.local.live.set_console(health);
+            tx.send_if_modified(|was| std::mem::replace(was, health) != health);
         }
     });
     rx
+}
+
+/// One console check. When the console presents another certificate than
+/// the pin, the pin in `agent.toml` is read again: if it now names the
+/// certificate the console presents (`keyway-agent console pin` wrote it),
+/// the agent trusts it from now on, with no restart.
+async fn check_console(ctx: &TunnelCtx) -> ConsoleHealth {
+    let health = ctx.console.health().await;
+    let (ConsoleHealth::CertificateChanged { seen, .. }, Some(path)) = (health, &ctx.config_path) else {
+        return health;
+    };
+    let pinned = crate::AgentConfig::load(path).ok().and_then(|c| c.console_trust().ok());
+    if pinned != Some(ConsoleTrust::Pinned(seen)) {
+        return health;
+    }
+    match ctx.console.repin(ConsoleTrust::Pinned(seen)) {
+        Ok(()) => {
+            info!(fingerprint = %seen, "the console's new certificate is pinned in {}; trusting it", path.display());
+            ConsoleHealth::Ok
+        }
+        Err(e) => {
+            warn!("could not trust the console's new certificate: {e:#}");
+            health
+        }
+    }
 }
 
 async fn session(
@@ -272,10 +302,11 @@ async fn session(
     ctx: &TunnelCtx,
     stop: &CancellationToken,
     handover: bool,
-    console: &mut watch::Receiver<bool>,
+    console: &mut watch::Receiver<ConsoleHealth>,
 ) -> End {
-    let mut console_ok = *console.borrow_and_update();
-    let (control, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, console_ok, handover)).await {
+    let mut health = *console.borrow_and_update();
+    let hello = hello(&*tunnel, health.is_ok(), health.problem(), handover);
+    let (control, site) = match timeout(HANDSHAKE_TIMEOUT, hello).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => match e.downcast::<RelayRefused>() {
             Ok(RelayRefused(reason)) => return End::Refused(reason),
@@ -286,7 +317,7 @@ async fn session(
     let transport = tunnel.kind();
     info!(site, relay = %tunnel.remote_address(), %transport, "tunnel up");
     ctx.local.live.set_tunnel(Some(tunnel.clone()));
-    ctx.local.live.set_console_ok(console_ok);
+    ctx.local.live.set_console(health);
     ctx.state.send_replace(AgentState::Online { site, transport });
     let (mut recv, mut send) = tokio::io::split(control);
 
@@ -306,13 +337,17 @@ async fn session(
                     watching_console = false;
                     continue;
                 }
-                let now_ok = *console.borrow_and_update();
-                if now_ok != console_ok {
-                    console_ok = now_ok;
-                    if console_ok { info!("console reachable again") } else { warn!("console unreachable") }
+                let now = *console.borrow_and_update();
+                if now != health {
+                    health = now;
+                    match health.problem() {
+                        None => info!("console reachable again"),
+                        Some(p) => warn!("console: {p}"),
+                    }
                     // A control stream that cannot take a message is a dead
                     // tunnel: the relay would keep routing to it unaware.
-                    if let Err(e) = write_msg(&mut send, &ControlMsg::Status { console_ok }).await {
+                    let status = ControlMsg::Status { console_ok: health.is_ok(), console_problem: health.problem() };
+                    if let Err(e) = write_msg(&mut send, &status).await {
                         break ended(&*tunnel, format!("control stream: {e}"));
                     }
                 }
@@ -435,6 +470,7 @@ async fn probe_quic(
 pub(crate) async fn hello(
     tunnel: &dyn Tunnel,
     console_ok: bool,
+    console_problem: Option<String>,
     handover: bool,
 ) -> anyhow::Result<(TunnelStream, String)> {
     let mut control = tunnel.open_control().await?;
@@ -444,6 +480,7 @@ pub(crate) async fn hello(
             version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             console_ok,
+            console_problem,
             handover,
         },
     )

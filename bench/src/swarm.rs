@@ -98,6 +98,7 @@ async fn hello(
         version: PROTOCOL_VERSION,
         agent_version: "bench".into(),
         console_ok: true,
+        console_problem: None,
         handover: false,
     };
     write_msg(&mut send, &hello).await?;

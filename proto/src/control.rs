@@ -33,6 +33,10 @@ pub enum ControlMsg {
         agent_version: String,
         /// Whether the agent could reach its console when it connected.
         console_ok: bool,
+        /// What is wrong with the console, for `site list` (e.g. its
+        /// certificate changed); absent from older agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        console_problem: Option<String>,
         /// This connection takes over from the agent's current one (moving
         /// from TCP back to QUIC): the relay drains the old connection so its
         /// in-flight requests finish, rather than closing it as a duplicate.
@@ -73,6 +77,9 @@ pub enum ControlMsg {
     Status {
         /// Whether the console answers.
         console_ok: bool,
+        /// What is wrong with it, when something is (see `Hello`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        console_problem: Option<String>,
     },
     /// Agent → relay: this agent is being unpaired; revoke its certificate.
     Unpair,
@@ -209,6 +216,7 @@ mod tests {
                 version: 1,
                 agent_version: "0.1.0".into(),
                 console_ok: true,
+                console_problem: None,
                 handover: false,
             },
             ControlMsg::Welcome {
@@ -222,7 +230,10 @@ mod tests {
             ControlMsg::Drain {
                 reason: "restart".into(),
             },
-            ControlMsg::Status { console_ok: false },
+            ControlMsg::Status {
+                console_ok: false,
+                console_problem: Some("certificate changed".into()),
+            },
             ControlMsg::Unpair,
             ControlMsg::TimeQuery,
             ControlMsg::Time {

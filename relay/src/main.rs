@@ -254,10 +254,11 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                         (true, Some(t)) => t,
                         (online, _) => yn(online),
                     };
-                    let console = match s.console_ok {
-                        Some(true) => "ok",
-                        Some(false) => "DOWN",
-                        None => "-",
+                    let console = match (s.console_ok, s.console_problem.as_deref()) {
+                        (_, Some(p)) if p.starts_with("certificate changed") => "CERT",
+                        (Some(true), _) => "ok",
+                        (Some(false), _) => "DOWN",
+                        (None, _) => "-",
                     };
                     say!(
                         "{:<24} {:<7} {:<7} {:<8} {:<20} {version}",
@@ -267,6 +268,9 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                         console,
                         seen
                     );
+                    if let Some(p) = &s.console_problem {
+                        say!("  {}: console {p}", s.name);
+                    }
                 }
             }
         }

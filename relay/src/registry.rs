@@ -103,6 +103,10 @@ pub struct SiteRecord {
     pub agent_version: Option<String>,
     /// Whether the agent reached the console at its last report.
     pub console_ok: Option<bool>,
+    /// What the agent last said is wrong with the console (e.g. its
+    /// certificate changed, with both fingerprints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_problem: Option<String>,
     /// A pending pairing code expires at (Unix seconds).
     pub code_expires: Option<i64>,
     /// `quic` or `tcp` while the agent is connected.
@@ -154,8 +158,9 @@ pub trait SiteStore: Send + Sync + 'static {
         transport: Option<&str>,
         now: i64,
     ) -> Result<(), RegistryError>;
-    /// Records whether the site's agent reaches its console.
-    fn record_console(&self, site: &str, ok: bool) -> Result<(), RegistryError>;
+    /// Records whether the site's agent reaches its console, and what is
+    /// wrong with it if something is.
+    fn record_console(&self, site: &str, ok: bool, problem: Option<&str>) -> Result<(), RegistryError>;
     /// Changes whenever another process commits (for cache refresh).
     fn data_version(&self) -> Result<i64, RegistryError>;
 }
@@ -189,6 +194,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sites ADD COLUMN console_ok INTEGER;",
     // 3: which transport carries the agent's tunnel.
     "ALTER TABLE sites ADD COLUMN transport TEXT;",
+    // 4: what the agent last said is wrong with its console.
+    "ALTER TABLE sites ADD COLUMN console_problem TEXT;",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -348,7 +355,7 @@ impl SiteStore for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
                         (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                        s.console_ok, s.transport
+                        s.console_ok, s.transport, s.console_problem
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -363,6 +370,7 @@ impl SiteStore for SqliteStore {
                     code_expires: r.get(5)?,
                     console_ok: r.get::<_, Option<i64>>(6)?.map(|v| v != 0),
                     transport: r.get(7)?,
+                    console_problem: r.get(8)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -420,11 +428,11 @@ impl SiteStore for SqliteStore {
         })
     }
 
-    fn record_console(&self, site: &str, ok: bool) -> Result<(), RegistryError> {
+    fn record_console(&self, site: &str, ok: bool, problem: Option<&str>) -> Result<(), RegistryError> {
         self.with(|c| {
             c.execute(
-                "UPDATE sites SET console_ok = ?2 WHERE name = ?1",
-                params![site, ok as i64],
+                "UPDATE sites SET console_ok = ?2, console_problem = ?3 WHERE name = ?1",
+                params![site, ok as i64, problem],
             )?;
             Ok(())
         })

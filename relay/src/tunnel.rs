@@ -140,13 +140,14 @@ async fn handle_tunnel(
     let hello = timeout(HANDSHAKE_TIMEOUT, read_msg(&mut recv, &mut buf))
         .await
         .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
-    let (agent_version, console_ok, handover) = match hello {
+    let (agent_version, console_ok, console_problem, handover) = match hello {
         ControlMsg::Hello {
             version,
             agent_version,
             console_ok,
+            console_problem,
             handover,
-        } if version == PROTOCOL_VERSION => (agent_version, console_ok, handover),
+        } if version == PROTOCOL_VERSION => (agent_version, console_ok, console_problem, handover),
         ControlMsg::Hello {
             version, agent_version, ..
         } => {
@@ -224,7 +225,7 @@ async fn handle_tunnel(
     crate::metrics::METRICS.agent_connects.inc();
     crate::metrics::METRICS.agents.inc();
     record_seen(&ctx.registry, &site, &agent_version, Some(transport)).await;
-    record_console(&ctx.registry, &site, console_ok).await;
+    record_console(&ctx.registry, &site, console_ok, console_problem).await;
 
     let result = tokio::select! {
         r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site) => r,
@@ -288,9 +289,9 @@ async fn control_loop(
             msg = read_msg(recv, buf) => match msg? {
                 ControlMsg::Ping { nonce } => write_msg(send, &ControlMsg::Pong { nonce }).await?,
                 ControlMsg::Pong { .. } => {}
-                ControlMsg::Status { console_ok } => {
-                    info!(console_ok, "agent reports console reachability");
-                    record_console(registry, site, console_ok).await;
+                ControlMsg::Status { console_ok, console_problem } => {
+                    info!(console_ok, problem = console_problem.as_deref().unwrap_or(""), "agent reports the console's state");
+                    record_console(registry, site, console_ok, console_problem).await;
                 }
                 ControlMsg::Drain { reason } => {
                     info!(reason, "agent is draining");
@@ -318,10 +319,14 @@ fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .protocol
 }
 
-/// Notes whether the agent can reach its console (best effort).
-async fn record_console(registry: &Registry, site: &str, ok: bool) {
+/// Notes whether the agent can reach its console, and what is wrong with
+/// it if something is (best effort).
+async fn record_console(registry: &Registry, site: &str, ok: bool, problem: Option<String>) {
     let site = site.to_string();
-    if let Err(e) = registry.call(move |s| s.record_console(&site, ok)).await {
+    if let Err(e) = registry
+        .call(move |s| s.record_console(&site, ok, problem.as_deref()))
+        .await
+    {
         warn!("could not record the console's state: {e}");
     }
 }

@@ -58,6 +58,7 @@ impl RogueAgent {
             version: PROTOCOL_VERSION,
             agent_version: "rogue".into(),
             console_ok: true,
+            console_problem: None,
             handover: false,
         };
         write_msg(&mut control, &hello).await?;

@@ -41,8 +41,9 @@ const GREETING_WAIT: Duration = Duration::from_secs(2);
 pub struct Upstream {
     /// The console base (`https://host:port`).
     pub base: Uri,
-    /// Certificate trust (the pin).
-    pub trust: ConsoleTrust,
+    /// Certificate trust (the pin), shared with the console client so a
+    /// re-pin applies here too.
+    pub trust: Arc<std::sync::RwLock<ConsoleTrust>>,
     /// The stored console token.
     pub token: String,
 }
@@ -100,7 +101,8 @@ async fn connect(up: &Upstream) -> anyhow::Result<Ws> {
     let work = async {
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         tcp.set_nodelay(true)?;
-        let mut tls = keyway_certs::tls::console_client(up.trust)?;
+        let trust = *up.trust.read().unwrap_or_else(|p| p.into_inner());
+        let mut tls = keyway_certs::tls::console_client(trust)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = ServerName::try_from(host.clone()).context("console host name")?;
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))

@@ -22,6 +22,7 @@ mod pair_exits;
 mod pairing;
 mod paths;
 mod refused;
+mod repin;
 mod secrets;
 mod status;
 mod tunnel;

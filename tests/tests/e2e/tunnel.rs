@@ -51,6 +51,7 @@ async fn a_newer_protocol_version_is_refused_with_both_versions_named() {
         version: PROTOCOL_VERSION + 1,
         agent_version: "9.9.9".into(),
         console_ok: true,
+        console_problem: None,
         handover: false,
     };
     write_msg(&mut send, &hello).await.unwrap();

@@ -78,6 +78,10 @@ pub struct AgentConfig {
     /// Events queued for one subscriber before it is cut as too slow.
     #[serde(default = "default_event_queue")]
     pub event_queue: usize,
+    /// How often the hub pings each event subscriber; one silent until the
+    /// next ping is closed (a frozen client frees its slot).
+    #[serde(default = "default_event_ping", with = "humantime_serde")]
+    pub event_ping_interval: Duration,
     /// Where the event buffer is persisted; defaults to `events/` beside the key.
     #[serde(default)]
     pub events_dir: Option<PathBuf>,
@@ -126,6 +130,9 @@ fn default_event_buffer() -> usize {
 }
 fn default_event_retention() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_event_ping() -> Duration {
+    crate::hub::serve::DEFAULT_PING_EVERY
 }
 fn default_event_queue() -> usize {
     1024

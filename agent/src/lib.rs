@@ -93,9 +93,12 @@ impl Agent {
         };
         let local = Arc::new(local::Local {
             console: console.clone(),
-            events: hub
-                .as_ref()
-                .map(|(h, _)| Arc::new(hub::serve::Subscribers::new(h.clone()))),
+            events: hub.as_ref().map(|(h, _)| {
+                Arc::new(hub::serve::Subscribers::new(
+                    h.clone(),
+                    cfg.event_ping_interval.max(std::time::Duration::from_millis(100)),
+                ))
+            }),
             access,
             audit,
             live: Arc::default(),

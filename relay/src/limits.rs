@@ -49,8 +49,11 @@ pub struct Overrides {
     pub max_chunked_body_bytes: Option<u64>,
     /// Requests under way at once for a site.
     pub max_concurrent_requests: Option<usize>,
-    /// WebSockets open at once for a site.
+    /// WebSockets open at once for a site (their own budget: they never
+    /// spend `max_concurrent_requests`).
     pub max_websockets: Option<usize>,
+    /// WebSockets open at once for a site from one client address.
+    pub max_websockets_per_client: Option<usize>,
     /// Requests per second for a site (refill), and its burst.
     pub site_rate: Option<u32>,
     /// See `site_rate`.
@@ -78,6 +81,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// See [`Overrides`].
     pub max_websockets: usize,
+    /// See [`Overrides`]; by default the site's whole budget.
+    pub max_websockets_per_client: usize,
     /// See [`Overrides`].
     pub site_rate: u32,
     /// See [`Overrides`].
@@ -101,6 +106,7 @@ impl Default for Limits {
             max_chunked_body_bytes: 1024 * 1024,
             max_concurrent_requests: 256,
             max_websockets: 64,
+            max_websockets_per_client: 64,
             // A plan change pushes hundreds of users at once: the bursts
             // take that; the rates stop a loop gone wrong or a scraper.
             site_rate: 500,
@@ -124,6 +130,7 @@ impl Limits {
             max_chunked_body_bytes,
             max_concurrent_requests,
             max_websockets,
+            max_websockets_per_client,
             site_rate,
             site_burst,
             client_rate,
@@ -146,6 +153,7 @@ impl LimitsConfig {
                 ("max_chunked_body_bytes", l.max_chunked_body_bytes),
                 ("max_concurrent_requests", l.max_concurrent_requests as u64),
                 ("max_websockets", l.max_websockets as u64),
+                ("max_websockets_per_client", l.max_websockets_per_client as u64),
                 ("site_rate", l.site_rate.into()),
                 ("site_burst", l.site_burst.into()),
                 ("client_rate", l.client_rate.into()),
@@ -206,6 +214,7 @@ struct SiteState {
     clients: DefaultKeyedRateLimiter<IpAddr>,
     requests: Arc<AtomicUsize>,
     websockets: Arc<AtomicUsize>,
+    websockets_by_client: Mutex<HashMap<IpAddr, Arc<AtomicUsize>>>,
 }
 
 /// Held while a request (or WebSocket) is under way; frees its slot on drop.
@@ -245,6 +254,7 @@ impl Edge {
                     clients: RateLimiter::keyed(quota(limits.client_rate, limits.client_burst)),
                     requests: Arc::default(),
                     websockets: Arc::default(),
+                    websockets_by_client: Mutex::default(),
                     limits,
                 })
             })
@@ -302,10 +312,24 @@ impl Edge {
                 retry_after: secs(not_until.wait_time_from(clock.now())),
             });
         }
-        let mut slots = vec![take(&s.requests, l.max_concurrent_requests).ok_or(Refusal::Busy("requests"))?];
-        if websocket {
-            slots.push(take(&s.websockets, l.max_websockets).ok_or(Refusal::Busy("WebSockets"))?);
-        }
+        // A WebSocket has a budget of its own: hundreds of event
+        // subscribers never leave a door unlock waiting for a slot.
+        let slots = if websocket {
+            let per_client = s
+                .websockets_by_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(client)
+                .or_default()
+                .clone();
+            vec![
+                take(&s.websockets, l.max_websockets).ok_or(Refusal::Busy("WebSockets"))?,
+                take(&per_client, l.max_websockets_per_client)
+                    .ok_or(Refusal::Busy("WebSockets from this client address"))?,
+            ]
+        } else {
+            vec![take(&s.requests, l.max_concurrent_requests).ok_or(Refusal::Busy("requests"))?]
+        };
         let body = BodyLimits {
             max: l.max_body_bytes,
             whole: l.max_chunked_body_bytes.min(l.max_body_bytes),
@@ -319,6 +343,10 @@ impl Edge {
         for s in sites.values() {
             s.clients.retain_recent();
             s.clients.shrink_to_fit();
+            s.websockets_by_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, n| n.load(Ordering::Acquire) > 0);
         }
     }
 }
@@ -363,6 +391,26 @@ mod tests {
         assert_eq!(e.admit("hq", IP, &h, false).unwrap_err(), Refusal::Busy("requests"));
         drop(slot);
         assert!(e.admit("hq", IP, &h, false).is_ok());
+    }
+
+    #[test]
+    fn websockets_have_their_own_budget_and_a_per_client_one() {
+        let e = edge("max_concurrent_requests = 1\nmax_websockets = 3\nmax_websockets_per_client = 2");
+        let h = HeaderMap::new();
+        let ws: Vec<_> = (0..2).map(|_| e.admit("hq", IP, &h, true).unwrap()).collect();
+        assert_eq!(
+            e.admit("hq", IP, &h, true).unwrap_err(),
+            Refusal::Busy("WebSockets from this client address")
+        );
+        let other = e.admit("hq", "127.0.0.8".parse().unwrap(), &h, true).unwrap();
+        assert_eq!(
+            e.admit("hq", "127.0.0.9".parse().unwrap(), &h, true).unwrap_err(),
+            Refusal::Busy("WebSockets")
+        );
+        // Requests have their whole budget still.
+        assert!(e.admit("hq", IP, &h, false).is_ok());
+        drop((ws, other));
+        assert!(e.admit("hq", IP, &h, true).is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub const CLOSE_INTERNAL_ERROR: u16 = 1011;
 /// WebSocket close code: the service is restarting.
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// How long one side may linger after the other has closed.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The upgraded connections of a relay.
 #[derive(Clone, Default)]

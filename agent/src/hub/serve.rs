@@ -49,7 +49,18 @@ const CLOSE_WAIT: Duration = Duration::from_secs(30);
 pub struct Subscribers {
     hub: Arc<Hub>,
     accepted: Mutex<HashMap<Fingerprint, Instant>>,
+    ping_every: Duration,
 }
+
+/// How often each subscriber is pinged; one that has sent nothing (not
+/// even the pong) by the next ping is closed, so a frozen or vanished
+/// subscriber is closed within two intervals (50 s), and its relay slot
+/// is free once the relay's linger for its half of the close has passed
+/// (55 s): within the minute.
+pub const DEFAULT_PING_EVERY: Duration = Duration::from_secs(25);
+
+/// WebSocket close code for a subscriber that stopped answering pings.
+pub const CLOSE_NO_PONG: u16 = 4009;
 
 /// Whether `req` is a subscription the hub answers.
 pub fn is_subscription(req: &Request<Incoming>) -> bool {
@@ -59,11 +70,12 @@ pub fn is_subscription(req: &Request<Incoming>) -> bool {
 }
 
 impl Subscribers {
-    /// Subscribers of `hub`.
-    pub fn new(hub: Arc<Hub>) -> Self {
+    /// Subscribers of `hub`, each pinged every `ping_every`.
+    pub fn new(hub: Arc<Hub>, ping_every: Duration) -> Self {
         Self {
             hub,
             accepted: Mutex::new(HashMap::new()),
+            ping_every,
         }
     }
 
@@ -105,7 +117,7 @@ impl Subscribers {
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let sub = self.hub.subscribe(since.clone());
-        let (hub, wrapped) = (self.hub.clone(), since.is_some());
+        let (hub, wrapped, ping_every) = (self.hub.clone(), since.is_some(), self.ping_every);
         let span = tracing::info_span!("subscriber", id = sub.id, since = since.as_ref().map(|s| s.seq));
         tokio::spawn(
             async move {
@@ -113,7 +125,7 @@ impl Subscribers {
                 match on_upgrade.await {
                     Ok(io) => {
                         let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
-                        let why = feed(&hub, ws, sub, wrapped).await;
+                        let why = feed(&hub, ws, sub, wrapped, ping_every).await;
                         debug!("subscriber left: {why}");
                     }
                     Err(e) => debug!("upgrade failed: {e}"),
@@ -195,7 +207,7 @@ pub fn parse_since(query: Option<&str>) -> Result<Option<Since>, String> {
 
 /// Sends the greeting, the replay and live events until the subscriber
 /// leaves or is cut; returns why it ended.
-async fn feed<S>(hub: &Hub, ws: WebSocketStream<S>, sub: Subscription, wrapped: bool) -> String
+async fn feed<S>(hub: &Hub, ws: WebSocketStream<S>, sub: Subscription, wrapped: bool, ping_every: Duration) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -235,10 +247,26 @@ where
     if let Err(e) = tx.flush().await {
         return e.to_string();
     }
+    let mut ping = tokio::time::interval(ping_every);
+    ping.reset();
+    let mut heard = true;
     loop {
         tokio::select! {
             biased;
             _ = cut.cancelled() => break,
+            _ = ping.tick() => {
+                if !heard {
+                    info!("subscriber closed: no answer to a ping in {ping_every:?}");
+                    let frame = CloseFrame { code: CloseCode::from(CLOSE_NO_PONG), reason: "no answer to pings".into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame)))).await;
+                    return "no pong".into();
+                }
+                heard = false;
+                let sent = tokio::time::timeout(ping_every, tx.send(Message::Ping(bytes::Bytes::from_static(b"keyway")))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return "a ping could not be sent".into();
+                }
+            }
             ev = live.recv() => {
                 let Some(ev) = ev else { return "hub closed".into() };
                 let text = if wrapped { wrap(epoch, &ev) } else { ev.text.to_string() };
@@ -259,12 +287,16 @@ where
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return "hub closed".into(),
             },
-            msg = rx.next() => match msg {
-                Some(Ok(Message::Ping(_))) => if let Err(e) = tx.flush().await { return e.to_string() },
-                Some(Ok(Message::Close(_))) | None => return "closed".into(),
-                Some(Err(e)) => return e.to_string(),
-                Some(Ok(_)) => {}
-            },
+            msg = rx.next() => {
+                // Anything from the subscriber (a pong, its own ping) shows it is there.
+                heard = true;
+                match msg {
+                    Some(Ok(Message::Ping(_))) => if let Err(e) = tx.flush().await { return e.to_string() },
+                    Some(Ok(Message::Close(_))) | None => return "closed".into(),
+                    Some(Err(e)) => return e.to_string(),
+                    Some(Ok(_)) => {}
+                }
+            }
         }
     }
     // Cut: the close frame goes after what is already queued; a subscriber

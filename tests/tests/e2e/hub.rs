@@ -353,3 +353,71 @@ async fn console_token_set_checks_the_token_and_stores_it_private() {
     assert!(!out.stdout.contains(TOKEN) && !out.stderr.contains(TOKEN));
     stack.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_subscribers_leave_the_request_budget_to_door_unlocks() {
+    let stack = Stack::builder()
+        .relay_extra("[limits]\nmax_concurrent_requests = 4\nmax_websockets = 400\nmax_websockets_per_client = 400\n")
+        .start()
+        .await
+        .unwrap();
+    let mut subscribers = Vec::new();
+    for i in 0..300 {
+        let l = stack
+            .listen_events()
+            .await
+            .unwrap_or_else(|e| panic!("subscriber {i}: {e:#}"));
+        subscribers.push(l);
+    }
+    // Four request slots, three hundred WebSockets open: the slots are all free.
+    let api = stack.api();
+    let unlock = format!("/api/v1/developer/doors/{}/unlock", DOOR_IDS[0]);
+    let calls = (0..4).map(|_| {
+        let (api, unlock) = (api.clone(), unlock.clone());
+        tokio::spawn(async move { api.json(http::Method::PUT, &unlock, &json!({})).await.unwrap().status })
+    });
+    for c in calls {
+        assert_eq!(c.await.unwrap(), http::StatusCode::OK);
+    }
+    stack.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_stop_answering_are_closed_and_free_their_slots() {
+    let ping = Duration::from_millis(300);
+    let stack = Stack::builder()
+        .agent_extra(&format!("event_ping_interval = \"{}ms\"", ping.as_millis()))
+        .relay_extra("[limits]\nmax_websockets = 45\n")
+        .start()
+        .await
+        .unwrap();
+    // Forty subscribers that never read again: frozen, or gone without a word.
+    let mut frozen = Vec::new();
+    for _ in 0..40 {
+        frozen.push(stack.listen_events().await.unwrap());
+    }
+    let t0 = std::time::Instant::now();
+    // Bounded: until forty new subscribers fit (the frozen ones' slots are free).
+    let mut fresh = Vec::new();
+    while fresh.len() < 40 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "slots still held after {:?}",
+            t0.elapsed()
+        );
+        match stack.listen_events().await {
+            Ok(l) => fresh.push(l),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let freed = t0.elapsed();
+    eprintln!("40 silent subscribers closed, slots free after {freed:?} (ping every {ping:?})");
+    // Closed within two pings; the relay then gives the frozen client its
+    // linger for the other half of the close before freeing the slot.
+    let bound = 3 * ping + keyway_relay::upgrade::LINGER + Duration::from_secs(2);
+    assert!(freed < bound, "took {freed:?}, over {bound:?}");
+    // Each was told why.
+    let code = frozen[0].close_code(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(code, Some(keyway_agent::hub::serve::CLOSE_NO_PONG));
+    stack.shutdown().await.unwrap();
+}

@@ -64,6 +64,10 @@ pub struct RelayConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Connections open at once from one client address (any site); past
+    /// it, a new connection is closed at accept.
+    #[serde(default = "default_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// `[limits]`: the edge's limits, with `[limits.sites.NAME]` overrides.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
@@ -86,6 +90,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(20)
+}
+fn default_connections_per_client() -> usize {
+    1024
 }
 fn default_grace() -> Duration {
     Duration::from_secs(30)

@@ -2,9 +2,17 @@
 //! HTTP/1.1 and HTTP/2 by ALPN), which also takes agents whose UDP is
 //! blocked: a ClientHello offering `keyway/1` (tunnel) or `keyway-pair/1`
 //! (pairing) gets the tunnel TLS configuration and is handed over.
+//!
+//! Deadlines run from accept: a connection that has not completed its TLS
+//! handshake and sent a whole request head within `header_read_timeout`
+//! is closed, whatever it speaks (HTTP/1.1, or an HTTP/2 preface alone);
+//! later idle keep-alive gaps are hyper's `header_read_timeout` (HTTP/1.1)
+//! and keep-alive pings (HTTP/2). Accepted sockets get TCP keep-alive, and
+//! one client address may hold `max_connections_per_client` at once.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -13,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use keyway_proto::{ALPN_PAIR, ALPN_TUNNEL};
 use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +51,56 @@ pub struct TcpAgents {
     pub tracker: TaskTracker,
 }
 
+/// The listener's deadlines and caps (from `relay.toml`).
+#[derive(Debug, Clone, Copy)]
+pub struct FrontOptions {
+    /// From accept to a whole request head (and between requests, HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long open requests may take.
+    pub grace: Duration,
+    /// Connections open at once from one client address.
+    pub max_connections_per_client: usize,
+}
+
+/// HTTP/2 keep-alive: a ping this often, the connection dropped when one
+/// is not answered within the same time.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// TCP keep-alive on accepted sockets: the first probe after this idle
+/// time, then every `TCP_KEEPALIVE / 3`.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Open connections per client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One open connection of a client address; given back on drop.
+struct ConnSlot(Arc<PerClient>, IpAddr);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut map = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ConnSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot(self.clone(), ip))
+    }
+}
+
 /// Serves integrations until `stop` is cancelled, then lets open requests
 /// finish for up to `grace`.
 pub async fn serve(
@@ -50,10 +108,15 @@ pub async fn serve(
     tls: FrontTls,
     agents: TcpAgents,
     ctx: Arc<ProxyCtx>,
-    header_read_timeout: Duration,
-    grace: Duration,
+    opts: FrontOptions,
     stop: CancellationToken,
 ) {
+    let FrontOptions {
+        header_read_timeout,
+        grace,
+        max_connections_per_client,
+    } = opts;
+    let per_client = Arc::new(PerClient::default());
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own ceilings sit above the configurable limits (see
@@ -67,6 +130,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEPALIVE))
+        .keep_alive_timeout(H2_KEEPALIVE)
         .max_header_list_size(1024 * 1024);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -81,8 +146,25 @@ pub async fn serve(
                 }
             },
         };
+        let deadline = Instant::now() + header_read_timeout;
+        let Some(slot) = per_client.take(peer.ip().to_canonical(), max_connections_per_client) else {
+            crate::metrics::METRICS
+                .refused
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "connections".into(),
+                })
+                .inc();
+            debug!(%peer, "over max_connections_per_client: closed at accept");
+            continue;
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             debug!("TCP_NODELAY: {e}");
+        }
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE)
+            .with_interval(TCP_KEEPALIVE / 3);
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            debug!("TCP keep-alive: {e}");
         }
         let tls = tls.clone();
         let ctx = ctx.clone();
@@ -91,7 +173,8 @@ pub async fn serve(
         let agents = agents.clone();
         tokio::spawn(
             async move {
-                let stream = match timeout(header_read_timeout, handshake(tcp, &tls)).await {
+                let _slot = slot;
+                let stream = match timeout_at(deadline, handshake(tcp, &tls)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
                     Err(_) => return debug!("TLS handshake timed out"),
@@ -115,11 +198,25 @@ pub async fn serve(
                     Some(keyway_certs::public::ALPN_ACME_TLS) => return debug!("answered an ACME validation"),
                     _ => {}
                 }
-                let service = hyper::service::service_fn(move |req| handle(req, ctx.clone(), peer));
+                // The first request head must arrive by the deadline too.
+                let first = Arc::new(tokio::sync::Notify::new());
+                let heard = first.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    heard.notify_one();
+                    handle(req, ctx.clone(), peer)
+                });
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
+                let conn = watcher.watch(conn);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = &mut conn => return if let Err(e) = r { debug!("connection ended: {e}") },
+                    got = timeout_at(deadline, first.notified()) => if got.is_err() {
+                        return debug!("no request head within {header_read_timeout:?} of accept: closed");
+                    },
+                }
+                if let Err(e) = conn.await {
                     debug!("connection ended: {e}");
                 }
             }

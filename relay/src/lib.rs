@@ -256,16 +256,12 @@ impl Relay {
             quic_stop.clone(),
             tracker.clone(),
         ));
-        front::serve(
-            https,
-            tls,
-            tcp_agents,
-            proxy_ctx,
-            cfg.header_read_timeout,
-            cfg.shutdown_grace,
-            stop,
-        )
-        .await;
+        let front_opts = front::FrontOptions {
+            header_read_timeout: cfg.header_read_timeout,
+            grace: cfg.shutdown_grace,
+            max_connections_per_client: cfg.max_connections_per_client.max(1),
+        };
+        front::serve(https, tls, tcp_agents, proxy_ctx, front_opts, stop).await;
 
         // The front has stopped and its requests are done (or out of grace);
         // WebSockets have their close frames. Then tell agents to move on.

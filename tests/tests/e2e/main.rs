@@ -24,6 +24,7 @@ mod paths;
 mod refused;
 mod repin;
 mod secrets;
+mod silent;
 mod status;
 mod tunnel;
 mod webhooks;

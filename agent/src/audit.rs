@@ -98,6 +98,7 @@ fn rotate(path: &Path) {
 fn write_loop(path: &Path, max_bytes: u64, rx: mpsc::Receiver<Record>, every: std::time::Duration) {
     let mut file: Option<(File, u64)> = None;
     let mut warned = false;
+    let mut lost = 0u64;
     let mut open_senders = true;
     while open_senders {
         std::thread::sleep(every);
@@ -132,21 +133,60 @@ fn write_loop(path: &Path, max_bytes: u64, rx: mpsc::Receiver<Record>, every: st
             rotate(path);
             file = open(path).ok();
         }
-        let written = file.as_mut().map(|(f, len)| {
-            let r = f.write_all(out.as_bytes()).and_then(|()| f.flush());
-            *len += out.len() as u64;
-            r
-        });
-        match written {
-            Some(Ok(())) => warned = false,
-            _ if !warned => {
-                tracing::warn!("could not write the audit log {}", path.display());
-                warned = true;
+        // Records lost earlier are owned up to first, in a line of their own.
+        if lost > 0 {
+            out.insert_str(0, &loss_marker(lost));
+        }
+        let records = out.lines().count() as u64;
+        match file.as_mut().map(|(f, len)| append_whole(f, len, &out)) {
+            Some(Ok(())) => {
+                warned = false;
+                lost = 0;
+            }
+            failed => {
+                // The batch is not in the file at all; count what it lost.
+                lost += records - u64::from(lost > 0);
+                if !warned {
+                    let why = match failed {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "it cannot be opened".into(),
+                    };
+                    tracing::warn!(
+                        "could not write the audit log {} ({why}); counting lost records",
+                        path.display()
+                    );
+                    warned = true;
+                }
                 file = None;
             }
-            _ => file = None,
         }
     }
+}
+
+/// Appends `text` whole or not at all: a write cut short (a full disk) is
+/// truncated away, so no half line is ever glued to the next record.
+fn append_whole(f: &mut File, len: &mut u64, text: &str) -> std::io::Result<()> {
+    match f.write_all(text.as_bytes()).and_then(|()| f.flush()) {
+        Ok(()) => {
+            *len += text.len() as u64;
+            Ok(())
+        }
+        Err(e) => {
+            // Shrinking needs no free space; the file ends where it did.
+            let _ = f.set_len(*len);
+            Err(e)
+        }
+    }
+}
+
+/// The line that stands for `n` records that could not be written.
+fn loss_marker(n: u64) -> String {
+    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let line = serde_json::json!({
+        "time": time, "lost": n,
+        "note": format!("{n} audit records could not be written (the disk was full or unwritable)"),
+    });
+    format!("{line}\n")
 }
 
 /// `/api/v1/developer/users/3f2a…/avatar` → `/api/v1/developer/users/{id}/avatar`.
@@ -177,6 +217,11 @@ pub fn tail(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
 
 /// One record as a human line.
 pub fn describe(line: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        if let (Some(time), Some(n)) = (v["time"].as_str(), v["lost"].as_u64()) {
+            return format!("{time} LOST {n} records: the disk was full or unwritable");
+        }
+    }
     match serde_json::from_str::<Record>(line) {
         Ok(r) => format!(
             "{} {} {:<6} {:<48} {} {:>5}ms {} {}",

@@ -185,10 +185,12 @@ impl Hub {
             replay.extend(ring.events.iter().filter(|e| e.seq > after).cloned());
             let first = ring.events.front().map_or(ring.next_seq, |e| e.seq);
             let wrong_epoch = after != since.seq;
-            if wrong_epoch || (after > 0 && after + 1 < first && after < ring.next_seq) {
+            // Ahead of the hub: numbers it never handed out in this epoch.
+            let ahead = after >= ring.next_seq;
+            if wrong_epoch || ahead || (after > 0 && after + 1 < first) {
                 gap = Some(Gap {
                     since: since.seq,
-                    first,
+                    first: if ahead && !wrong_epoch { ring.next_seq } else { first },
                 });
             }
         }
@@ -295,6 +297,9 @@ mod tests {
         // Up to date: nothing to replay, no gap.
         let s = h.subscribe(since(10));
         assert!(s.replay.is_empty() && s.gap.is_none());
+        // Ahead of the hub: a gap, not a silent wait for numbers it never gave.
+        let s = h.subscribe(since(12));
+        assert_eq!(s.gap, Some(Gap { since: 12, first: 11 }));
         // Another epoch: everything kept, and a gap.
         let s = h.subscribe(Some(Since {
             seq: 9,

@@ -229,7 +229,11 @@ where
             first.push(Message::text(
                 serde_json::json!({
                     "keyway": "gap", "epoch": epoch, "since": g.since, "first": g.first,
-                    "message": format!("events after #{} before #{} are no longer buffered; they are lost to this subscriber", g.since, g.first),
+                    "message": if g.since >= g.first {
+                        format!("this hub never handed out #{} in this epoch (it is at #{}): what came after #{} is lost to this subscriber", g.since, g.first - 1, g.first - 1)
+                    } else {
+                        format!("events after #{} before #{} are no longer buffered; they are lost to this subscriber", g.since, g.first)
+                    },
                 })
                 .to_string(),
             ));

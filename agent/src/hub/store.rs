@@ -47,22 +47,44 @@ struct Segment {
 }
 
 /// Reads the folder (creating it and an epoch if new).
+///
+/// Sequence numbers are never reused within an epoch: when the writer
+/// could not persist an event it retires the epoch (deletes its file, which
+/// needs no free space), and the next start begins a new epoch, dropping
+/// the old segments. Subscribers resuming with the old epoch then get a gap
+/// frame instead of numbers they have already seen, meaning other events.
 pub fn load(dir: &Path, opts: &HubOptions) -> anyhow::Result<(Loaded, Writer)> {
     fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     let epoch_file = dir.join("epoch");
-    let epoch = match fs::read_to_string(&epoch_file) {
-        Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
-        _ => {
-            let e = new_epoch()?;
-            keyway_certs::files::write_atomic(&epoch_file, format!("{e}\n").as_bytes(), false)?;
-            e
-        }
-    };
     let mut names: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_segment_name))
         .collect();
     names.sort();
+    let epoch = match fs::read_to_string(&epoch_file) {
+        Ok(e) if !e.trim().is_empty() => e.trim().to_string(),
+        _ => {
+            if !names.is_empty() {
+                warn!(
+                    dir = %dir.display(),
+                    "the event store lost events before the last stop (a full disk?): starting a new epoch; \
+                     subscribers resuming get a gap frame"
+                );
+                for old in names.drain(..) {
+                    let _ = fs::remove_file(old);
+                }
+            }
+            let e = new_epoch()?;
+            if let Err(err) = keyway_certs::files::write_atomic(&epoch_file, format!("{e}\n").as_bytes(), false) {
+                // Served live all the same; the next start begins another epoch.
+                warn!(
+                    "could not write {} ({err}); events are not kept across a restart",
+                    epoch_file.display()
+                );
+            }
+            e
+        }
+    };
     let oldest_kept = now_ms().saturating_sub(opts.retention.as_millis() as u64);
     let mut events = VecDeque::new();
     let mut segments = VecDeque::new();
@@ -191,12 +213,18 @@ fn write_loop(dir: &Path, mut segments: VecDeque<Segment>, opts: &HubOptions, rx
         })();
         match result {
             Ok(()) => failing = false,
-            Err(e) if !failing => {
-                warn!(dir = %dir.display(), "could not persist door events (they are still served live): {e}");
+            Err(e) => {
+                if !failing {
+                    warn!(dir = %dir.display(), "could not persist door events (they are still served live): {e}");
+                    // Numbers handed out now would be reused after a restart:
+                    // retire the epoch, so the next start begins a new one.
+                    if let Err(e) = fs::remove_file(dir.join("epoch")) {
+                        warn!("could not retire the event epoch: {e}");
+                    }
+                }
                 failing = true;
                 current = None;
             }
-            Err(_) => current = None,
         }
         prune(&mut segments, opts);
     }

@@ -13,6 +13,7 @@ mod errors;
 mod events;
 mod fallback;
 mod faults;
+mod full_disk;
 mod hub;
 mod impaired;
 mod keepalive;

@@ -47,11 +47,12 @@ impl Local {
         let (method, path) = (parts.method.to_string(), template(parts.uri.path()));
         let request_bytes = content_length(&parts.headers);
         let authorized = match canonical {
-            Err(refused) => Err(refused),
+            Err(refused) => Err((Credential::Anonymous, refused)),
             Ok(()) => self.access.authorize(&mut parts),
         };
         let (credential, resp) = match authorized {
-            Err(refused) => (None, refused),
+            // The audit names who was refused, not just who got through.
+            Err((who, refused)) => (Some(who), refused),
             Ok(credential) => {
                 let req = Request::from_parts(parts, body);
                 let resp = match &self.events {

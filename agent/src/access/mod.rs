@@ -37,6 +37,8 @@ pub enum Credential {
     Passthrough(String),
     /// No token at all (the console will answer 401).
     Anonymous,
+    /// A `kw_` token this agent does not know (or has revoked).
+    UnknownIntegration,
 }
 
 impl std::fmt::Display for Credential {
@@ -45,6 +47,7 @@ impl std::fmt::Display for Credential {
             Self::Integration(n) => write!(f, "integration:{n}"),
             Self::Passthrough(fp) => write!(f, "passthrough:{fp}"),
             Self::Anonymous => f.write_str("anonymous"),
+            Self::UnknownIntegration => f.write_str("integration:unknown"),
         }
     }
 }
@@ -114,9 +117,13 @@ impl Access {
     }
 
     /// Decides on a request; on success it may carry the console token now.
-    /// The refusal is the response itself (built once, on the cold path).
+    /// A refusal names the credential refused (for the audit log) and is
+    /// the response itself (built once, on the cold path).
     #[allow(clippy::result_large_err)]
-    pub fn authorize(&self, parts: &mut http::request::Parts) -> Result<Credential, Response<TunnelBody>> {
+    pub fn authorize(
+        &self,
+        parts: &mut http::request::Parts,
+    ) -> Result<Credential, (Credential, Response<TunnelBody>)> {
         let bearer = parts
             .headers
             .get(AUTHORIZATION)
@@ -127,48 +134,53 @@ impl Access {
         let (credential, policy) = match bearer {
             Some(t) if t.starts_with(tokens::PREFIX) => {
                 let entry = self.tokens.verify(t).map_err(|r| match r {
-                    Rejected::Unknown => refusal(
-                        ErrorCode::TokenInvalid,
-                        "this Keyway integration token is not valid here (unknown or revoked)",
+                    Rejected::Unknown => (
+                        Credential::UnknownIntegration,
+                        refusal(
+                            ErrorCode::TokenInvalid,
+                            "this Keyway integration token is not valid here (unknown or revoked)",
+                        ),
                     ),
-                    Rejected::Expired(name) => refusal(
-                        ErrorCode::TokenInvalid,
-                        &format!("the Keyway token of integration {name:?} has expired; issue a new one"),
-                    ),
+                    Rejected::Expired(name) => {
+                        let msg = format!("the Keyway token of integration {name:?} has expired; issue a new one");
+                        (Credential::Integration(name), refusal(ErrorCode::TokenInvalid, &msg))
+                    }
                 })?;
                 let Some(console) = &self.console_token else {
-                    return Err(refusal(
-                        ErrorCode::ConsoleUnreachable,
-                        "the agent has no console token to call the console with (keyway-agent console-token set)",
+                    return Err((
+                        Credential::Integration(entry.name),
+                        refusal(
+                            ErrorCode::ConsoleUnreachable,
+                            "the agent has no console token to call the console with (keyway-agent console-token set)",
+                        ),
                     ));
                 };
                 parts.headers.insert(AUTHORIZATION, console.clone());
                 (Credential::Integration(entry.name), entry.policy)
             }
             Some(t) => {
-                if !self.opts.passthrough {
-                    return Err(refusal(
-                        ErrorCode::TokenInvalid,
-                        "this site accepts only Keyway integration tokens (passthrough is off)",
-                    ));
-                }
                 let fp = Fingerprint::of(t.as_bytes()).to_string();
                 let short: String = fp.chars().filter(|c| *c != ':').take(12).collect();
-                (
-                    Credential::Passthrough(short.to_ascii_lowercase()),
-                    self.opts.passthrough_policy.clone(),
-                )
+                let credential = Credential::Passthrough(short.to_ascii_lowercase());
+                if !self.opts.passthrough {
+                    return Err((
+                        credential,
+                        refusal(
+                            ErrorCode::TokenInvalid,
+                            "this site accepts only Keyway integration tokens (passthrough is off)",
+                        ),
+                    ));
+                }
+                (credential, self.opts.passthrough_policy.clone())
             }
             None => (Credential::Anonymous, self.opts.passthrough_policy.clone()),
         };
         if let Err(why) = policy.check(&parts.method, &path) {
-            return Err(refusal(
-                ErrorCode::PolicyDenied,
-                &format!(
-                    "{} {path} is not allowed for {credential} on this site: {why}",
-                    parts.method
-                ),
-            ));
+            let msg = format!(
+                "{} {path} is not allowed for {credential} on this site: {why}",
+                parts.method
+            );
+            return Err((credential, refusal(ErrorCode::PolicyDenied, &msg)));
         }
         if is_door_control(&parts.method, &path) {
             let clock = DefaultClock::default();
@@ -186,7 +198,7 @@ impl Access {
                 );
                 r.headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-                return Err(r);
+                return Err((credential, r));
             }
         }
         Ok(credential)

@@ -108,6 +108,32 @@ async fn revoked_expired_and_unknown_tokens_get_401() {
         401,
         "CODE_KEYWAY_TOKEN_INVALID",
     );
+    // The audit log names each refused credential.
+    let mut credentials = Vec::new();
+    for _ in 0..200 {
+        let out = cli(
+            "keyway-agent",
+            &["audit", "tail", "--json", "-n", "20", "--config", config],
+        )
+        .await
+        .unwrap();
+        credentials = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["status"] == 401)
+            .map(|r| r["credential"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>();
+        if credentials.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        credentials,
+        ["integration:unknown", "integration:old", "integration:unknown"],
+        "revoked, expired and forged tokens, each named"
+    );
     let list = cli("keyway-agent", &["token", "list", "--config", config])
         .await
         .unwrap();

@@ -145,6 +145,8 @@ async fn no_spelling_of_a_denied_path_reaches_the_console() {
     assert_eq!(recs.len(), n, "{recs:?}");
     for r in &recs {
         assert_eq!(r["status"], 403, "{r}");
+        // Named: who was refused, not "anonymous".
+        assert!(r["credential"].as_str().unwrap().starts_with("passthrough:"), "{r}");
         assert!(
             r["path"]
                 .as_str()

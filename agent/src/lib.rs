@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod console_token;

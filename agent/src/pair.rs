@@ -95,6 +95,9 @@ pub enum PairError {
     /// The relay's certificate was not trusted.
     #[error("the relay's certificate is not trusted ({0}); pass the right --relay-ca, or check the relay address")]
     RelayUntrusted(String),
+    /// The relay's certificate is outside its dates at this machine's time.
+    #[error("the relay's certificate is not valid at this machine's time ({0}); {fix}", fix = crate::clock::FIX)]
+    ClockWrong(String),
     /// The console did not answer.
     #[error(
         "could not reach the console at {0}; check --console (https://IP:12445) and that this machine is on its LAN"
@@ -142,6 +145,7 @@ impl PairError {
             Self::ConsoleMismatch { .. } => 18,
             Self::AlreadyPaired(_) => 19,
             Self::NotPinned(_) => 20,
+            Self::ClockWrong(_) => 22,
             Self::Other(_) => 1,
         }
     }
@@ -347,7 +351,9 @@ async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<PairLink
 }
 
 fn tls_failure(text: String) -> PairError {
-    if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName") {
+    if crate::clock::explains(&text) {
+        PairError::ClockWrong(text)
+    } else if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName") {
         PairError::RelayUntrusted(text)
     } else {
         PairError::RelayUnreachable(text)
@@ -553,6 +559,7 @@ mod tests {
             PairError::ConsoleMismatch { expected: fp, seen: fp },
             PairError::AlreadyPaired(PathBuf::new()),
             PairError::NotPinned(String::new()),
+            PairError::ClockWrong(String::new()),
         ];
         let mut codes: Vec<u8> = errs.iter().map(PairError::exit_code).collect();
         codes.sort();

@@ -143,6 +143,7 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
                 Duration::ZERO
             }
             End::Reconnect(reason) => {
+                let reason = crate::clock::annotate(reason);
                 warn!("tunnel down: {reason}");
                 ctx.state.send_replace(AgentState::Retrying { reason });
                 backoff.next_delay()

@@ -86,7 +86,7 @@ pub async fn run(path: &Path) -> Vec<Check> {
     let tcp = agent.probe(keyway_transport::TransportKind::Tcp).await;
     let clock_hint = [&udp, &tcp]
         .iter()
-        .any(|r| r.as_ref().is_err_and(|e| host::clock_explains(&format!("{e:#}"))));
+        .any(|r| r.as_ref().is_err_and(|e| crate::clock::explains(&format!("{e:#}"))));
     match (&udp, &tcp) {
         (Ok(()), _) => out.push(Check::ok(format!("relay {} reachable over UDP (QUIC)", cfg.relay))),
         (Err(e), Ok(())) => out.push(Check::bad(
@@ -98,7 +98,7 @@ pub async fn run(path: &Path) -> Vec<Check> {
             Verdict::Fail,
             format!("relay {} unreachable over UDP: {e:#}", cfg.relay),
             if clock_hint {
-                "a certificate looks expired or not yet valid: this machine's clock is probably wrong (timedatectl set-ntp true)"
+                crate::clock::FIX
             } else {
                 "check this machine's internet connection, DNS, and the relay address in the config"
             },
@@ -109,7 +109,11 @@ pub async fn run(path: &Path) -> Vec<Check> {
         Err(e) => out.push(Check::bad(
             if udp.is_ok() { Verdict::Warn } else { Verdict::Fail },
             format!("relay {} unreachable over TLS/TCP: {e:#}", cfg.relay_tcp_addr()),
-            "if UDP works this only removes the fallback; otherwise check the firewall allows outbound TCP to the relay's port",
+            if crate::clock::explains(&format!("{e:#}")) {
+                crate::clock::FIX
+            } else {
+                "if UDP works this only removes the fallback; otherwise check the firewall allows outbound TCP to the relay's port"
+            },
         )),
     }
     let reachable_over = match (&udp, &tcp) {

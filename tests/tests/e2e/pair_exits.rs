@@ -165,6 +165,69 @@ async fn every_pairing_failure_exits_with_the_number_the_readme_gives_it() {
     stack.shutdown().await.unwrap();
 }
 
+/// A Pi with no battery-backed clock, before NTP answers, believes it is
+/// some other year: the relay's certificate is then "not yet valid" or
+/// "expired", and the fix to print is the clock, not `--relay-ca`.
+#[tokio::test]
+async fn a_pi_with_the_wrong_year_is_told_to_fix_its_clock_not_its_ca() {
+    let stack = Stack::builder().without_agent().start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let readme = pair_exit_codes();
+    let c = code(&stack, Duration::from_secs(60));
+    for fake in ["@2001-01-01 00:00:00", "+20y"] {
+        let out = tokio::process::Command::new("faketime")
+            .args(["-f", fake])
+            .arg(keyway_tests::workspace_bin("keyway-agent"))
+            .args([
+                "pair",
+                &c,
+                "--relay",
+                &stack.relay_addr.to_string(),
+                "--relay-ca",
+                stack.https_ca.to_str().unwrap(),
+                "--console",
+                &stack.console.url,
+                "--trust-console",
+                "--config",
+                dir.path().join("agent.toml").to_str().unwrap(),
+                "--state-dir",
+                dir.path().to_str().unwrap(),
+            ])
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output()
+            .await
+            .expect("faketime is installed (apt-get install faketime)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(readme["clock wrong"]), "{fake}: {stderr}");
+        assert!(stderr.contains("timedatectl set-ntp true"), "{fake}: {stderr}");
+        assert!(!stderr.contains("--relay-ca"), "{fake}: not the CA's fault: {stderr}");
+        assert!(!dir.path().join("agent.toml").exists(), "nothing written");
+    }
+    // The code was never spent: with the right time it pairs.
+    let out = cli(
+        "keyway-agent",
+        &[
+            "pair",
+            &c,
+            "--relay",
+            &stack.relay_addr.to_string(),
+            "--relay-ca",
+            stack.https_ca.to_str().unwrap(),
+            "--console",
+            &stack.console.url,
+            "--trust-console",
+            "--config",
+            dir.path().join("agent.toml").to_str().unwrap(),
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    stack.shutdown().await.unwrap();
+}
+
 #[test]
 fn each_pairing_error_has_the_readmes_number() {
     let fp = Fingerprint([0; 32]);
@@ -193,6 +256,7 @@ fn each_pairing_error_has_the_readmes_number() {
         ("console not pinned", PairError::NotPinned(String::new())),
         ("relay speaks another protocol version", refused(PairErrorKind::Version)),
         ("not a code", PairError::BadCode(String::new())),
+        ("clock wrong", PairError::ClockWrong(String::new())),
     ];
     let readme = pair_exit_codes();
     for (words, err) in &documented {

@@ -2,8 +2,9 @@
 //! use (for its round-trip time), whether the console answers, and requests
 //! and errors per minute over the last hour.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyway_transport::Tunnel;
 
@@ -15,7 +16,12 @@ pub struct Live {
     /// The console's last check (none yet: `None`).
     console: Mutex<Option<ConsoleHealth>>,
     minutes: Mutex<[Minute; 60]>,
+    /// When the relay last gave the site to another connection.
+    displaced: Mutex<VecDeque<Instant>>,
 }
+
+/// How far back displacements count towards [`Live::duplicate`].
+pub const DISPLACED_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Minute {
@@ -30,6 +36,7 @@ impl Default for Live {
             tunnel: Mutex::default(),
             console: Mutex::new(None),
             minutes: Mutex::new([Minute::default(); 60]),
+            displaced: Mutex::default(),
         }
     }
 }
@@ -47,6 +54,41 @@ impl Live {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|t| t.rtt())
+    }
+
+    /// Notes that the relay gave the site to another connection (`by`, the
+    /// relay's words, name its address); returns the reason to show.
+    pub fn displaced(&self, by: String) -> String {
+        let mut seen = self.displaced.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        seen.push_back(now);
+        seen.retain(|t| now.duration_since(*t) <= DISPLACED_WINDOW);
+        drop(seen);
+        let by = if by.is_empty() {
+            "replaced by a newer connection for this site".into()
+        } else {
+            by
+        };
+        match self.duplicate() {
+            Some(d) => format!("{by}: {d}"),
+            None => format!("{by} (a restart of this agent, or a second agent with its identity?)"),
+        }
+    }
+
+    /// When the relay gave the site away twice within [`DISPLACED_WINDOW`]:
+    /// another agent with this identity is running; what to do about it.
+    pub fn duplicate(&self) -> Option<String> {
+        let mut seen = self.displaced.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        seen.retain(|t| now.duration_since(*t) <= DISPLACED_WINDOW);
+        (seen.len() >= 2).then(|| {
+            format!(
+                "another agent with this identity took the site from this one {} times in {} s: \
+                 stop one of them (each machine needs its own pairing)",
+                seen.len(),
+                DISPLACED_WINDOW.as_secs()
+            )
+        })
     }
 
     /// Records the console's last check.

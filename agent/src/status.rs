@@ -50,6 +50,9 @@ pub struct LiveStatus {
     /// changed, with both fingerprints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_problem: Option<String>,
+    /// Another agent with this identity keeps taking the site, when one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<String>,
     /// Unix seconds when the agent certificate expires.
     pub cert_not_after: Option<i64>,
     /// Requests answered in the last hour.
@@ -162,6 +165,9 @@ pub fn describe(s: &Status, running: bool) -> String {
             (Some(true), _) => text.push_str("\nConsole: reachable, certificate as pinned"),
             (Some(false), _) => text.push_str("\nConsole: NOT reachable (keyway-agent doctor says why)"),
             (None, _) => text.push_str("\nConsole: not checked yet"),
+        }
+        if let Some(d) = &live.duplicate {
+            text.push_str(&format!("\nDUPLICATE: {d}"));
         }
         if let Some(t) = live.cert_not_after {
             let days = (t - now() as i64) / 86400;

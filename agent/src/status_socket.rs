@@ -55,6 +55,7 @@ impl Source {
             rtt_ms: self.live.rtt().map(|d| d.as_secs_f64() * 1000.0),
             console_ok: self.live.console_ok(),
             console_problem: self.live.console().and_then(|h| h.problem()),
+            duplicate: self.live.duplicate(),
             cert_not_after: self.cert_not_after,
             requests_last_hour: requests,
             errors_last_hour: errors,

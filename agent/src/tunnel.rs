@@ -107,6 +107,8 @@ enum End {
     Reconnect(String),
     /// The relay refused us for a reason retrying soon will not fix.
     Refused(String),
+    /// The relay gave the site to a newer connection (its words).
+    Displaced(String),
     /// A background QUIC probe connected while on TCP: hand over to it.
     Switch(Arc<dyn Tunnel>),
 }
@@ -145,6 +147,12 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
             End::Reconnect(reason) => {
                 let reason = crate::clock::annotate(reason);
                 warn!("tunnel down: {reason}");
+                ctx.state.send_replace(AgentState::Retrying { reason });
+                backoff.next_delay()
+            }
+            End::Displaced(by) => {
+                let reason = ctx.local.live.displaced(by);
+                warn!("{reason}");
                 ctx.state.send_replace(AgentState::Retrying { reason });
                 backoff.next_delay()
             }
@@ -530,9 +538,7 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
         return End::Reconnect(String::new());
     }
     End::Reconnect(match peer_close(tunnel) {
-        Some((CloseCode::Replaced, _)) => {
-            "the relay accepted a newer connection for this site (is a second agent running with this identity?)".into()
-        }
+        Some((CloseCode::Replaced, by)) => return End::Displaced(by),
         Some((CloseCode::Shutdown, _)) => "the relay is shutting down".into(),
         _ => err,
     })

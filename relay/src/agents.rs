@@ -37,6 +37,9 @@ pub struct AgentTable {
     inner: Arc<RwLock<HashMap<String, Arc<AgentLink>>>>,
     changes: Arc<watch::Sender<u64>>,
     next_id: Arc<AtomicU64>,
+    /// Recent replacements, to tell two agents with one identity apart
+    /// from a restart.
+    pub displacements: Arc<crate::duplicates::Displacements>,
 }
 
 impl AgentTable {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admin_http;
 pub mod agents;
 pub mod config;
+pub mod duplicates;
 pub mod front;
 pub mod init;
 pub mod limits;

@@ -271,6 +271,9 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                     if let Some(p) = &s.console_problem {
                         say!("  {}: console {p}", s.name);
                     }
+                    if let Some(d) = &s.duplicate {
+                        say!("  {}: DUPLICATE: {d}", s.name);
+                    }
                 }
             }
         }

@@ -107,6 +107,10 @@ pub struct SiteRecord {
     /// certificate changed, with both fingerprints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_problem: Option<String>,
+    /// Two agents with one identity were seen taking the site from each
+    /// other, with both addresses (cleared once one connection holds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<String>,
     /// A pending pairing code expires at (Unix seconds).
     pub code_expires: Option<i64>,
     /// `quic` or `tcp` while the agent is connected.
@@ -161,6 +165,8 @@ pub trait SiteStore: Send + Sync + 'static {
     /// Records whether the site's agent reaches its console, and what is
     /// wrong with it if something is.
     fn record_console(&self, site: &str, ok: bool, problem: Option<&str>) -> Result<(), RegistryError>;
+    /// Records (or, with `None`, clears) two agents seen with one identity.
+    fn record_duplicate(&self, site: &str, duplicate: Option<&str>) -> Result<(), RegistryError>;
     /// Changes whenever another process commits (for cache refresh).
     fn data_version(&self) -> Result<i64, RegistryError>;
 }
@@ -196,6 +202,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sites ADD COLUMN transport TEXT;",
     // 4: what the agent last said is wrong with its console.
     "ALTER TABLE sites ADD COLUMN console_problem TEXT;",
+    // 5: two agents seen with one identity.
+    "ALTER TABLE sites ADD COLUMN duplicate TEXT;",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -355,7 +363,7 @@ impl SiteStore for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
                         (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                        s.console_ok, s.transport, s.console_problem
+                        s.console_ok, s.transport, s.console_problem, s.duplicate
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -371,6 +379,7 @@ impl SiteStore for SqliteStore {
                     console_ok: r.get::<_, Option<i64>>(6)?.map(|v| v != 0),
                     transport: r.get(7)?,
                     console_problem: r.get(8)?,
+                    duplicate: r.get(9)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -433,6 +442,16 @@ impl SiteStore for SqliteStore {
             c.execute(
                 "UPDATE sites SET console_ok = ?2, console_problem = ?3 WHERE name = ?1",
                 params![site, ok as i64, problem],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn record_duplicate(&self, site: &str, duplicate: Option<&str>) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sites SET duplicate = ?2 WHERE name = ?1",
+                params![site, duplicate],
             )?;
             Ok(())
         })

@@ -213,12 +213,21 @@ async fn handle_tunnel(
             // connection (or was told to drain, which already took that one out
             // of the table), so the old one is stale or belongs to a second agent
             // with the same identity: close it rather than let it linger.
+            let (was, now_at) = (old.conn.remote_address(), tunnel.remote_address());
             info!(
                 old = old.id,
-                "a newer connection for this site replaces the previous one"
+                %was,
+                "a newer connection for this site, from {now_at}, replaces the previous one"
             );
-            old.conn
-                .close(CloseCode::Replaced, "replaced by a newer connection for this site");
+            old.conn.close(
+                CloseCode::Replaced,
+                &format!("replaced by a newer connection for this site from {now_at}"),
+            );
+            let flap = (ctx.agents.displacements).replaced(&site, was, now_at, tokio::time::Instant::now());
+            if let Some(said) = flap {
+                warn!(site, "{said}");
+                record_duplicate(&ctx.registry, &site, Some(said)).await;
+            }
         }
     }
     info!(site, agent_version, %transport, "agent online");
@@ -227,7 +236,18 @@ async fn handle_tunnel(
     record_seen(&ctx.registry, &site, &agent_version, Some(transport)).await;
     record_console(&ctx.registry, &site, console_ok, console_problem).await;
 
+    // A connection that holds for a window settles any suspicion of a
+    // second agent.
+    let settle = async {
+        tokio::time::sleep(crate::duplicates::WINDOW).await;
+        if ctx.agents.get(&site).is_some_and(|l| l.id == id) {
+            ctx.agents.displacements.settled(&site);
+            record_duplicate(&ctx.registry, &site, None).await;
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
     let result = tokio::select! {
+        never = settle => match never {},
         r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site) => r,
         silent = watch_silence(&*tunnel) => {
             // Requests waiting on it fail now with a 503, not at the idle timeout.
@@ -328,6 +348,17 @@ async fn record_console(registry: &Registry, site: &str, ok: bool, problem: Opti
         .await
     {
         warn!("could not record the console's state: {e}");
+    }
+}
+
+/// Records (or clears) two agents seen with one identity (best effort).
+async fn record_duplicate(registry: &Registry, site: &str, duplicate: Option<String>) {
+    let site = site.to_string();
+    if let Err(e) = registry
+        .call(move |s| s.record_duplicate(&site, duplicate.as_deref()))
+        .await
+    {
+        warn!("could not record the duplicate agent: {e}");
     }
 }
 

@@ -81,6 +81,16 @@ pub async fn run(path: &Path) -> Vec<Check> {
         }
     };
     out.push(host::agent_cert(&cfg.cert));
+    // The running agent knows whether another one keeps taking its site.
+    if let Ok((status, true)) = crate::status::query(&cfg.key).await {
+        if let Some(d) = status.live.and_then(|l| l.duplicate) {
+            out.push(Check::bad(
+                Verdict::Fail,
+                format!("the relay keeps giving this site to another agent: {d}"),
+                "find the other machine paired as this site (a cloned SD card, an old Pi left running) and stop it, or pair it with its own site",
+            ));
+        }
+    }
     out.push(host::dns(&cfg.relay).await);
     let udp = agent.probe(keyway_transport::TransportKind::Quic).await;
     let tcp = agent.probe(keyway_transport::TransportKind::Tcp).await;

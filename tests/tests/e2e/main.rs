@@ -8,6 +8,7 @@ mod certs;
 mod conformance;
 mod doctor;
 mod doors;
+mod duplicate;
 mod edge;
 mod errors;
 mod events;

@@ -47,7 +47,17 @@ pub struct Console {
     host: HeaderValue,
     connect_timeout: Duration,
     head_timeout: Duration,
+    /// Requests under way at the console (see [`CONSOLE_CONCURRENCY`]).
+    busy: Arc<tokio::sync::Semaphore>,
 }
+
+/// Requests the agent has under way at the console at once, each until its
+/// response body ends. The console is a small appliance, and each request
+/// costs the Pi its buffers (up to [`CONSOLE_READ_BUFFER`] here and
+/// [`keyway_proto::STREAM_BUFFER`] toward the relay): 200 concurrent exports
+/// would otherwise hold ~100 MB. Beyond this, requests wait their turn (up
+/// to the console timeout); door control and WebSockets never wait.
+pub const CONSOLE_CONCURRENCY: usize = 64;
 
 /// The pooled clients for one trust.
 struct Clients {
@@ -68,17 +78,27 @@ impl Clients {
             .https_only()
             .enable_http1()
             .wrap_connector(http);
+        // A response body is read in pieces of at most CONSOLE_READ_BUFFER:
+        // with hundreds of streams at once, the read buffers are what a
+        // Pi's memory holds.
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(CONSOLE_CONCURRENCY)
+            .http1_max_buf_size(CONSOLE_READ_BUFFER)
             .build(https.clone());
         let own = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(50))
+            .http1_max_buf_size(CONSOLE_READ_BUFFER)
             .build(https);
         Ok(Self { client, own })
     }
 }
+
+/// The most a console connection buffers (read side, response heads
+/// included; a console's heads are a few hundred bytes).
+pub const CONSOLE_READ_BUFFER: usize = 32 * 1024;
 
 /// What the agent's console check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,11 +156,17 @@ impl Console {
             host,
             connect_timeout,
             head_timeout,
+            busy: Arc::new(tokio::sync::Semaphore::new(CONSOLE_CONCURRENCY)),
         })
     }
 
     fn clients(&self) -> Arc<Clients> {
         self.clients.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether no request is under way at the console.
+    pub fn is_quiet(&self) -> bool {
+        self.busy.available_permits() == CONSOLE_CONCURRENCY
     }
 
     /// The trust in force.
@@ -193,7 +219,24 @@ impl Console {
 
     /// Forwards one request from the tunnel; errors become envelopes.
     pub async fn forward(&self, mut req: Request<Incoming>) -> Response<TunnelBody> {
-        let tunnel_upgrade = keyway_proto::headers::wants_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let wants_upgrade = keyway_proto::headers::wants_upgrade(req.headers());
+        let permit = if wants_upgrade || crate::access::is_door_control(req.method(), req.uri().path()) {
+            None
+        } else {
+            match timeout(self.head_timeout, self.busy.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    return envelope(
+                        ErrorCode::Timeout,
+                        &format!(
+                            "the console had {CONSOLE_CONCURRENCY} requests under way for {}; try again",
+                            humantime::format_duration(self.head_timeout)
+                        ),
+                    )
+                }
+            }
+        };
+        let tunnel_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
             set_upgrade(&mut parts.headers, proto);
@@ -236,7 +279,16 @@ impl Console {
             let console = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice(tunnel, console).in_current_span());
         }
-        resp.map(|b| b.boxed_unsync())
+        // The turn ends with the body (an export streams for a while).
+        resp.map(|b| match permit {
+            Some(permit) => b
+                .map_frame(move |f| {
+                    let _turn = &permit;
+                    f
+                })
+                .boxed_unsync(),
+            None => b.boxed_unsync(),
+        })
     }
 
     /// Whether the console accepts `authorization` for reading devices (the

@@ -4,7 +4,8 @@
 //!
 //! [`Agent::new`] checks the configuration and builds the clients;
 //! [`Agent::run`] serves until the shutdown token is cancelled.
-#![forbid(unsafe_code)]
+// One audited FFI call (`trim::release`) is allowed where it is made.
+#![deny(unsafe_code)]
 
 pub mod access;
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod pair;
 pub mod repin;
 pub mod status;
 pub mod status_socket;
+pub mod trim;
 pub mod tunnel;
 
 use std::net::SocketAddr;
@@ -209,6 +211,13 @@ impl Agent {
             }
             hub_tasks.push(tokio::spawn(hub::upstream::run(hub, up, stop.child_token())));
         }
+        let trim = tokio::spawn({
+            let (console, live) = (self.ctx.local.console.clone(), self.ctx.local.live.clone());
+            trim::run(
+                move || console.is_quiet().then(|| live.last_hour().0),
+                stop.child_token(),
+            )
+        });
         let current = status::Current::default();
         let writer = tokio::spawn(status::keep_written(
             self.status_file.clone(),
@@ -245,6 +254,7 @@ impl Agent {
         for t in hub_tasks {
             let _ = t.await;
         }
+        let _ = trim.await;
         // The state channel closes with the context: the file says "stopped".
         drop(self);
         let _ = writer.await;

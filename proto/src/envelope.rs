@@ -31,6 +31,9 @@ pub enum ErrorCode {
     LengthRequired,
     /// The request's headers are too many or too large.
     HeadersTooLarge,
+    /// The request target (path and query) is longer than the relay
+    /// forwards ([`crate::MAX_URI_BYTES`]).
+    UriTooLong,
     /// The client's address is not in the site's allow-list.
     ClientNotAllowed,
     /// Over a request rate (per site or per client address).
@@ -57,6 +60,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::ClientNotAllowed | Self::PolicyDenied => StatusCode::FORBIDDEN,
             Self::RateLimited | Self::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
             Self::TokenInvalid => StatusCode::UNAUTHORIZED,
@@ -77,6 +81,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "CODE_KEYWAY_PAYLOAD_TOO_LARGE",
             Self::LengthRequired => "CODE_KEYWAY_LENGTH_REQUIRED",
             Self::HeadersTooLarge => "CODE_KEYWAY_HEADERS_TOO_LARGE",
+            Self::UriTooLong => "CODE_KEYWAY_URI_TOO_LONG",
             Self::ClientNotAllowed => "CODE_KEYWAY_CLIENT_NOT_ALLOWED",
             Self::RateLimited => "CODE_KEYWAY_RATE_LIMITED",
             Self::TooManyConcurrent => "CODE_KEYWAY_TOO_MANY_CONCURRENT",

@@ -53,6 +53,19 @@ pub enum CloseCode {
 /// ping): an idle healthy agent is heard at least this often.
 pub const AGENT_KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The longest request target (path and query) the relay forwards; a
+/// longer one is answered 414 at the edge.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+
+/// The most the relay's `max_header_bytes` may be set to.
+pub const MAX_HEADER_BYTES_CEILING: usize = 64 * 1024;
+
+/// What the agent buffers per tunnel stream, each way. A request head at
+/// the relay's ceilings ([`MAX_URI_BYTES`], [`MAX_HEADER_BYTES_CEILING`]
+/// and framing) fits; a response is written in pieces no larger, so 200
+/// concurrent downloads hold tens of megabytes, not one each.
+pub const STREAM_BUFFER: usize = 128 * 1024;
+
 /// Silence after which the relay takes an agent for gone (four of its
 /// keep-alives missed): requests waiting on it get their 503 then, long
 /// before the transport's [`IDLE_TIMEOUT`]. The relay checks every 200 ms,

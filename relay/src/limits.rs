@@ -161,6 +161,11 @@ impl LimitsConfig {
             ] {
                 anyhow::ensure!(v > 0, "[{name}] {field}: must be at least 1");
             }
+            anyhow::ensure!(
+                l.max_header_bytes <= keyway_proto::MAX_HEADER_BYTES_CEILING,
+                "[{name}] max_header_bytes: at most {} (what an agent buffers for a request head)",
+                keyway_proto::MAX_HEADER_BYTES_CEILING
+            );
         }
         Ok(())
     }

@@ -205,6 +205,16 @@ fn canonicalize(req: &mut Request<Incoming>) -> Result<(), Response<ProxyBody>> 
     let Some(pq) = req.uri().path_and_query() else {
         return Ok(());
     };
+    if pq.as_str().len() > keyway_proto::MAX_URI_BYTES {
+        return Err(error(
+            ErrorCode::UriTooLong,
+            &format!(
+                "the request target is {} bytes; at most {} are forwarded",
+                pq.as_str().len(),
+                keyway_proto::MAX_URI_BYTES
+            ),
+        ));
+    }
     let refuse = |e: keyway_proto::path::PathError| {
         debug!("refused path: {e}");
         error(ErrorCode::BadRequest, &format!("{e}; send the path in its plain form"))

@@ -131,6 +131,38 @@ impl AsyncWrite for TunnelStream {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
+    /// Writes the slices in order until one would block. hyper queues the
+    /// pieces of a body for a writer that takes slices, instead of copying
+    /// them into one growing buffer per connection: with hundreds of
+    /// streams, that buffer was most of the agent's memory.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        let mut written = 0;
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            match Pin::new(&mut self.io).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                // What was written counts; the error (or the wait) comes
+                // back on the next call.
+                Poll::Ready(Err(_)) | Poll::Pending if written > 0 => break,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_flush(cx)
     }

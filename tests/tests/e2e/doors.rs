@@ -635,3 +635,62 @@ async fn console_sim_serves_the_building_on_its_control_listener_only_when_asked
     let line: Value = serde_json::from_str(&std::fs::read_to_string(&ready2).unwrap()).unwrap();
     assert!(line.get("control").is_none(), "{line}");
 }
+
+/// The agent has at most `CONSOLE_CONCURRENCY` requests under way at the
+/// console (each costs a Pi its buffers); one more waits its turn instead
+/// of failing, and a door unlock never waits behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_console_queues_requests_but_never_a_door_unlock() {
+    use keyway_agent::console::CONSOLE_CONCURRENCY;
+    use keyway_tests::console::DELAY_HEADER;
+    let stack = Stack::start().await.unwrap();
+    let api = stack.api();
+    let slow = |ms: u64| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let req = api
+                .request(http::Method::GET, "/api/v1/developer/doors")
+                .header(DELAY_HEADER, ms.to_string());
+            let r = api.send(req.body(keyway_tests::stack::empty()).unwrap()).await.unwrap();
+            (r.status, std::time::Instant::now())
+        })
+    };
+    // Every turn taken by a request the console holds for 3 s.
+    let held: Vec<_> = (0..CONSOLE_CONCURRENCY).map(|_| slow(3_000)).collect();
+    let at_console = || {
+        let seen = stack.console.requests_seen();
+        seen.iter().filter(|r| *r == "GET /api/v1/developer/doors").count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while at_console() < CONSOLE_CONCURRENCY {
+        assert!(std::time::Instant::now() < deadline, "the console never got them all");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One more waits for a turn.
+    let waiting = slow(0);
+    // A door unlock goes straight through, while all the turns are taken.
+    let unlock = format!("/api/v1/developer/doors/{}/unlock", DOOR_IDS[0]);
+    let r = api.json(http::Method::PUT, &unlock, &json!({})).await.unwrap();
+    assert_eq!(r.status, http::StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "the unlock was answered while every turn was taken"
+    );
+    let (status, waited_until) = waiting.await.unwrap();
+    assert_eq!(status, http::StatusCode::OK, "queued, not refused");
+    let first_done = futures_util::future::join_all(held)
+        .await
+        .into_iter()
+        .map(|r| {
+            let (status, at) = r.unwrap();
+            assert_eq!(status, http::StatusCode::OK);
+            at
+        })
+        .min()
+        .unwrap();
+    assert!(
+        waited_until >= first_done,
+        "the extra request was answered before any turn was free"
+    );
+    stack.shutdown().await.unwrap();
+}

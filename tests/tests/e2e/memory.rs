@@ -204,3 +204,62 @@ impl Watch {
         self.task.await.unwrap()
     }
 }
+
+/// 200 integrations each downloading a 1 MiB export at once, through one
+/// agent (a Pi has 1 GB): the agent's memory is bounded per stream, not
+/// per byte, and given back when they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_exports_keep_the_agent_small_and_it_shrinks_after() {
+    const STREAMS: usize = 200;
+    let console = RunningConsole::start(ConsoleOptions::new(TOKEN)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bins = BinaryStack::start(dir.path(), &console.url).await.unwrap();
+    let (agent_pid, addr) = (bins.agent.pid(), bins.addr);
+    let client = https_client(&bins.https_ca_der);
+    let export = move || {
+        hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://{addr}/api/v1/developer/system/logs/export"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("host", SITE_HOST)
+            .header("content-type", "application/json")
+            .header(EXPORT_BYTES_HEADER, MB.to_string())
+            .body(body(EXPORT))
+            .unwrap()
+    };
+    let idle = rss_bytes(agent_pid).unwrap();
+    let watch = Watch::start([agent_pid, agent_pid]);
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..STREAMS {
+        let (client, req) = (client.clone(), export());
+        all.spawn(async move {
+            let r = client.request(req).await?;
+            anyhow::ensure!(r.status() == StatusCode::OK, "{}", r.status());
+            let bytes = r.into_body().collect().await?.to_bytes();
+            Ok(bytes.len() as u64)
+        });
+    }
+    while let Some(done) = all.join_next().await {
+        assert_eq!(done.unwrap().unwrap(), MB, "each export arrives whole");
+    }
+    let (peak, _) = watch.stop().await;
+    // Given back: polled (bounded), since the allocator returns memory as
+    // connections and tasks wind down.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let now = rss_bytes(agent_pid).unwrap();
+        if now < 25 * MB || std::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "{STREAMS} concurrent 1 MiB exports: agent RSS {} MB idle, {} MB peak, {} MB after",
+        idle / MB,
+        peak / MB,
+        after / MB
+    );
+    assert!(peak < 64 * MB, "agent peaked at {} MB", peak / MB);
+    assert!(after < 25 * MB, "agent kept {} MB", after / MB);
+    console.stop().await;
+}

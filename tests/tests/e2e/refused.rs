@@ -140,3 +140,43 @@ async fn rate_concurrency_and_allow_list_refusals_never_enter_the_tunnel() {
     assert_eq!(heads(&seen), 0);
     stack.shutdown().await.unwrap();
 }
+
+/// A request target over 16 KiB is refused at the edge with 414; a head at
+/// the ceilings (16 KiB of target, 64 KiB of headers) crosses the tunnel
+/// whole and reaches the console, whose agent buffers only 128 KiB per
+/// stream.
+#[tokio::test]
+async fn a_head_at_the_ceilings_crosses_and_one_past_them_is_refused() {
+    let too_big = Stack::builder()
+        .relay_extra("[limits]\nmax_header_bytes = 65537\n")
+        .start()
+        .await;
+    let err = format!("{:#}", too_big.err().expect("refused at start"));
+    assert!(err.contains("max_header_bytes: at most 65536"), "{err}");
+
+    let (stack, seen) = observed("max_header_bytes = 65536").await;
+    let api = stack.api();
+    let target = |len: usize| {
+        let head = format!("{DOORS}?q=");
+        format!("{head}{}", "x".repeat(len - head.len()))
+    };
+    let r = api.get(&target(16 * 1024 + 1)).await.unwrap();
+    assert_refused(&r, 414, "CODE_KEYWAY_URI_TOO_LONG");
+    assert_eq!(heads(&seen), 0, "a refused request's head entered the tunnel");
+
+    let mut req = api.request(Method::GET, &target(16 * 1024));
+    let fill = "y".repeat(6_000);
+    for i in 0..10 {
+        req = req.header(format!("x-fill-{i}"), &fill);
+    }
+    let r = api.send(req.body(empty()).unwrap()).await.unwrap();
+    assert_eq!(heads(&seen), 1, "the head crossed");
+    let code = r.json()["code"].as_str().unwrap_or_default().to_string();
+    assert!(
+        !code.starts_with("CODE_KEYWAY") && r.status != StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "answered by the console, not refused on the way: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    stack.shutdown().await.unwrap();
+}

@@ -27,17 +27,7 @@ async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_mem
     let (relay_pid, agent_pid, addr) = (bins.relay.pid(), bins.agent.pid(), bins.addr);
     let layout = &bins;
     let client = https_client(&layout.https_ca_der);
-    let export = |bytes: u64| {
-        hyper::Request::builder()
-            .method(Method::POST)
-            .uri(format!("https://{addr}/api/v1/developer/system/logs/export"))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .header("host", SITE_HOST)
-            .header("content-type", "application/json")
-            .header(EXPORT_BYTES_HEADER, bytes.to_string())
-            .body(body(EXPORT))
-            .unwrap()
-    };
+    let export = |bytes: u64| export_request(addr, bytes);
     // Warm up: pools, buffers and QUIC windows reach their working size.
     for _ in 0..3 {
         let r = client.request(export(4 * MB)).await.unwrap();
@@ -106,6 +96,19 @@ async fn a_100_mb_export_and_upload_stream_through_relay_and_agent_with_flat_mem
     );
     assert_flat("upload", base, peak);
     console.stop().await;
+}
+
+/// A system-log export of `bytes` from the console, through the relay at `addr`.
+fn export_request(addr: std::net::SocketAddr, bytes: u64) -> hyper::Request<keyway_tests::stack::ClientBody> {
+    hyper::Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{addr}/api/v1/developer/system/logs/export"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("host", SITE_HOST)
+        .header("content-type", "application/json")
+        .header(EXPORT_BYTES_HEADER, bytes.to_string())
+        .body(body(EXPORT))
+        .unwrap()
 }
 
 const BOUNDARY: &str = "keyway-memory-boundary";
@@ -216,17 +219,7 @@ async fn two_hundred_concurrent_exports_keep_the_agent_small_and_it_shrinks_afte
     let bins = BinaryStack::start(dir.path(), &console.url).await.unwrap();
     let (agent_pid, addr) = (bins.agent.pid(), bins.addr);
     let client = https_client(&bins.https_ca_der);
-    let export = move || {
-        hyper::Request::builder()
-            .method(Method::POST)
-            .uri(format!("https://{addr}/api/v1/developer/system/logs/export"))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .header("host", SITE_HOST)
-            .header("content-type", "application/json")
-            .header(EXPORT_BYTES_HEADER, MB.to_string())
-            .body(body(EXPORT))
-            .unwrap()
-    };
+    let export = move || export_request(addr, MB);
     let idle = rss_bytes(agent_pid).unwrap();
     let watch = Watch::start([agent_pid, agent_pid]);
     let mut all = tokio::task::JoinSet::new();

@@ -32,10 +32,10 @@ struct Pairing<'a> {
 }
 
 impl Pairing<'_> {
-    /// `keyway-agent pair CODE` with valid arguments, `change` applied; its exit code.
-    async fn exit(&self, code: &str, change: impl FnOnce(&mut Vec<String>)) -> i32 {
+    /// `pair CODE` with valid arguments for this stack.
+    fn args(&self, code: &str) -> Vec<String> {
         let dir = self.dir.path();
-        let mut args: Vec<String> = [
+        [
             "pair",
             code,
             "--relay",
@@ -53,7 +53,12 @@ impl Pairing<'_> {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
+        .collect()
+    }
+
+    /// `keyway-agent pair CODE` with valid arguments, `change` applied; its exit code.
+    async fn exit(&self, code: &str, change: impl FnOnce(&mut Vec<String>)) -> i32 {
+        let mut args = self.args(code);
         change(&mut args);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = cli("keyway-agent", &refs).await.unwrap();
@@ -171,28 +176,17 @@ async fn every_pairing_failure_exits_with_the_number_the_readme_gives_it() {
 #[tokio::test]
 async fn a_pi_with_the_wrong_year_is_told_to_fix_its_clock_not_its_ca() {
     let stack = Stack::builder().without_agent().start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let p = Pairing {
+        stack: &stack,
+        dir: tempfile::tempdir().unwrap(),
+    };
     let readme = pair_exit_codes();
     let c = code(&stack, Duration::from_secs(60));
     for fake in ["@2001-01-01 00:00:00", "+20y"] {
         let out = tokio::process::Command::new("faketime")
             .args(["-f", fake])
             .arg(keyway_tests::workspace_bin("keyway-agent"))
-            .args([
-                "pair",
-                &c,
-                "--relay",
-                &stack.relay_addr.to_string(),
-                "--relay-ca",
-                stack.https_ca.to_str().unwrap(),
-                "--console",
-                &stack.console.url,
-                "--trust-console",
-                "--config",
-                dir.path().join("agent.toml").to_str().unwrap(),
-                "--state-dir",
-                dir.path().to_str().unwrap(),
-            ])
+            .args(p.args(&c))
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .output()
             .await
@@ -201,30 +195,10 @@ async fn a_pi_with_the_wrong_year_is_told_to_fix_its_clock_not_its_ca() {
         assert_eq!(out.status.code(), Some(readme["clock wrong"]), "{fake}: {stderr}");
         assert!(stderr.contains("timedatectl set-ntp true"), "{fake}: {stderr}");
         assert!(!stderr.contains("--relay-ca"), "{fake}: not the CA's fault: {stderr}");
-        assert!(!dir.path().join("agent.toml").exists(), "nothing written");
+        assert!(!p.dir.path().join("agent.toml").exists(), "nothing written");
     }
     // The code was never spent: with the right time it pairs.
-    let out = cli(
-        "keyway-agent",
-        &[
-            "pair",
-            &c,
-            "--relay",
-            &stack.relay_addr.to_string(),
-            "--relay-ca",
-            stack.https_ca.to_str().unwrap(),
-            "--console",
-            &stack.console.url,
-            "--trust-console",
-            "--config",
-            dir.path().join("agent.toml").to_str().unwrap(),
-            "--state-dir",
-            dir.path().to_str().unwrap(),
-        ],
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(p.exit(&c, |_| {}).await, 0);
     stack.shutdown().await.unwrap();
 }
 

@@ -26,6 +26,11 @@ pub struct SiteCache {
     inner: Arc<RwLock<HashMap<String, Option<String>>>>,
     /// Bumped when the set of names changes (the ACME task follows it).
     names_version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// One reload at a time, read and write together: two racing reloads
+    /// (the watcher's poll and a pairing's) could otherwise store the older
+    /// read last, and a freshly paired agent would be refused as revoked,
+    /// or its new tunnel closed by `enforce`.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SiteCache {
@@ -73,6 +78,7 @@ impl SiteCache {
         Self {
             inner: Arc::new(RwLock::new(map)),
             names_version: Arc::default(),
+            reloading: Arc::default(),
         }
     }
 
@@ -83,6 +89,7 @@ impl SiteCache {
 
     /// Reloads from the registry.
     pub async fn reload(&self, registry: &Registry) -> Result<(), crate::registry::RegistryError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let sites = registry.call(|s| s.list_sites()).await?;
         let map: HashMap<_, _> = sites.into_iter().map(|s| (s.name, s.cert_serial)).collect();
         let renamed = {

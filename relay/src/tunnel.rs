@@ -123,6 +123,11 @@ async fn handle_tunnel(
     };
     let transport = tunnel.kind();
     tracing::Span::current().record("site", site.as_str());
+    if ctx.sites.current_serial(&site).as_deref() != Some(serial.as_str()) {
+        // The cache trails the registry by up to a poll (a pairing by
+        // another process): ask the registry before refusing anyone.
+        ctx.sites.reload(&ctx.registry).await?;
+    }
     if !ctx.sites.contains(&site) {
         tunnel.close(CloseCode::UnknownSite, "unknown site");
         anyhow::bail!("certificate names site {site:?}, which this relay does not serve");

@@ -150,14 +150,29 @@ impl Agent {
 
     /// Tells the relay this agent is being unpaired, so it revokes the
     /// certificate now rather than when an operator remembers to.
+    /// The connection says only that: it does not take the site's tunnel
+    /// from a running agent (which would take it back before the relay
+    /// heard the request).
     pub async fn notify_unpair(&self) -> anyhow::Result<()> {
         use keyway_proto::control::{write_msg, ControlMsg};
+        use keyway_proto::CloseCode;
+        let wait = std::time::Duration::from_secs(5);
+        let tunnel = tunnel::connect(&self.ctx).await?;
+        let mut control = tunnel.open_control().await?;
+        write_msg(&mut control, &ControlMsg::Unpair).await?;
+        let _ = tokio::time::timeout(wait, tunnel.closed()).await;
+        match keyway_transport::peer_close(&*tunnel) {
+            Some((CloseCode::Revoked, _)) => return Ok(()),
+            // A relay from before this: Unpair only inside a session.
+            Some((CloseCode::ProtocolError, _)) => {}
+            other => anyhow::bail!("the relay did not confirm the revocation ({other:?})"),
+        }
         let tunnel = tunnel::connect(&self.ctx).await?;
         let (mut control, site) = tunnel::hello(&*tunnel, true, None, false).await?;
         write_msg(&mut control, &ControlMsg::Unpair).await?;
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tunnel.closed()).await;
+        let _ = tokio::time::timeout(wait, tunnel.closed()).await;
         match keyway_transport::peer_close(&*tunnel) {
-            Some((keyway_proto::CloseCode::Revoked, _)) => Ok(()),
+            Some((CloseCode::Revoked, _)) => Ok(()),
             other => anyhow::bail!("the relay did not confirm the revocation of site {site:?} ({other:?})"),
         }
     }

@@ -180,6 +180,19 @@ async fn handle_tunnel(
             let _ = timeout(Duration::from_secs(2), tunnel.closed()).await;
             return Ok(());
         }
+        ControlMsg::Unpair => {
+            // `keyway-agent unpair` on its own connection: revoke without
+            // taking the site's tunnel (the running agent would take it
+            // back first, and the unpair would never be confirmed); the
+            // running agent's tunnel is closed by `enforce`.
+            info!(site, "agent unpaired itself: revoking its certificate");
+            let s = site.clone();
+            ctx.registry.call(move |r| r.revoke(&s, now())).await?;
+            ctx.sites.reload(&ctx.registry).await?;
+            crate::sites::enforce(&ctx.sites, &ctx.agents);
+            tunnel.close(CloseCode::Revoked, "certificate revoked");
+            return Ok(());
+        }
         other => {
             tunnel.close(CloseCode::ProtocolError, "expected Hello");
             anyhow::bail!("expected Hello, got {other:?}");

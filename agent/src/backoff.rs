@@ -37,6 +37,11 @@ impl Backoff {
     }
 }
 
+/// A uniform delay in `[0, cap]`.
+pub fn jitter(cap: Duration) -> Duration {
+    cap.mul_f64(random_unit())
+}
+
 fn random_unit() -> f64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
@@ -49,6 +54,14 @@ fn random_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_cap() {
+        let cap = Duration::from_millis(300);
+        for _ in 0..1000 {
+            assert!(jitter(cap) <= cap);
+        }
+    }
 
     #[test]
     fn grows_to_the_cap_and_resets() {

@@ -113,11 +113,27 @@ enum End {
     Switch(Arc<dyn Tunnel>),
 }
 
+/// How long after a relay drains or shuts down the agent keeps retrying at
+/// [`RESTART_RETRY_CAP`] (a restart takes seconds; an outage longer than
+/// this falls back to the doubling backoff).
+pub const RESTART_WINDOW: Duration = Duration::from_secs(10);
+
+/// The most a retry waits while the relay restarts (full jitter below it,
+/// so a thousand agents do not return in the same millisecond).
+pub const RESTART_RETRY_CAP: Duration = Duration::from_millis(300);
+
+const RELAY_SHUTTING_DOWN: &str = "the relay is shutting down";
+
 /// Connects, serves and reconnects until `stop` is cancelled.
 pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
     let mut console = watch_console(ctx.clone(), stop.clone()).await;
     let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     let mut next: Option<Arc<dyn Tunnel>> = None;
+    // Until when the relay is taken to be restarting (it drained us, shut
+    // down, or lost our connection): retries stay within RESTART_RETRY_CAP
+    // instead of doubling while the old process exits and the new one
+    // starts, so a routine restart heals in well under a second.
+    let mut restarting_until: Option<Instant> = None;
     loop {
         let handover = next.is_some();
         if !handover {
@@ -142,13 +158,20 @@ pub async fn run(ctx: Arc<TunnelCtx>, stop: CancellationToken) {
             }
             End::Reconnect(reason) if reason.is_empty() => {
                 backoff.reset();
+                restarting_until = Some(Instant::now() + RESTART_WINDOW);
                 Duration::ZERO
             }
             End::Reconnect(reason) => {
+                if reason == RELAY_SHUTTING_DOWN {
+                    restarting_until = Some(Instant::now() + RESTART_WINDOW);
+                }
                 let reason = crate::clock::annotate(reason);
                 warn!("tunnel down: {reason}");
                 ctx.state.send_replace(AgentState::Retrying { reason });
-                backoff.next_delay()
+                match restarting_until {
+                    Some(until) if Instant::now() < until => crate::backoff::jitter(RESTART_RETRY_CAP),
+                    _ => backoff.next_delay(),
+                }
             }
             End::Displaced(by) => {
                 let reason = ctx.local.live.displaced(by);
@@ -539,7 +562,7 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
     }
     End::Reconnect(match peer_close(tunnel) {
         Some((CloseCode::Replaced, by)) => return End::Displaced(by),
-        Some((CloseCode::Shutdown, _)) => "the relay is shutting down".into(),
+        Some((CloseCode::Shutdown, _)) => RELAY_SHUTTING_DOWN.into(),
         _ => err,
     })
 }

@@ -200,23 +200,6 @@ impl Console {
         }
     }
 
-    /// Whether the console accepts a TCP connection now (a cheap health
-    /// check: no TLS, no token, nothing logged on the console).
-    pub async fn reachable(&self) -> bool {
-        let Some(auth) = self.base.authority() else {
-            return false;
-        };
-        let addr = format!(
-            "{}:{}",
-            auth.host().trim_matches(['[', ']']),
-            auth.port_u16().unwrap_or(443)
-        );
-        matches!(
-            timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await,
-            Ok(Ok(_))
-        )
-    }
-
     /// Forwards one request from the tunnel; errors become envelopes.
     pub async fn forward(&self, mut req: Request<Incoming>) -> Response<TunnelBody> {
         let wants_upgrade = keyway_proto::headers::wants_upgrade(req.headers());

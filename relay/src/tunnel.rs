@@ -185,11 +185,7 @@ async fn handle_tunnel(
             // taking the site's tunnel (the running agent would take it
             // back first, and the unpair would never be confirmed); the
             // running agent's tunnel is closed by `enforce`.
-            info!(site, "agent unpaired itself: revoking its certificate");
-            let s = site.clone();
-            ctx.registry.call(move |r| r.revoke(&s, now())).await?;
-            ctx.sites.reload(&ctx.registry).await?;
-            crate::sites::enforce(&ctx.sites, &ctx.agents);
+            revoke_unpaired(&ctx, &site).await?;
             tunnel.close(CloseCode::Revoked, "certificate revoked");
             return Ok(());
         }
@@ -336,11 +332,7 @@ async fn control_loop(
                     return Ok(());
                 }
                 ControlMsg::Unpair => {
-                    info!(site, "agent unpaired itself: revoking its certificate");
-                    let s = site.to_string();
-                    registry.call(move |r| r.revoke(&s, now())).await?;
-                    ctx.sites.reload(registry).await?;
-                    crate::sites::enforce(&ctx.sites, &ctx.agents);
+                    revoke_unpaired(ctx, site).await?;
                     return Ok(());
                 }
                 other => warn!("ignoring unexpected control message {other:?}"),
@@ -367,6 +359,17 @@ async fn record_console(registry: &Registry, site: &str, ok: bool, problem: Opti
     {
         warn!("could not record the console's state: {e}");
     }
+}
+
+/// An agent unpaired itself: its certificate is revoked now, and any
+/// tunnel it still holds is closed.
+async fn revoke_unpaired(ctx: &TunnelCtx, site: &str) -> anyhow::Result<()> {
+    info!(site, "agent unpaired itself: revoking its certificate");
+    let s = site.to_string();
+    ctx.registry.call(move |r| r.revoke(&s, now())).await?;
+    ctx.sites.reload(&ctx.registry).await?;
+    crate::sites::enforce(&ctx.sites, &ctx.agents);
+    Ok(())
 }
 
 /// Records (or clears) two agents seen with one identity (best effort).

@@ -19,10 +19,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keyway_certs::pin::find_pin_mismatch;
 use keyway_certs::{ConsoleTrust, Fingerprint};
-use keyway_proto::envelope::ErrorCode;
+use keyway_proto::causes;
+use keyway_proto::envelope::HttpBody;
 use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use tokio::time::timeout;
 use tracing::{debug, warn, Instrument};
+
+use crate::error::{AgentError, BadRequest, Timeout, Unreachable};
 
 /// What the agent asks the console to check a subscriber's token: listing
 /// devices needs `view:device`, the permission of the event stream.
@@ -33,9 +36,6 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long one side of an upgraded stream may stay open after the other closed.
 const UPGRADE_LINGER: Duration = Duration::from_secs(5);
-
-/// Body of responses going back into the tunnel.
-pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The console as seen from the agent.
 pub struct Console {
@@ -160,6 +160,16 @@ impl Console {
         })
     }
 
+    /// The console `agent.toml` names, with its trust and timeouts.
+    pub fn from_config(cfg: &crate::config::AgentConfig) -> anyhow::Result<Self> {
+        Self::new(
+            cfg.console_uri()?,
+            cfg.console_trust()?,
+            cfg.console_connect_timeout,
+            cfg.console_timeout,
+        )
+    }
+
     fn clients(&self) -> Arc<Clients> {
         self.clients.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -200,8 +210,8 @@ impl Console {
         }
     }
 
-    /// Forwards one request from the tunnel; errors become envelopes.
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Response<TunnelBody> {
+    /// Forwards one request from the tunnel to the console.
+    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<HttpBody>, AgentError> {
         let wants_upgrade = keyway_proto::headers::wants_upgrade(req.headers());
         let permit = if wants_upgrade || crate::access::is_door_control(req.method(), req.uri().path()) {
             None
@@ -209,13 +219,10 @@ impl Console {
             match timeout(self.head_timeout, self.busy.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => Some(permit),
                 _ => {
-                    return envelope(
-                        ErrorCode::Timeout,
-                        &format!(
-                            "the console had {CONSOLE_CONCURRENCY} requests under way for {}; try again",
-                            humantime::format_duration(self.head_timeout)
-                        ),
-                    )
+                    return Err(AgentError::Timeout(Timeout::Busy {
+                        slots: CONSOLE_CONCURRENCY,
+                        after: self.head_timeout,
+                    }))
                 }
             }
         };
@@ -227,10 +234,7 @@ impl Console {
         parts.headers.insert(HOST, self.host.clone());
         let mut uri = self.base.clone().into_parts();
         uri.path_and_query = parts.uri.path_and_query().cloned();
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => return envelope(ErrorCode::BadRequest, "the request target is not a valid path"),
-        };
+        parts.uri = Uri::from_parts(uri).map_err(|_| AgentError::BadRequest(BadRequest::Target))?;
         let mut resp = match timeout(
             self.head_timeout,
             self.clients().client.request(Request::from_parts(parts, body)),
@@ -238,32 +242,23 @@ impl Console {
         .await
         {
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return self.classify(&e),
+            Ok(Err(e)) => return Err(self.classify(&e)),
             Err(_) => {
                 warn!("console did not answer within {:?}", self.head_timeout);
-                return envelope(
-                    ErrorCode::Timeout,
-                    &format!(
-                        "the console did not answer within {}",
-                        humantime::format_duration(self.head_timeout)
-                    ),
-                );
+                return Err(AgentError::Timeout(Timeout::Head(self.head_timeout)));
             }
         };
         let upgrade = strip_hop_by_hop(resp.headers_mut());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(tunnel), Some(proto)) = (tunnel_upgrade, upgrade) else {
-                return envelope(
-                    ErrorCode::ConsoleUnreachable,
-                    "the console switched protocols without an upgrade request",
-                );
+                return Err(AgentError::ConsoleUnreachable(Unreachable::UnrequestedSwitch));
             };
             set_upgrade(resp.headers_mut(), proto);
             let console = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice(tunnel, console).in_current_span());
         }
         // The turn ends with the body (an export streams for a while).
-        resp.map(|b| match permit {
+        Ok(resp.map(|b| match permit {
             Some(permit) => b
                 .map_frame(move |f| {
                     let _turn = &permit;
@@ -271,29 +266,25 @@ impl Console {
                 })
                 .boxed_unsync(),
             None => b.boxed_unsync(),
-        })
+        }))
     }
 
     /// Whether the console accepts `authorization` for reading devices (the
-    /// permission its event stream needs): `Err` is the response to give
-    /// the caller (the console's own refusal, or an envelope).
-    pub async fn check_token(&self, authorization: &HeaderValue) -> Result<(), Response<TunnelBody>> {
+    /// permission its event stream needs); a refusal by the console is
+    /// [`AgentError::Console`], its own answer.
+    pub async fn check_token(&self, authorization: &HeaderValue) -> Result<(), AgentError> {
         let mut uri = self.base.clone().into_parts();
         uri.path_and_query = Some(http::uri::PathAndQuery::from_static(TOKEN_CHECK_PATH));
-        let req = Request::get(Uri::from_parts(uri).map_err(|_| envelope(ErrorCode::BadRequest, "console_url"))?)
+        let uri = Uri::from_parts(uri).map_err(|_| AgentError::Internal("the token check's URI"))?;
+        let req = Request::get(uri)
             .header(HOST, self.host.clone())
             .header(http::header::AUTHORIZATION, authorization.clone())
             .body(Full::new(Bytes::new()))
-            .map_err(|_| envelope(ErrorCode::BadRequest, "invalid Authorization header"))?;
+            .map_err(|_| AgentError::BadRequest(BadRequest::Authorization))?;
         let resp = match timeout(self.head_timeout, self.clients().own.request(req)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(self.classify(&e)),
-            Err(_) => {
-                return Err(envelope(
-                    ErrorCode::Timeout,
-                    "the console did not answer the token check",
-                ))
-            }
+            Err(_) => return Err(AgentError::Timeout(Timeout::TokenCheck)),
         };
         if resp.status().is_success() {
             return Ok(());
@@ -308,10 +299,10 @@ impl Console {
             Ok(Ok(b)) => b.to_bytes(),
             _ => Bytes::new(),
         };
-        Err(Response::from_parts(
+        Err(AgentError::Console(Box::new(Response::from_parts(
             parts,
             Full::new(body).map_err(|never| match never {}).boxed_unsync(),
-        ))
+        ))))
     }
 
     /// One JSON call of the agent's own (with the stored console token):
@@ -336,7 +327,7 @@ impl Console {
         let resp = timeout(self.head_timeout, self.clients().own.request(req))
             .await
             .map_err(|_| anyhow::anyhow!("the console did not answer within {:?}", self.head_timeout))?
-            .map_err(|e| anyhow::anyhow!("the console could not be reached: {}", error_chain(&e)))?;
+            .map_err(|e| anyhow::anyhow!("the console could not be reached: {}", causes::chain(&e)))?;
         let status = resp.status();
         let bytes = timeout(
             self.head_timeout,
@@ -352,45 +343,20 @@ impl Console {
         ))
     }
 
-    fn classify(&self, e: &hyper_util::client::legacy::Error) -> Response<TunnelBody> {
+    /// What a failed console request means for the client.
+    fn classify(&self, e: &hyper_util::client::legacy::Error) -> AgentError {
         if let Some(mismatch) = find_pin_mismatch(e) {
             warn!("refusing the console: {mismatch}");
-            return envelope(
-                ErrorCode::ConsoleCertificate,
-                &format!("the agent refused the console's certificate: {mismatch}"),
-            );
+            return AgentError::ConsoleCertificate(mismatch.to_string());
         }
-        let detail = error_chain(e);
+        let detail = causes::chain(e);
         warn!(console = %self.base, "console request failed: {detail}");
-        if e.is_connect() {
-            envelope(
-                ErrorCode::ConsoleUnreachable,
-                &format!("the agent could not connect to the console: {detail}"),
-            )
+        AgentError::ConsoleUnreachable(if e.is_connect() {
+            Unreachable::Connect(detail)
         } else {
-            envelope(
-                ErrorCode::ConsoleUnreachable,
-                &format!("the console connection failed: {detail}"),
-            )
-        }
+            Unreachable::Connection(detail)
+        })
     }
-}
-
-/// The innermost causes, joined, for a readable one-line message.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.dedup();
-    parts.join(": ")
-}
-
-/// An envelope response produced by the agent.
-pub fn envelope(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
-    keyway_proto::envelope::response(code, msg).map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync())
 }
 
 async fn splice(tunnel: hyper::upgrade::OnUpgrade, console: hyper::upgrade::OnUpgrade) {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod console_token;
 pub mod doctor;
+pub mod error;
 pub mod hub;
 pub mod live;
 pub mod local;
@@ -68,12 +69,7 @@ impl Agent {
         let mut endpoint = quinn::Endpoint::client(bind).context("could not open a UDP socket")?;
         endpoint.set_default_client_config(client);
 
-        let console = console::Console::new(
-            cfg.console_uri()?,
-            cfg.console_trust()?,
-            cfg.console_connect_timeout,
-            cfg.console_timeout,
-        )?;
+        let console = console::Console::from_config(cfg)?;
         let console_token = console_token::load(&cfg.console_token_path())?;
         let hub = event_hub(cfg, console_token.as_deref(), console.trust_cell())?;
         let console = Arc::new(console);

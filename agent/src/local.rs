@@ -6,11 +6,12 @@ use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use keyway_proto::envelope::ErrorCode;
+use keyway_proto::envelope::HttpBody;
 
 use crate::access::{Access, Credential};
 use crate::audit::{template, Audit, Record};
-use crate::console::{Console, TunnelBody};
+use crate::console::Console;
+use crate::error::{respond, AgentError, BadRequest};
 use crate::hub::serve::{is_subscription, Subscribers};
 
 /// The agent's side of every tunnel stream.
@@ -29,7 +30,7 @@ pub struct Local {
 
 impl Local {
     /// Answers one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<TunnelBody> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<HttpBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let header = |name: &str| {
@@ -52,14 +53,14 @@ impl Local {
         };
         let (credential, resp) = match authorized {
             // The audit names who was refused, not just who got through.
-            Err((who, refused)) => (Some(who), refused),
+            Err((who, refused)) => (Some(who), respond(refused)),
             Ok(credential) => {
                 let req = Request::from_parts(parts, body);
                 let resp = match &self.events {
                     Some(events) if is_subscription(&req) => events.subscribe(&self.console, req).await,
                     _ => self.console.forward(req).await,
                 };
-                (Some(credential), resp)
+                (Some(credential), resp.unwrap_or_else(respond))
             }
         };
         self.live.record(resp.status().as_u16());
@@ -81,23 +82,18 @@ impl Local {
     }
 }
 
-/// Rewrites `uri` to its canonical path (see `keyway_proto::path`), or the 400.
-#[allow(clippy::result_large_err)]
-fn canonicalize(uri: &mut http::Uri) -> Result<(), Response<TunnelBody>> {
-    let refuse = |why: String| crate::console::envelope(ErrorCode::BadRequest, &why);
+/// Rewrites `uri` to its canonical path (see `keyway_proto::path`).
+fn canonicalize(uri: &mut http::Uri) -> Result<(), AgentError> {
     let Some(pq) = uri.path_and_query() else {
         return Ok(());
     };
-    let target = keyway_proto::path::canonical_target(pq.as_str())
-        .map_err(|e| refuse(format!("{e}; send the path in its plain form")))?;
+    let target =
+        keyway_proto::path::canonical_target(pq.as_str()).map_err(|e| AgentError::BadRequest(BadRequest::Path(e)))?;
     if let Some(target) = target {
+        let bad_target = |_| AgentError::BadRequest(BadRequest::Target);
         let mut parts = std::mem::take(uri).into_parts();
-        parts.path_and_query = Some(
-            target
-                .parse()
-                .map_err(|_| refuse("the request target is not valid".into()))?,
-        );
-        *uri = http::Uri::from_parts(parts).map_err(|_| refuse("the request target is not valid".into()))?;
+        parts.path_and_query = Some(target.parse().map_err(bad_target)?);
+        *uri = http::Uri::from_parts(parts).map_err(|_| AgentError::BadRequest(BadRequest::Target))?;
     }
     Ok(())
 }
@@ -118,7 +114,7 @@ mod tests {
         for bad in ["/api/v1/developer/doors%2Fx/unlock", "/api/v1/developer/x/../doors"] {
             let mut uri: http::Uri = bad.parse().unwrap();
             let refused = canonicalize(&mut uri).unwrap_err();
-            assert_eq!(refused.status(), 400, "{bad}");
+            assert!(matches!(refused, AgentError::BadRequest(BadRequest::Path(_))), "{bad}");
         }
     }
 }

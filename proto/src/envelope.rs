@@ -49,6 +49,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for tests and docs.
+    pub const ALL: [ErrorCode; 17] = [
+        Self::SiteNotFound,
+        Self::AgentOffline,
+        Self::ConsoleUnreachable,
+        Self::ConsoleCertificate,
+        Self::TunnelFailed,
+        Self::Timeout,
+        Self::BadRequest,
+        Self::PayloadTooLarge,
+        Self::LengthRequired,
+        Self::HeadersTooLarge,
+        Self::UriTooLong,
+        Self::ClientNotAllowed,
+        Self::RateLimited,
+        Self::TooManyConcurrent,
+        Self::PolicyDenied,
+        Self::TokenInvalid,
+        Self::Internal,
+    ];
+
     /// The HTTP status for this error.
     pub fn status(self) -> StatusCode {
         match self {
@@ -119,10 +140,19 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// The body of every response either end sends: streamed from the other
+/// hop, or an envelope of its own.
+pub type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
+
 /// A complete error response: status, `Content-Type: application/json` and
-/// the envelope body. Each end wraps the bytes in its own body type.
-pub fn response(code: ErrorCode, msg: &str) -> http::Response<bytes::Bytes> {
-    let mut resp = http::Response::new(bytes::Bytes::from(Envelope::error(code, msg).to_json()));
+/// the envelope body.
+pub fn response(code: ErrorCode, msg: &str) -> http::Response<HttpBody> {
+    use http_body_util::BodyExt;
+    let body = bytes::Bytes::from(Envelope::error(code, msg).to_json());
+    let body = http_body_util::Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = http::Response::new(body);
     *resp.status_mut() = code.status();
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -134,6 +164,21 @@ pub fn response(code: ErrorCode, msg: &str) -> http::Response<bytes::Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_table_lists_every_code_with_its_status() {
+        let readme = include_str!("../../README.md");
+        let table = readme.split("## Error codes").nth(1).expect("the README has the table");
+        let rows: Vec<&str> = (table.lines().skip_while(|l| !l.starts_with('|')))
+            .take_while(|l| l.starts_with('|'))
+            .filter(|l| l.contains("`CODE_KEYWAY_"))
+            .collect();
+        assert_eq!(rows.len(), ErrorCode::ALL.len(), "one row per code");
+        for code in ErrorCode::ALL {
+            let row = format!("| {} | `{}` |", code.status().as_u16(), code.as_str());
+            assert!(rows.iter().any(|r| r.starts_with(&row)), "the README lacks {row}");
+        }
+    }
 
     #[test]
     fn envelope_matches_the_consoles_format() {

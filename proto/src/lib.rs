@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod causes;
 pub mod control;
 pub mod envelope;
 pub mod headers;

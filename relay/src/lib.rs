@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod pairing;
 pub mod proxy;
 pub mod registry;
-pub mod respond;
 pub mod sites;
 pub mod streams;
 pub mod tunnel;

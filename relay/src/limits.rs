@@ -205,6 +205,16 @@ pub struct BodyLimits {
     pub whole: u64,
 }
 
+/// What an admitted request holds: its slots, freed when it ends, and the
+/// body limits to enforce while its body streams.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The request's (or WebSocket's) concurrency slots.
+    pub slots: Vec<Slot>,
+    /// The body limits of its site.
+    pub body: BodyLimits,
+}
+
 /// The live state behind the limits: buckets and counters.
 pub struct Edge {
     config: LimitsConfig,
@@ -268,14 +278,8 @@ impl Edge {
 
     /// The checks before a request is forwarded to `site`: allow-list,
     /// headers, declared body size, rates, concurrency. On success, the
-    /// request's slot (and the body limit to enforce while it streams).
-    pub fn admit(
-        &self,
-        site: &str,
-        client: IpAddr,
-        headers: &HeaderMap,
-        websocket: bool,
-    ) -> Result<(Vec<Slot>, BodyLimits), Refusal> {
+    /// request's slots and body limits.
+    pub fn admit(&self, site: &str, client: IpAddr, headers: &HeaderMap, websocket: bool) -> Result<Admitted, Refusal> {
         let s = self.site(site);
         let l = &s.limits;
         let client = client.to_canonical();
@@ -339,7 +343,7 @@ impl Edge {
             max: l.max_body_bytes,
             whole: l.max_chunked_body_bytes.min(l.max_body_bytes),
         };
-        Ok((slots, body))
+        Ok(Admitted { slots, body })
     }
 
     /// Forgets idle client buckets (call now and then: they are per address).
@@ -392,7 +396,7 @@ mod tests {
     fn slots_are_given_back() {
         let e = edge("max_concurrent_requests = 1");
         let h = HeaderMap::new();
-        let (slot, _) = e.admit("hq", IP, &h, false).unwrap();
+        let slot = e.admit("hq", IP, &h, false).unwrap();
         assert_eq!(e.admit("hq", IP, &h, false).unwrap_err(), Refusal::Busy("requests"));
         drop(slot);
         assert!(e.admit("hq", IP, &h, false).is_ok());

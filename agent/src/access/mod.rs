@@ -20,11 +20,10 @@ use std::num::NonZeroU32;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{HeaderValue, AUTHORIZATION};
-use http::{Method, Response};
+use http::Method;
 use keyway_certs::Fingerprint;
-use keyway_proto::envelope::ErrorCode;
 
-use crate::console::{envelope, TunnelBody};
+use crate::error::{AgentError, TokenInvalid, Unreachable};
 use policy::Policy;
 use tokens::{Rejected, TokenStore};
 
@@ -117,13 +116,8 @@ impl Access {
     }
 
     /// Decides on a request; on success it may carry the console token now.
-    /// A refusal names the credential refused (for the audit log) and is
-    /// the response itself (built once, on the cold path).
-    #[allow(clippy::result_large_err)]
-    pub fn authorize(
-        &self,
-        parts: &mut http::request::Parts,
-    ) -> Result<Credential, (Credential, Response<TunnelBody>)> {
+    /// A refusal names the credential refused (for the audit log).
+    pub fn authorize(&self, parts: &mut http::request::Parts) -> Result<Credential, (Credential, AgentError)> {
         let bearer = parts
             .headers
             .get(AUTHORIZATION)
@@ -136,23 +130,17 @@ impl Access {
                 let entry = self.tokens.verify(t).map_err(|r| match r {
                     Rejected::Unknown => (
                         Credential::UnknownIntegration,
-                        refusal(
-                            ErrorCode::TokenInvalid,
-                            "this Keyway integration token is not valid here (unknown or revoked)",
-                        ),
+                        AgentError::TokenInvalid(TokenInvalid::Unknown),
                     ),
-                    Rejected::Expired(name) => {
-                        let msg = format!("the Keyway token of integration {name:?} has expired; issue a new one");
-                        (Credential::Integration(name), refusal(ErrorCode::TokenInvalid, &msg))
-                    }
+                    Rejected::Expired(name) => (
+                        Credential::Integration(name.clone()),
+                        AgentError::TokenInvalid(TokenInvalid::Expired(name)),
+                    ),
                 })?;
                 let Some(console) = &self.console_token else {
                     return Err((
                         Credential::Integration(entry.name),
-                        refusal(
-                            ErrorCode::ConsoleUnreachable,
-                            "the agent has no console token to call the console with (keyway-agent console-token set)",
-                        ),
+                        AgentError::ConsoleUnreachable(Unreachable::NoConsoleToken),
                     ));
                 };
                 parts.headers.insert(AUTHORIZATION, console.clone());
@@ -163,24 +151,19 @@ impl Access {
                 let short: String = fp.chars().filter(|c| *c != ':').take(12).collect();
                 let credential = Credential::Passthrough(short.to_ascii_lowercase());
                 if !self.opts.passthrough {
-                    return Err((
-                        credential,
-                        refusal(
-                            ErrorCode::TokenInvalid,
-                            "this site accepts only Keyway integration tokens (passthrough is off)",
-                        ),
-                    ));
+                    return Err((credential, AgentError::TokenInvalid(TokenInvalid::PassthroughOff)));
                 }
                 (credential, self.opts.passthrough_policy.clone())
             }
             None => (Credential::Anonymous, self.opts.passthrough_policy.clone()),
         };
         if let Err(why) = policy.check(&parts.method, &path) {
-            let msg = format!(
-                "{} {path} is not allowed for {credential} on this site: {why}",
-                parts.method
-            );
-            return Err((credential, refusal(ErrorCode::PolicyDenied, &msg)));
+            let refused = AgentError::PolicyDenied {
+                call: format!("{} {path}", parts.method),
+                credential: credential.to_string(),
+                why,
+            };
+            return Err((credential, refused));
         }
         if is_door_control(&parts.method, &path) {
             let clock = DefaultClock::default();
@@ -191,22 +174,12 @@ impl Access {
                 .and_then(|()| self.unlock_site.check().map_err(|n| ("this site", n)));
             if let Err((scope, n)) = refused {
                 let wait = n.wait_time_from(clock.now());
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                let mut r = refusal(
-                    ErrorCode::RateLimited,
-                    &format!("too many door unlocks or emergency changes from {scope}; retry after {secs}s"),
-                );
-                r.headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
-                return Err((credential, r));
+                let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Err((credential, AgentError::RateLimited { scope, retry_after }));
             }
         }
         Ok(credential)
     }
-}
-
-fn refusal(code: ErrorCode, msg: &str) -> Response<TunnelBody> {
-    envelope(code, msg)
 }
 
 #[cfg(test)]

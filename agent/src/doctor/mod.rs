@@ -176,12 +176,7 @@ async fn event_hub(cfg: &AgentConfig, console_reachable: bool) -> Check {
         return Check::ok("console token stored (not checked: the console does not answer)".into());
     }
     let checked = async {
-        let console = crate::console::Console::new(
-            cfg.console_uri()?,
-            cfg.console_trust()?,
-            cfg.console_connect_timeout,
-            cfg.console_timeout,
-        )?;
+        let console = crate::console::Console::from_config(cfg)?;
         let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))?;
         anyhow::Ok(console.check_token(&bearer).await.map_err(|r| r.status()))
     };

@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyway_certs::Fingerprint;
-use keyway_proto::envelope::ErrorCode;
+use keyway_proto::envelope::HttpBody;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
@@ -35,7 +35,8 @@ use tracing::{debug, info, Instrument};
 
 use super::upstream::NOTIFICATIONS;
 use super::{Event, Hub, Since, Subscription, CUT_TOO_SLOW};
-use crate::console::{envelope, Console, TunnelBody};
+use crate::console::Console;
+use crate::error::{AgentError, BadRequest, TokenInvalid, Unreachable};
 
 /// How long a token the console accepted is trusted without asking again.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -85,7 +86,11 @@ impl Subscribers {
     }
 
     /// Answers one upgrade request: refusal, or 101 and a subscriber task.
-    pub async fn subscribe(&self, console: &Console, mut req: Request<Incoming>) -> Response<TunnelBody> {
+    pub async fn subscribe(
+        &self,
+        console: &Console,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<HttpBody>, AgentError> {
         let h = req.headers();
         let is_ws = h
             .get(UPGRADE)
@@ -93,27 +98,17 @@ impl Subscribers {
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let version_ok = h.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
         let Some(key) = h.get(SEC_WEBSOCKET_KEY).filter(|_| is_ws && version_ok) else {
-            return envelope(
-                ErrorCode::BadRequest,
-                "this endpoint speaks WebSocket only (Upgrade: websocket, Sec-WebSocket-Version: 13)",
-            );
+            return Err(AgentError::BadRequest(BadRequest::NotWebSocket));
         };
         let accept = derive_accept_key(key.as_bytes());
-        let since = match parse_since(req.uri().query()) {
-            Ok(s) => s,
-            Err(msg) => return envelope(ErrorCode::BadRequest, &msg),
-        };
-        let Some(auth) = h.get(AUTHORIZATION).cloned() else {
-            return unauthorized();
-        };
-        if let Err(refusal) = self.check(console, &auth).await {
-            return refusal;
-        }
+        let since = parse_since(req.uri().query()).map_err(|msg| AgentError::BadRequest(BadRequest::Since(msg)))?;
+        let auth = h
+            .get(AUTHORIZATION)
+            .cloned()
+            .ok_or(AgentError::TokenInvalid(TokenInvalid::Missing))?;
+        self.check(console, &auth).await?;
         if !self.wait_upstream().await {
-            return envelope(
-                ErrorCode::ConsoleUnreachable,
-                "the agent is not connected to the console's event stream; retry shortly",
-            );
+            return Err(AgentError::ConsoleUnreachable(Unreachable::NoEventStream));
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let sub = self.hub.subscribe(since.clone());
@@ -142,11 +137,11 @@ impl Subscribers {
         if let Ok(v) = HeaderValue::from_str(&accept) {
             h.insert(SEC_WEBSOCKET_ACCEPT, v);
         }
-        resp
+        Ok(resp)
     }
 
     /// Whether the console accepts this token for events (cached).
-    async fn check(&self, console: &Console, auth: &HeaderValue) -> Result<(), Response<TunnelBody>> {
+    async fn check(&self, console: &Console, auth: &HeaderValue) -> Result<(), AgentError> {
         let fp = Fingerprint::of(auth.as_bytes());
         let fresh = |t: &Instant| t.elapsed() < TOKEN_CACHE_TTL;
         if self.cache().get(&fp).is_some_and(fresh) {
@@ -172,12 +167,6 @@ impl Subscribers {
         let up = tokio::time::timeout(UPSTREAM_WAIT, live.wait_for(|up| *up)).await;
         matches!(up, Ok(Ok(_)))
     }
-}
-
-fn unauthorized() -> Response<TunnelBody> {
-    let mut r = envelope(ErrorCode::BadRequest, "missing Authorization: Bearer <API token>");
-    *r.status_mut() = StatusCode::UNAUTHORIZED;
-    r
 }
 
 /// `since=SEQ[&epoch=EPOCH]`; `Ok(None)` for a plain subscriber.

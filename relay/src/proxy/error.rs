@@ -1,0 +1,396 @@
+//! How a request fails at the relay: every reason the relay answers a
+//! request itself, and the one function that turns a reason into the
+//! response (status, envelope code, message, `Retry-After`).
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::Response;
+use keyway_proto::envelope::{ErrorCode, HttpBody};
+use keyway_proto::path::PathError;
+
+use crate::limits::Refusal;
+use crate::metrics::METRICS;
+
+/// Why the relay answers a request itself. Each variant is one envelope
+/// code; [`respond`] is the only place a variant becomes a response.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// 400 `CODE_KEYWAY_BAD_REQUEST`.
+    BadRequest(BadRequest),
+    /// 414 `CODE_KEYWAY_URI_TOO_LONG`: the target's length.
+    UriTooLong(usize),
+    /// 404 `CODE_KEYWAY_SITE_NOT_FOUND`.
+    SiteNotFound {
+        /// The host the request named.
+        host: String,
+        /// The relay's domain, for the hint.
+        domain: String,
+    },
+    /// 403 `CODE_KEYWAY_CLIENT_NOT_ALLOWED`: the site's allow-list.
+    ClientNotAllowed {
+        /// The site.
+        site: String,
+    },
+    /// 431 `CODE_KEYWAY_HEADERS_TOO_LARGE`: what was over.
+    HeadersTooLarge(String),
+    /// 413 `CODE_KEYWAY_PAYLOAD_TOO_LARGE`.
+    PayloadTooLarge {
+        /// The site.
+        site: String,
+        /// Its `max_body_bytes`.
+        max: u64,
+    },
+    /// 411 `CODE_KEYWAY_LENGTH_REQUIRED`: a body without a declared length
+    /// over what the relay reads whole.
+    LengthRequired(u64),
+    /// 429 `CODE_KEYWAY_RATE_LIMITED`.
+    RateLimited {
+        /// Whose rate: "this client address", "this site".
+        scope: &'static str,
+        /// Seconds until a retry may pass.
+        retry_after: u64,
+    },
+    /// 429 `CODE_KEYWAY_TOO_MANY_CONCURRENT`.
+    TooManyConcurrent {
+        /// The site.
+        site: String,
+        /// What there are too many of.
+        what: &'static str,
+    },
+    /// 503 `CODE_KEYWAY_AGENT_OFFLINE`.
+    AgentOffline {
+        /// The site.
+        site: String,
+        /// When the agent was found missing.
+        when: Offline,
+    },
+    /// 504 `CODE_KEYWAY_TIMEOUT`: no response head within `request_timeout`.
+    Timeout {
+        /// The site.
+        site: String,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// 502 `CODE_KEYWAY_TUNNEL_FAILED`.
+    TunnelFailed(TunnelFailure),
+}
+
+/// What made a request malformed.
+#[derive(Debug)]
+pub enum BadRequest {
+    /// The `Host` header does not parse as a host.
+    HostInvalid,
+    /// The request target (absolute form) and `Host` disagree.
+    HostConflict,
+    /// No `Host` header and no absolute target.
+    NoHost,
+    /// The path has no canonical form.
+    Path(PathError),
+    /// The canonical target does not rebuild into a URI.
+    Target,
+    /// The client's body was malformed or cut off.
+    Body,
+}
+
+/// When a site's agent was found missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offline {
+    /// Before the request: no link in the table.
+    NotConnected,
+    /// Opening the request's stream: the link had closed.
+    Disconnected,
+    /// During the exchange: the link closed under it.
+    DuringRequest,
+}
+
+/// How a request's tunnel stream failed while the tunnel stayed up.
+#[derive(Debug)]
+pub enum TunnelFailure {
+    /// The stream broke, or the agent answered something that is not HTTP.
+    Stream {
+        /// The site.
+        site: String,
+    },
+    /// The agent answered `101` to a request that asked for no upgrade.
+    UnrequestedSwitch,
+}
+
+impl From<(Refusal, &str)> for ProxyError {
+    /// An edge refusal for `site`.
+    fn from((r, site): (Refusal, &str)) -> Self {
+        let site = site.to_string();
+        match r {
+            Refusal::NotAllowed => Self::ClientNotAllowed { site },
+            Refusal::Headers(why) => Self::HeadersTooLarge(why),
+            Refusal::Body(max) => Self::PayloadTooLarge { site, max },
+            Refusal::Rate { scope, retry_after } => Self::RateLimited { scope, retry_after },
+            Refusal::Busy(what) => Self::TooManyConcurrent { site, what },
+        }
+    }
+}
+
+impl ProxyError {
+    /// The envelope code this error is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::UriTooLong(_) => ErrorCode::UriTooLong,
+            Self::SiteNotFound { .. } => ErrorCode::SiteNotFound,
+            Self::ClientNotAllowed { .. } => ErrorCode::ClientNotAllowed,
+            Self::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
+            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::LengthRequired(_) => ErrorCode::LengthRequired,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::TooManyConcurrent { .. } => ErrorCode::TooManyConcurrent,
+            Self::AgentOffline { .. } => ErrorCode::AgentOffline,
+            Self::Timeout { .. } => ErrorCode::Timeout,
+            Self::TunnelFailed(_) => ErrorCode::TunnelFailed,
+        }
+    }
+
+    /// The `edge_refused` reason, for the refusals the metric counts.
+    fn refusal_reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::ClientNotAllowed { .. } => "allow_list",
+            Self::HeadersTooLarge(_) => "headers",
+            Self::PayloadTooLarge { .. } => "body",
+            Self::LengthRequired(_) => "length",
+            Self::RateLimited { .. } => "rate",
+            Self::TooManyConcurrent { .. } => "concurrency",
+            Self::BadRequest(BadRequest::Body) => "malformed",
+            _ => return None,
+        })
+    }
+
+    /// What the client reads: what failed and what to do.
+    fn message(&self) -> String {
+        match self {
+            Self::BadRequest(why) => match why {
+                BadRequest::HostInvalid => "the Host header is not a valid host".into(),
+                BadRequest::HostConflict => "the request target and the Host header name different hosts".into(),
+                BadRequest::NoHost => "the request has no Host header".into(),
+                BadRequest::Path(e) => format!("{e}; send the path in its plain form"),
+                BadRequest::Target => "the request target is not a valid path".into(),
+                BadRequest::Body => "the request body is malformed or was cut off".into(),
+            },
+            Self::UriTooLong(len) => format!(
+                "the request target is {len} bytes; at most {} are forwarded",
+                keyway_proto::MAX_URI_BYTES
+            ),
+            Self::SiteNotFound { host, domain } => {
+                format!("no site is served at {host:?}; use https://<site>.{domain}/")
+            }
+            Self::ClientNotAllowed { site } => {
+                format!("this client address may not reach site {site:?} (its allow-list)")
+            }
+            Self::HeadersTooLarge(why) => format!("request headers too large: {why}"),
+            Self::PayloadTooLarge { site, max } => {
+                format!("the request body is larger than the {max} bytes site {site:?} accepts")
+            }
+            Self::LengthRequired(max) => {
+                format!("a request body over {max} bytes must declare its length (send Content-Length, not chunked)")
+            }
+            Self::RateLimited { scope, retry_after } => {
+                format!("too many requests from {scope}; retry after {retry_after}s")
+            }
+            Self::TooManyConcurrent { site, what } => {
+                format!("too many {what} under way for site {site:?}; retry shortly")
+            }
+            Self::AgentOffline { site, when } => match when {
+                Offline::NotConnected => format!("the agent of site {site:?} is not connected to the relay"),
+                Offline::Disconnected => format!("the agent of site {site:?} disconnected"),
+                Offline::DuringRequest => format!("the agent of site {site:?} disconnected during the request"),
+            },
+            Self::Timeout { site, after } => format!(
+                "site {site:?} did not answer within {}",
+                humantime::format_duration(*after)
+            ),
+            Self::TunnelFailed(TunnelFailure::Stream { site }) => {
+                format!("the tunnel to site {site:?} failed during the request")
+            }
+            Self::TunnelFailed(TunnelFailure::UnrequestedSwitch) => {
+                "the console switched protocols without an upgrade request".into()
+            }
+        }
+    }
+
+    /// Seconds a client should wait before retrying, where that is known.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::TooManyConcurrent { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// The response for `e`: its status and envelope, `Retry-After` for 429s;
+/// edge refusals are counted in `edge_refused`.
+pub fn respond(e: ProxyError) -> Response<HttpBody> {
+    if let Some(reason) = e.refusal_reason() {
+        METRICS
+            .refused
+            .get_or_create(&crate::metrics::Reason { reason: reason.into() })
+            .inc();
+    }
+    let mut resp = keyway_proto::envelope::response(e.code(), &e.message());
+    if let Some(secs) = e.retry_after() {
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    tracing::debug!(status = resp.status().as_u16(), "answered by the relay: {e:?}");
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::CONTENT_TYPE;
+    use http_body_util::BodyExt;
+
+    fn site() -> String {
+        "hq".into()
+    }
+
+    /// The response's status, code, message and `Retry-After`.
+    async fn answer(e: ProxyError) -> (u16, String, String, Option<String>) {
+        let resp = respond(e);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let status = resp.status().as_u16();
+        let retry = resp.headers().get(RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["data"], serde_json::Value::Null);
+        (
+            status,
+            v["code"].as_str().unwrap().into(),
+            v["msg"].as_str().unwrap().into(),
+            retry,
+        )
+    }
+
+    #[tokio::test]
+    async fn bad_request() {
+        for (why, says) in [
+            (BadRequest::HostInvalid, "not a valid host"),
+            (BadRequest::HostConflict, "different hosts"),
+            (BadRequest::NoHost, "no Host header"),
+            (BadRequest::Path(PathError::EncodedSlash), "plain form"),
+            (BadRequest::Target, "not a valid path"),
+            (BadRequest::Body, "malformed or was cut off"),
+        ] {
+            let (status, code, msg, retry) = answer(ProxyError::BadRequest(why)).await;
+            assert_eq!((status, code.as_str(), retry), (400, "CODE_KEYWAY_BAD_REQUEST", None));
+            assert!(msg.contains(says), "{msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn uri_too_long() {
+        let (status, code, msg, _) = answer(ProxyError::UriTooLong(20_000)).await;
+        assert_eq!((status, code.as_str()), (414, "CODE_KEYWAY_URI_TOO_LONG"));
+        assert!(msg.contains("20000 bytes; at most 16384"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn site_not_found() {
+        let e = ProxyError::SiteNotFound {
+            host: "nope.relay.example".into(),
+            domain: "relay.example".into(),
+        };
+        let (status, code, msg, _) = answer(e).await;
+        assert_eq!((status, code.as_str()), (404, "CODE_KEYWAY_SITE_NOT_FOUND"));
+        assert!(msg.contains("https://<site>.relay.example/"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn client_not_allowed() {
+        let e = ProxyError::from((Refusal::NotAllowed, "hq"));
+        let (status, code, msg, _) = answer(e).await;
+        assert_eq!((status, code.as_str()), (403, "CODE_KEYWAY_CLIENT_NOT_ALLOWED"));
+        assert!(msg.contains("allow-list"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn headers_too_large() {
+        let e = ProxyError::from((Refusal::Headers("101 header fields".into()), "hq"));
+        let (status, code, msg, _) = answer(e).await;
+        assert_eq!((status, code.as_str()), (431, "CODE_KEYWAY_HEADERS_TOO_LARGE"));
+        assert!(msg.contains("101 header fields"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn payload_too_large() {
+        let e = ProxyError::from((Refusal::Body(1024), "hq"));
+        let (status, code, msg, _) = answer(e).await;
+        assert_eq!((status, code.as_str()), (413, "CODE_KEYWAY_PAYLOAD_TOO_LARGE"));
+        assert!(msg.contains("1024 bytes site \"hq\""), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn length_required() {
+        let (status, code, msg, _) = answer(ProxyError::LengthRequired(4096)).await;
+        assert_eq!((status, code.as_str()), (411, "CODE_KEYWAY_LENGTH_REQUIRED"));
+        assert!(msg.contains("over 4096 bytes must declare its length"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn rate_limited_says_when_to_retry() {
+        let e = ProxyError::from((
+            Refusal::Rate {
+                scope: "this client address",
+                retry_after: 7,
+            },
+            "hq",
+        ));
+        let (status, code, msg, retry) = answer(e).await;
+        assert_eq!((status, code.as_str()), (429, "CODE_KEYWAY_RATE_LIMITED"));
+        assert_eq!(retry.as_deref(), Some("7"));
+        assert!(msg.contains("this client address; retry after 7s"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn too_many_concurrent_says_retry_in_a_second() {
+        let e = ProxyError::from((Refusal::Busy("WebSockets"), "hq"));
+        let (status, code, msg, retry) = answer(e).await;
+        assert_eq!((status, code.as_str()), (429, "CODE_KEYWAY_TOO_MANY_CONCURRENT"));
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert!(msg.contains("too many WebSockets under way"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn agent_offline() {
+        for (when, says) in [
+            (Offline::NotConnected, "is not connected"),
+            (Offline::Disconnected, "disconnected"),
+            (Offline::DuringRequest, "disconnected during the request"),
+        ] {
+            let (status, code, msg, _) = answer(ProxyError::AgentOffline { site: site(), when }).await;
+            assert_eq!((status, code.as_str()), (503, "CODE_KEYWAY_AGENT_OFFLINE"));
+            assert!(msg.contains(says), "{msg}");
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout() {
+        let e = ProxyError::Timeout {
+            site: site(),
+            after: Duration::from_secs(30),
+        };
+        let (status, code, msg, _) = answer(e).await;
+        assert_eq!((status, code.as_str()), (504, "CODE_KEYWAY_TIMEOUT"));
+        assert!(msg.contains("did not answer within 30s"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn tunnel_failed() {
+        for (why, says) in [
+            (TunnelFailure::Stream { site: site() }, "tunnel to site \"hq\" failed"),
+            (TunnelFailure::UnrequestedSwitch, "without an upgrade request"),
+        ] {
+            let (status, code, msg, _) = answer(ProxyError::TunnelFailed(why)).await;
+            assert_eq!((status, code.as_str()), (502, "CODE_KEYWAY_TUNNEL_FAILED"));
+            assert!(msg.contains(says), "{msg}");
+        }
+    }
+}

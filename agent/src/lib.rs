@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod audit;
 pub mod backoff;
 pub mod clock;

@@ -104,3 +104,103 @@ pub fn public_url(cfg: &RelayConfig, site: &str) -> String {
         format!("https://{site}.{}:{port}/", cfg.domain)
     }
 }
+
+/// The table `site list` prints.
+pub fn sites_table(sites: &[SiteRecord]) -> String {
+    if sites.is_empty() {
+        return "No sites yet: keyway-relay site add NAME".into();
+    }
+    let mut out = format!(
+        "{:<24} {:<7} {:<7} {:<8} {:<20} AGENT\n",
+        "SITE", "PAIRED", "ONLINE", "CONSOLE", "LAST SEEN (UTC)"
+    );
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    for s in sites {
+        let seen = s.last_seen.map(format_time).unwrap_or_else(|| "never".into());
+        // Online shows what carries the tunnel: quic, or tcp where the
+        // agent's network blocks UDP.
+        let online = match (s.online, s.transport.as_deref()) {
+            (true, Some(t)) => t,
+            (online, _) => yn(online),
+        };
+        let console = match (s.console_ok, s.console_problem.as_deref()) {
+            (_, Some(p)) if p.starts_with("certificate changed") => "CERT",
+            (Some(true), _) => "ok",
+            (Some(false), _) => "DOWN",
+            (None, _) => "-",
+        };
+        let version = s.agent_version.as_deref().unwrap_or("-");
+        out.push_str(&format!(
+            "{:<24} {:<7} {:<7} {:<8} {:<20} {version}\n",
+            s.name,
+            yn(s.paired),
+            online,
+            console,
+            seen
+        ));
+        if let Some(p) = &s.console_problem {
+            out.push_str(&format!("  {}: console {p}\n", s.name));
+        }
+        if let Some(d) = &s.duplicate {
+            out.push_str(&format!("  {}: DUPLICATE: {d}\n", s.name));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// `2026-12-07 06:30:00` for Unix seconds (UTC).
+fn format_time(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_site_table_shows_transport_console_and_problems() {
+        assert!(sites_table(&[]).starts_with("No sites yet"));
+        let site = SiteRecord {
+            name: "hq".into(),
+            paired: true,
+            cert_serial: Some("01".into()),
+            last_seen: Some(1_796_000_000),
+            online: true,
+            agent_version: Some("0.1.0".into()),
+            console_ok: Some(false),
+            console_problem: Some("certificate changed: pinned A, the console presents B".into()),
+            duplicate: Some("two machines use this identity".into()),
+            code_expires: None,
+            transport: Some("tcp".into()),
+        };
+        let table = sites_table(&[site]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("SITE"), "{table}");
+        let row: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(row, ["hq", "yes", "tcp", "CERT", "2026-11-30", "00:53:20", "0.1.0"]);
+        assert_eq!(
+            lines[2],
+            "  hq: console certificate changed: pinned A, the console presents B"
+        );
+        assert_eq!(lines[3], "  hq: DUPLICATE: two machines use this identity");
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
+    }
+}

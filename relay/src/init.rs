@@ -9,19 +9,27 @@ use keyway_certs::PrivateCa;
 
 use crate::registry::Registry;
 
-/// What `init` needs.
+/// What `init` needs (the arguments of `keyway-relay init`).
+#[derive(clap::Args)]
 pub struct InitOptions {
-    /// Folder to create files in.
+    /// Folder to create (e.g. /etc/keyway).
+    #[arg(long)]
     pub dir: PathBuf,
-    /// Public domain; sites at `<site>.<domain>`.
+    /// Public domain: sites are served at https://<site>.<domain>/.
+    #[arg(long)]
     pub domain: String,
-    /// Where HTTPS (TCP) and QUIC (UDP) listen.
+    /// Address for HTTPS (TCP) and QUIC (UDP).
+    #[arg(long, default_value = "0.0.0.0:443")]
     pub listen: SocketAddr,
-    /// Admin listener (`/healthz`), if wanted.
+    /// Serve /healthz on this address (plain HTTP; keep it on loopback).
+    #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
-    /// Also create a development HTTPS CA and a wildcard certificate.
+    /// Also create a development CA and a certificate for <domain>,
+    /// *.<domain> and loopback (written to https-ca.pem; for testing).
+    #[arg(long)]
     pub self_signed: bool,
-    /// Overwrite an existing relay folder.
+    /// Overwrite an existing relay folder (unpairs every site).
+    #[arg(long)]
     pub force: bool,
 }
 

@@ -308,3 +308,40 @@ fn bind_quic(cfg: &RelayConfig, server: quinn::ServerConfig) -> anyhow::Result<q
     let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
     Ok(quinn::Endpoint::new(endpoint_cfg, Some(server), socket, runtime)?)
 }
+
+/// `keyway-relay serve`: serves until SIGTERM or Ctrl-C, then drains;
+/// SIGHUP reloads the public certificate.
+pub async fn serve_until_signal(cfg: RelayConfig) -> anyhow::Result<()> {
+    let relay = Relay::bind(cfg.clone()).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(stop.clone()));
+    tokio::spawn(reload_on_sighup(cfg, relay.public_cert()));
+    relay.run(stop).await
+}
+
+/// SIGHUP (`systemctl reload keyway-relay`): re-read the public certificate
+/// files, e.g. after certbot renewed them. New handshakes get the new one;
+/// open connections are untouched. A bad file keeps the old certificate.
+async fn reload_on_sighup(cfg: RelayConfig, public: keyway_certs::PublicCert) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("no SIGHUP handler: certificate reload is unavailable");
+    };
+    while hup.recv().await.is_some() {
+        match Relay::reload_public_cert(&cfg, &public) {
+            Ok(s) => tracing::info!(names = ?s.names, not_after = s.not_after, "public certificate reloaded"),
+            Err(e) => tracing::error!("public certificate not reloaded, the old one stays in use: {e:#}"),
+        }
+    }
+}
+
+async fn shutdown_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: draining agents and open requests");
+    stop.cancel();
+}

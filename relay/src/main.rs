@@ -1,14 +1,12 @@
 //! `keyway-relay`: the public relay and its admin commands.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keyway_relay::init::{init, InitOptions};
 use keyway_relay::registry::RegistryError;
-use keyway_relay::{admin, Relay, RelayConfig};
-use tokio_util::sync::CancellationToken;
+use keyway_relay::{admin, RelayConfig};
 
 /// `println!`, except that a reader that went away (`| head -1`) ends the
 /// program quietly, as other command-line tools do, instead of a panic.
@@ -69,27 +67,7 @@ enum Cmd {
     },
     /// Create a relay folder: relay.toml, the private tunnel CA, keys and the
     /// site registry.
-    Init {
-        /// Folder to create (e.g. /etc/keyway).
-        #[arg(long)]
-        dir: PathBuf,
-        /// Public domain: sites are served at https://<site>.<domain>/.
-        #[arg(long)]
-        domain: String,
-        /// Address for HTTPS (TCP) and QUIC (UDP).
-        #[arg(long, default_value = "0.0.0.0:443")]
-        listen: SocketAddr,
-        /// Serve /healthz on this address (plain HTTP; keep it on loopback).
-        #[arg(long)]
-        admin_listen: Option<SocketAddr>,
-        /// Also create a development CA and a certificate for <domain>,
-        /// *.<domain> and loopback (written to https-ca.pem; for testing).
-        #[arg(long)]
-        self_signed: bool,
-        /// Overwrite an existing relay folder (unpairs every site).
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitOptions),
     /// Serve integrations (HTTPS) and agents (QUIC) until SIGTERM or Ctrl-C.
     Serve {
         /// The relay's config file.
@@ -142,28 +120,14 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "keyway-relay", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
-        Cmd::Init {
-            dir,
-            domain,
-            listen,
-            admin_listen,
-            self_signed,
-            force,
-        } => run_init(InitOptions {
-            dir,
-            domain,
-            listen,
-            admin_listen,
-            self_signed,
-            force,
-        }),
+        Cmd::Init(opts) => run_init(opts),
         Cmd::Serve { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            rt.block_on(serve(cfg))
+            rt.block_on(keyway_relay::serve_until_signal(cfg))
         }
         Cmd::Site(cmd) => site(cmd),
     };
@@ -233,48 +197,8 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
             let sites = admin::list(&cfg)?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&sites)?);
-            } else if sites.is_empty() {
-                say!("No sites yet: keyway-relay site add NAME");
             } else {
-                say!(
-                    "{:<24} {:<7} {:<7} {:<8} {:<20} AGENT",
-                    "SITE",
-                    "PAIRED",
-                    "ONLINE",
-                    "CONSOLE",
-                    "LAST SEEN (UTC)"
-                );
-                for s in sites {
-                    let seen = s.last_seen.map(format_time).unwrap_or_else(|| "never".into());
-                    let yn = |b: bool| if b { "yes" } else { "no" };
-                    let version = s.agent_version.unwrap_or_else(|| "-".into());
-                    // Online shows what carries the tunnel: quic, or tcp
-                    // where the agent's network blocks UDP.
-                    let online = match (s.online, s.transport.as_deref()) {
-                        (true, Some(t)) => t,
-                        (online, _) => yn(online),
-                    };
-                    let console = match (s.console_ok, s.console_problem.as_deref()) {
-                        (_, Some(p)) if p.starts_with("certificate changed") => "CERT",
-                        (Some(true), _) => "ok",
-                        (Some(false), _) => "DOWN",
-                        (None, _) => "-",
-                    };
-                    say!(
-                        "{:<24} {:<7} {:<7} {:<8} {:<20} {version}",
-                        s.name,
-                        yn(s.paired),
-                        online,
-                        console,
-                        seen
-                    );
-                    if let Some(p) = &s.console_problem {
-                        say!("  {}: console {p}", s.name);
-                    }
-                    if let Some(d) = &s.duplicate {
-                        say!("  {}: DUPLICATE: {d}", s.name);
-                    }
-                }
+                say!("{}", admin::sites_table(&sites));
             }
         }
         SiteCmd::Revoke(a) => {
@@ -293,60 +217,4 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn format_time(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-async fn serve(cfg: RelayConfig) -> anyhow::Result<()> {
-    let relay = Relay::bind(cfg.clone()).await?;
-    let stop = CancellationToken::new();
-    tokio::spawn(shutdown_on_signal(stop.clone()));
-    tokio::spawn(reload_on_sighup(cfg, relay.public_cert()));
-    relay.run(stop).await
-}
-
-/// SIGHUP (`systemctl reload keyway-relay`): re-read the public certificate
-/// files, e.g. after certbot renewed them. New handshakes get the new one;
-/// open connections are untouched. A bad file keeps the old certificate.
-async fn reload_on_sighup(cfg: RelayConfig, public: keyway_certs::PublicCert) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("no SIGHUP handler: certificate reload is unavailable");
-    };
-    while hup.recv().await.is_some() {
-        match Relay::reload_public_cert(&cfg, &public) {
-            Ok(s) => tracing::info!(names = ?s.names, not_after = s.not_after, "public certificate reloaded"),
-            Err(e) => tracing::error!("public certificate not reloaded, the old one stays in use: {e:#}"),
-        }
-    }
-}
-
-async fn shutdown_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down: draining agents and open requests");
-    stop.cancel();
 }

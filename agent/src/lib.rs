@@ -1,9 +1,27 @@
 //! The Keyway agent: runs beside a UniFi Access console, dials out to the
-//! relay over QUIC (or TLS over TCP where UDP is blocked) and forwards the requests the relay sends it to the
-//! console, whose certificate it pins.
+//! relay over QUIC (or TLS over TCP where UDP is blocked) and forwards the
+//! requests the relay sends it to the console, whose certificate it pins.
 //!
 //! [`Agent::new`] checks the configuration and builds the clients;
 //! [`Agent::run`] serves until the shutdown token is cancelled.
+//!
+//! # Map: one request, from the tunnel stream to the console
+//!
+//! 1. [`uplink::run`] keeps a connection to the relay: `uplink::dial`
+//!    (over [`keyway_transport::dial`]) connects, `uplink::session` says
+//!    `Hello` and accepts the streams the relay opens.
+//! 2. `uplink::stream::serve` reads the stream's preamble and serves
+//!    HTTP/1.1 on it with [`handler::Handler::handle`].
+//! 3. The handler canonicalises the path, [`access::Access::authorize`]
+//!    checks the credential, its route policy and the unlock rates, then
+//!    hands the request to the event hub
+//!    ([`hub::serve::Subscribers::subscribe`], for the notifications
+//!    WebSocket) or to [`console::Console::forward`], which sends it to the
+//!    console over a pooled client that trusts only the pinned
+//!    certificate. One audit record follows ([`audit`]).
+//! 4. Whatever stops a request is an [`error::AgentError`];
+//!    [`error::respond`] is the one place it becomes a status and an
+//!    envelope code.
 // One audited FFI call (`trim::release`) is allowed where it is made.
 #![deny(unsafe_code)]
 
@@ -17,15 +35,15 @@ pub mod console;
 pub mod console_token;
 pub mod doctor;
 pub mod error;
+pub mod handler;
 pub mod hub;
 pub mod live;
-pub mod local;
 pub mod pair;
 pub mod repin;
 pub mod status;
 pub mod status_socket;
 pub mod trim;
-pub mod tunnel;
+pub mod uplink;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,11 +56,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{AgentConfig, TransportMode};
 pub use keyway_transport::TransportKind;
-pub use tunnel::AgentState;
+pub use uplink::AgentState;
 
 /// A configured agent, not yet running.
 pub struct Agent {
-    ctx: Arc<tunnel::TunnelCtx>,
+    ctx: Arc<uplink::Uplink>,
     hub: Option<(Arc<hub::Hub>, hub::upstream::Upstream)>,
     webhooks: Option<hub::webhooks::Capture>,
     state: watch::Receiver<AgentState>,
@@ -62,7 +80,7 @@ impl Agent {
         let tcp_tls = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()));
         let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("tunnel TLS for QUIC")?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic_tls));
-        client.transport_config(Arc::new(tunnel::transport_config()));
+        client.transport_config(Arc::new(uplink::transport_config()));
         let relay_is_v6 = cfg.relay.starts_with('[');
         let bind: SocketAddr = if relay_is_v6 { "[::]:0" } else { "0.0.0.0:0" }
             .parse()
@@ -91,7 +109,7 @@ impl Agent {
                 None
             }
         };
-        let local = Arc::new(local::Local {
+        let handler = Arc::new(handler::Handler {
             console: console.clone(),
             events: hub.as_ref().map(|(h, _)| {
                 Arc::new(hub::serve::Subscribers::new(
@@ -104,7 +122,7 @@ impl Agent {
             live: Arc::default(),
         });
         let (state_tx, state) = watch::channel(AgentState::Connecting);
-        let ctx = tunnel::TunnelCtx {
+        let ctx = uplink::Uplink {
             endpoint,
             tcp_tls,
             relay: cfg.relay.clone(),
@@ -115,7 +133,7 @@ impl Agent {
             quic_probe: cfg.quic_probe_interval.max(std::time::Duration::from_millis(100)),
             udp_blocked: Default::default(),
             console,
-            local,
+            handler,
             state: state_tx,
             console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
             config_path: cfg.source.clone(),
@@ -154,7 +172,7 @@ impl Agent {
         use keyway_proto::control::{write_msg, ControlMsg};
         use keyway_proto::CloseCode;
         let wait = std::time::Duration::from_secs(5);
-        let tunnel = tunnel::connect(&self.ctx).await?;
+        let tunnel = uplink::connect(&self.ctx).await?;
         let mut control = tunnel.open_control().await?;
         write_msg(&mut control, &ControlMsg::Unpair).await?;
         let _ = tokio::time::timeout(wait, tunnel.closed()).await;
@@ -164,8 +182,10 @@ impl Agent {
             Some((CloseCode::ProtocolError, _)) => {}
             other => anyhow::bail!("the relay did not confirm the revocation ({other:?})"),
         }
-        let tunnel = tunnel::connect(&self.ctx).await?;
-        let (mut control, site) = tunnel::hello(&*tunnel, true, None, false).await?;
+        let tunnel = uplink::connect(&self.ctx).await?;
+        let (mut control, site) = uplink::hello(&*tunnel, console::ConsoleHealth::Ok, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         write_msg(&mut control, &ControlMsg::Unpair).await?;
         let _ = tokio::time::timeout(wait, tunnel.closed()).await;
         match keyway_transport::peer_close(&*tunnel) {
@@ -176,8 +196,11 @@ impl Agent {
 
     /// Whether a tunnel handshake over `transport` completes now (QUIC within
     /// the configured deadline), for `doctor`. The connection is closed at once.
-    pub async fn probe(&self, transport: keyway_transport::TransportKind) -> anyhow::Result<()> {
-        let tunnel = tunnel::connect_over(&self.ctx, transport).await?;
+    pub async fn probe(
+        &self,
+        transport: keyway_transport::TransportKind,
+    ) -> Result<(), keyway_transport::dial::DialError> {
+        let tunnel = uplink::connect_over(&self.ctx, transport).await?;
         tunnel.close(keyway_proto::CloseCode::Normal, "doctor");
         Ok(())
     }
@@ -189,7 +212,7 @@ impl Agent {
     pub async fn relay_clock_offset_ms(&self, transport: keyway_transport::TransportKind) -> anyhow::Result<i64> {
         use keyway_proto::control::{read_msg, write_msg, ControlMsg};
         use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-        let tunnel = tunnel::connect_over(&self.ctx, transport).await?;
+        let tunnel = uplink::connect_over(&self.ctx, transport).await?;
         let mut control = tunnel.open_control().await?;
         let (sent, start) = (SystemTime::now(), Instant::now());
         write_msg(&mut control, &ControlMsg::TimeQuery).await?;
@@ -224,7 +247,7 @@ impl Agent {
             hub_tasks.push(tokio::spawn(hub::upstream::run(hub, up, stop.child_token())));
         }
         let trim = tokio::spawn({
-            let (console, live) = (self.ctx.local.console.clone(), self.ctx.local.live.clone());
+            let (console, live) = (self.ctx.handler.console.clone(), self.ctx.handler.live.clone());
             trim::run(
                 move || console.is_quiet().then(|| live.last_hour().0),
                 stop.child_token(),
@@ -244,7 +267,7 @@ impl Agent {
                 self.status_socket.clone(),
                 status_socket::Source {
                     current,
-                    live: self.ctx.local.live.clone(),
+                    live: self.ctx.handler.live.clone(),
                     cert_not_after: self.cert_not_after,
                 },
                 socket_stop.clone(),
@@ -254,7 +277,7 @@ impl Agent {
                 None
             }
         };
-        tunnel::run(self.ctx.clone(), stop).await;
+        uplink::run(self.ctx.clone(), stop).await;
         socket_stop.cancel();
         if let Some(s) = socket {
             let _ = s.await;

@@ -19,6 +19,7 @@ use keyway_certs::{ConsoleTrust, Fingerprint};
 use keyway_proto::control::{read_frame, write_frame};
 use keyway_proto::pair::{PairErrorKind, PairMsg};
 use keyway_proto::PROTOCOL_VERSION;
+use keyway_transport::dial::{self, DialError};
 use rcgen::PublicKeyData;
 use rustls::RootCertStore;
 use rustls_pki_types::ServerName;
@@ -169,7 +170,7 @@ pub async fn pair(opts: &PairOptions) -> Result<Paired, PairError> {
     let mut link = connect(&host, port, roots).await?;
     let done = exchange(&mut link, &code, &key).await;
     link.close().await;
-    let (site, url, tunnel_name, cert, ca) = done?;
+    let issued = done?;
 
     let state = &opts.state_dir;
     std::fs::create_dir_all(state).map_err(|e| anyhow::anyhow!("could not create {}: {e}", state.display()))?;
@@ -177,30 +178,29 @@ pub async fn pair(opts: &PairOptions) -> Result<Paired, PairError> {
     let cert_path = abs(&state.join("agent.pem"));
     let ca_path = abs(&state.join("relay-ca.pem"));
     write_atomic(&key_path, key.serialize_pem().as_bytes(), true).map_err(anyhow::Error::from)?;
-    write_atomic(&cert_path, cert.as_bytes(), false).map_err(anyhow::Error::from)?;
-    write_atomic(&ca_path, ca.as_bytes(), false).map_err(anyhow::Error::from)?;
-    let relay = host_port(&host, port);
+    write_atomic(&cert_path, issued.certificate.as_bytes(), false).map_err(anyhow::Error::from)?;
+    write_atomic(&ca_path, issued.ca.as_bytes(), false).map_err(anyhow::Error::from)?;
+    let config = PairedConfig {
+        relay: host_port(&host, port),
+        relay_name: &issued.tunnel_name,
+        relay_ca: ca_path.display().to_string(),
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
+        console_url: &opts.console_url,
+        console_fingerprint: fingerprint.to_string(),
+    };
     let toml = format!(
-        "# Keyway agent for site {site:?}, written by `keyway-agent pair`.\n\
-         relay = {relay:?}\n\
-         relay_name = {tunnel_name:?}\n\
-         relay_ca = {ca:?}\n\
-         cert = {cert:?}\n\
-         key = {key:?}\n\
-         console_url = {console:?}\n\
-         console_fingerprint = \"{fingerprint}\"\n",
-        ca = ca_path.display().to_string(),
-        cert = cert_path.display().to_string(),
-        key = key_path.display().to_string(),
-        console = opts.console_url,
+        "# Keyway agent for site {:?}, written by `keyway-agent pair`.\n{}",
+        issued.site,
+        toml::to_string(&config).map_err(anyhow::Error::from)?
     );
     if let Some(dir) = opts.config.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("could not create {}: {e}", dir.display()))?;
     }
     write_atomic(&opts.config, toml.as_bytes(), false).map_err(anyhow::Error::from)?;
     Ok(Paired {
-        url,
-        site,
+        url: issued.url,
+        site: issued.site,
         config: opts.config.clone(),
         console_fingerprint: fingerprint,
     })
@@ -300,6 +300,8 @@ pub fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
 
 /// How long a QUIC handshake may take before pairing tries TLS over TCP.
 const QUIC_DEADLINE: Duration = Duration::from_secs(3);
+/// How long TCP and TLS may take.
+const TCP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A pairing connection: one byte stream and the TLS session's exporter.
 struct PairLink {
@@ -331,58 +333,40 @@ pub fn host_port(host: &str, port: u16) -> String {
 /// handshake completes within [`QUIC_DEADLINE`] (UDP blocked).
 async fn connect(host: &str, port: u16, roots: RootCertStore) -> Result<PairLink, PairError> {
     let target = host_port(host, port);
-    let addr: SocketAddr = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|_| PairError::RelayUnreachable(target.clone()))?
-        .next()
-        .ok_or_else(|| PairError::RelayUnreachable(target.clone()))?;
     let tls = keyway_certs::tls::pairing_client(roots).map_err(anyhow::Error::from)?;
-    let quic_err = match connect_quic(host, addr, tls.clone()).await {
+    let quic_err = match connect_quic(&target, host, tls.clone()).await {
         Ok(link) => return Ok(link),
-        Err(PairError::RelayUnreachable(e)) => e,
-        Err(e) => return Err(e),
+        // A certificate refused over QUIC is refused over TCP too.
+        Err(e @ (DialError::Untrusted { .. } | DialError::ClockWrong { .. })) => return Err(e.into()),
+        Err(e) => e,
     };
-    connect_tcp(host, addr, tls).await.map_err(|e| match e {
-        PairError::RelayUnreachable(tcp) => {
-            PairError::RelayUnreachable(format!("{target}: over QUIC: {quic_err}; over TCP: {tcp}"))
-        }
-        e => e,
+    connect_tcp(&target, host, tls).await.map_err(|tcp| match tcp {
+        DialError::Untrusted { .. } | DialError::ClockWrong { .. } => tcp.into(),
+        _ => PairError::RelayUnreachable(format!("{target}: over QUIC: {quic_err}; over TCP: {tcp}")),
     })
 }
 
-fn tls_failure(text: String) -> PairError {
-    if crate::clock::explains(&text) {
-        PairError::ClockWrong(text)
-    } else if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName") {
-        PairError::RelayUntrusted(text)
-    } else {
-        PairError::RelayUnreachable(text)
+impl From<DialError> for PairError {
+    fn from(e: DialError) -> Self {
+        match e {
+            DialError::ClockWrong { .. } => Self::ClockWrong(e.to_string()),
+            DialError::Untrusted { .. } => Self::RelayUntrusted(e.to_string()),
+            _ => Self::RelayUnreachable(e.to_string()),
+        }
     }
 }
 
-async fn connect_quic(host: &str, addr: SocketAddr, tls: rustls::ClientConfig) -> Result<PairLink, PairError> {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(anyhow::Error::from)?;
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .expect("constant");
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(anyhow::Error::from)?;
+async fn connect_quic(target: &str, host: &str, tls: rustls::ClientConfig) -> Result<PairLink, DialError> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| local_failure(target, e))?;
+    let v6 = target.starts_with('[');
+    let bind: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("constant");
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| local_failure(target, e))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let connecting = endpoint
-        .connect(addr, host)
-        .map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
-    let conn = match timeout(QUIC_DEADLINE, connecting).await {
-        Err(_) => {
-            return Err(PairError::RelayUnreachable(format!(
-                "no QUIC handshake within {QUIC_DEADLINE:?}"
-            )))
-        }
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(tls_failure(e.to_string())),
-    };
+    let conn = dial::quic(&endpoint, target, host, QUIC_DEADLINE).await?;
     let mut exporter = [0u8; 32];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
-    let (send, recv) = conn.open_bi().await.map_err(anyhow::Error::from)?;
+        .map_err(|_| local_failure(target, "TLS exporter unavailable"))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| local_failure(target, e))?;
     Ok(PairLink {
         stream: Box::new(tokio::io::join(recv, send)),
         exporter,
@@ -390,30 +374,15 @@ async fn connect_quic(host: &str, addr: SocketAddr, tls: rustls::ClientConfig) -
     })
 }
 
-async fn connect_tcp(host: &str, addr: SocketAddr, tls: rustls::ClientConfig) -> Result<PairLink, PairError> {
-    let name = ServerName::try_from(host.to_string()).map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
-    let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| PairError::RelayUnreachable(e.to_string()))?;
-        tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| tls_failure(e.to_string()))
-    };
-    let stream = timeout(Duration::from_secs(10), attempt)
-        .await
-        .map_err(|_| PairError::RelayUnreachable("no TLS handshake within 10s".into()))??;
-    if stream.get_ref().1.alpn_protocol() != Some(keyway_proto::ALPN_PAIR) {
-        return Err(PairError::RelayUnreachable(
-            "the server on this port does not accept Keyway pairing".into(),
-        ));
-    }
+async fn connect_tcp(target: &str, host: &str, tls: rustls::ClientConfig) -> Result<PairLink, DialError> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let alpn = (keyway_proto::ALPN_PAIR, "Keyway pairing");
+    let (stream, _) = dial::tls(&connector, target, host, alpn, TCP_DEADLINE).await?;
     let exporter = stream
         .get_ref()
         .1
         .export_keying_material([0u8; 32], EXPORTER_LABEL, Some(b""))
-        .map_err(|_| anyhow::anyhow!("TLS exporter unavailable"))?;
+        .map_err(|_| local_failure(target, "TLS exporter unavailable"))?;
     Ok(PairLink {
         stream: Box::new(stream),
         exporter,
@@ -421,9 +390,36 @@ async fn connect_tcp(host: &str, addr: SocketAddr, tls: rustls::ClientConfig) ->
     })
 }
 
-type Identity = (String, String, String, String, String);
+/// A failure on this machine's side of the connection.
+fn local_failure(target: &str, e: impl std::fmt::Display) -> DialError {
+    DialError::Local(format!("{target}: {e}"))
+}
 
-async fn exchange(link: &mut PairLink, code: &PairingCode, key: &rcgen::KeyPair) -> Result<Identity, PairError> {
+/// What the relay issued this agent, proven with the pairing code.
+struct Issued {
+    site: String,
+    url: String,
+    /// The name the relay's tunnel certificate carries.
+    tunnel_name: String,
+    /// This agent's certificate (PEM).
+    certificate: String,
+    /// The relay's tunnel CA (PEM).
+    ca: String,
+}
+
+/// The `agent.toml` pairing writes (the rest of the settings default).
+#[derive(serde::Serialize)]
+struct PairedConfig<'a> {
+    relay: String,
+    relay_name: &'a str,
+    relay_ca: String,
+    cert: String,
+    key: String,
+    console_url: &'a str,
+    console_fingerprint: String,
+}
+
+async fn exchange(link: &mut PairLink, code: &PairingCode, key: &rcgen::KeyPair) -> Result<Issued, PairError> {
     let io = |e: keyway_proto::control::ControlError| anyhow::anyhow!("pairing connection: {e}");
     let exporter = link.exporter;
     let stream = &mut link.stream;
@@ -475,7 +471,13 @@ async fn exchange(link: &mut PairLink, code: &PairingCode, key: &rcgen::KeyPair)
             if named != site {
                 return Err(anyhow::anyhow!("the relay issued a certificate for {named:?}, not {site:?}").into());
             }
-            Ok((site, url, tunnel_name, certificate, ca))
+            Ok(Issued {
+                site,
+                url,
+                tunnel_name,
+                certificate,
+                ca,
+            })
         }
         PairMsg::Error { kind, message } => Err(PairError::Refused { kind, message }),
         other => Err(anyhow::anyhow!("unexpected pairing message {other:?}").into()),
@@ -511,6 +513,29 @@ pub fn unpair(config: &Path) -> anyhow::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_written_config_loads_back_whatever_the_paths_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a \"quoted\" dir\\x");
+        let fp = Fingerprint::of(b"console");
+        let config = PairedConfig {
+            relay: "[::1]:4433".into(),
+            relay_name: "tunnel.relay.test",
+            relay_ca: odd.join("relay-ca.pem").display().to_string(),
+            cert: odd.join("agent.pem").display().to_string(),
+            key: odd.join("agent.key").display().to_string(),
+            console_url: "https://127.0.0.1:12445",
+            console_fingerprint: fp.to_string(),
+        };
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let loaded = crate::AgentConfig::load(&path).unwrap();
+        assert_eq!(loaded.relay, "[::1]:4433");
+        assert_eq!(loaded.relay_name.as_deref(), Some("tunnel.relay.test"));
+        assert_eq!(loaded.key, odd.join("agent.key"));
+        assert_eq!(loaded.console_trust().unwrap(), ConsoleTrust::Pinned(fp));
+    }
 
     #[test]
     fn relay_addresses() {

@@ -13,7 +13,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::tunnel::AgentState;
+use crate::uplink::AgentState;
 
 /// The file's contents.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

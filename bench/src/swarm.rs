@@ -66,7 +66,7 @@ pub async fn connect(
                 let tls = keyway_certs::tls::tunnel_client(vec![issued.der], key, &ca_der, &[ALPN_TUNNEL])?;
                 let mut client =
                     quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-                client.transport_config(Arc::new(keyway_agent::tunnel::transport_config()));
+                client.transport_config(Arc::new(keyway_agent::uplink::transport_config()));
                 // The relay picks new sites up from the registry within a
                 // second; until then it answers "unknown site".
                 let mut last = None;

@@ -43,7 +43,7 @@ impl RogueAgent {
         let tls = keyway_certs::tls::tunnel_client(chain, key, &ca, &[ALPN_TUNNEL])?;
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));
-        client.transport_config(Arc::new(keyway_agent::tunnel::transport_config()));
+        client.transport_config(Arc::new(keyway_agent::uplink::transport_config()));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
         endpoint.set_default_client_config(client);
         let addr = tokio::net::lookup_host(&cfg.relay)

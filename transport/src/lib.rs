@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dial;
 pub mod h2;
 pub mod quic;
 

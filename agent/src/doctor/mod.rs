@@ -94,19 +94,17 @@ pub async fn run(path: &Path) -> Vec<Check> {
     out.push(host::dns(&cfg.relay).await);
     let udp = agent.probe(keyway_transport::TransportKind::Quic).await;
     let tcp = agent.probe(keyway_transport::TransportKind::Tcp).await;
-    let clock_hint = [&udp, &tcp]
-        .iter()
-        .any(|r| r.as_ref().is_err_and(|e| crate::clock::explains(&format!("{e:#}"))));
+    let clock_hint = [&udp, &tcp].iter().any(|r| r.as_ref().is_err_and(|e| e.is_clock()));
     match (&udp, &tcp) {
         (Ok(()), _) => out.push(Check::ok(format!("relay {} reachable over UDP (QUIC)", cfg.relay))),
         (Err(e), Ok(())) => out.push(Check::bad(
             Verdict::Warn,
-            format!("UDP to the relay {} is blocked ({e:#}); TLS over TCP to {} works", cfg.relay, cfg.relay_tcp_addr()),
+            format!("UDP to the relay {} is blocked ({e}); TLS over TCP to {} works", cfg.relay, cfg.relay_tcp_addr()),
             "the agent serves over TCP by itself; to use QUIC, allow outbound UDP to the relay's port on this network's firewall",
         )),
         (Err(e), Err(_)) => out.push(Check::bad(
             Verdict::Fail,
-            format!("relay {} unreachable over UDP: {e:#}", cfg.relay),
+            format!("relay {} unreachable over UDP: {e}", cfg.relay),
             if clock_hint {
                 crate::clock::FIX
             } else {
@@ -118,8 +116,8 @@ pub async fn run(path: &Path) -> Vec<Check> {
         Ok(()) => out.push(Check::ok(format!("relay {} reachable over TLS/TCP", cfg.relay_tcp_addr()))),
         Err(e) => out.push(Check::bad(
             if udp.is_ok() { Verdict::Warn } else { Verdict::Fail },
-            format!("relay {} unreachable over TLS/TCP: {e:#}", cfg.relay_tcp_addr()),
-            if crate::clock::explains(&format!("{e:#}")) {
+            format!("relay {} unreachable over TLS/TCP: {e}", cfg.relay_tcp_addr()),
+            if e.is_clock() {
                 crate::clock::FIX
             } else {
                 "if UDP works this only removes the fallback; otherwise check the firewall allows outbound TCP to the relay's port"

@@ -145,7 +145,7 @@ async fn a_newer_connection_replaces_the_old_one_and_requests_follow_it() {
     stop.cancel();
     task.await.unwrap();
     tokio::time::timeout(
-        keyway_agent::tunnel::RECONNECT_CAP + Duration::from_secs(10),
+        keyway_agent::uplink::RECONNECT_CAP + Duration::from_secs(10),
         stack
             .agents
             .wait_until(|t| t.get(SITE).is_some_and(|l| l.id > second_id)),

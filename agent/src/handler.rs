@@ -15,7 +15,7 @@ use crate::error::{respond, AgentError, BadRequest};
 use crate::hub::serve::{is_subscription, Subscribers};
 
 /// The agent's side of every tunnel stream.
-pub struct Local {
+pub struct Handler {
     /// The console.
     pub console: Arc<Console>,
     /// Door-event subscribers, when the hub is on.
@@ -28,7 +28,7 @@ pub struct Local {
     pub live: Arc<crate::live::Live>,
 }
 
-impl Local {
+impl Handler {
     /// Answers one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<HttpBody> {
         let started = Instant::now();

@@ -10,6 +10,8 @@ use keyway_certs::PrivateCa;
 use crate::registry::Registry;
 
 /// What `init` needs (the arguments of `keyway-relay init`).
+// The field docs are also `--help`, where <domain> is not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(clap::Args)]
 pub struct InitOptions {
     /// Folder to create (e.g. /etc/keyway).

@@ -4,6 +4,32 @@
 //! [`Relay::bind`] binds both listeners (port 0 works, for tests) and
 //! [`Relay::run`] serves until the shutdown token is cancelled, then tells
 //! every agent to `Drain` and lets open requests finish within the grace.
+//!
+//! # Map: one request, from accept to the console
+//!
+//! 1. [`tcp_port::serve`] accepts the integration's TCP connection and
+//!    reads its TLS ClientHello: `h2`/`http/1.1` is an integration (below);
+//!    `keyway/1` and `keyway-pair/1` are agents whose UDP is blocked,
+//!    handed to [`tunnel::handle_tcp`] and [`pairing`].
+//! 2. hyper calls [`proxy::handle`], which runs `proxy::serve` and
+//!    answers whatever stops it with [`proxy::error::respond`] — the one
+//!    place a [`proxy::ProxyError`] becomes a status and an envelope code.
+//! 3. `proxy::route` picks the site from the host and canonicalises the
+//!    path; [`limits::Edge::admit_request`] applies the site's allow-list,
+//!    header and body limits, rates and concurrency; [`AgentTable::get`]
+//!    finds the site's live agent link (registered by [`tunnel::serve`]
+//!    when the agent dialled in and said `Hello`).
+//! 4. `proxy::forward::Forward::send` rewrites the head for the tunnel
+//!    (`proxy::headers::for_tunnel`), reads a body of unknown length whole
+//!    ([`whole::read`]), takes an idle stream from the link's
+//!    [`streams::StreamPool`] or opens one (`Tunnel::open`, a one-byte
+//!    [`keyway_proto::preamble`], an HTTP/1.1 client handshake), and sends
+//!    the request; the response body streams back inside `proxy::body`'s
+//!    `Tracked`, which frees the request's slots and gives the stream back
+//!    to the pool when it ends. A `101` is spliced by [`upgrade::Upgrades`].
+//! 5. On the agent (`keyway_agent`'s crate doc goes on from here): the
+//!    uplink accepts the stream, serves HTTP/1.1 on it, checks access, and
+//!    calls the console.
 #![forbid(unsafe_code)]
 
 pub mod acme;
@@ -12,7 +38,6 @@ pub mod admin_http;
 pub mod agents;
 pub mod config;
 pub mod duplicates;
-pub mod front;
 pub mod init;
 pub mod limits;
 pub mod metrics;
@@ -21,6 +46,7 @@ pub mod proxy;
 pub mod registry;
 pub mod sites;
 pub mod streams;
+pub mod tcp_port;
 pub mod tunnel;
 pub mod upgrade;
 pub mod whole;
@@ -44,7 +70,7 @@ pub use sites::SiteCache;
 pub struct Relay {
     cfg: RelayConfig,
     https: TcpListener,
-    tls: front::FrontTls,
+    tls: tcp_port::TcpPortTls,
     endpoint: quinn::Endpoint,
     agents: AgentTable,
     registry: Registry,
@@ -74,7 +100,7 @@ impl Relay {
         let tunnel = (load_certs(&cfg.tunnel_cert)?, load_key(&cfg.tunnel_key)?);
         let quic_tls = keyway_certs::tls::relay_quic_server(tunnel, public.clone(), ca.cert_der())
             .context("tunnel certificate")?;
-        let tls = front::FrontTls {
+        let tls = tcp_port::TcpPortTls {
             https: Arc::new(https_cfg),
             tunnel: Arc::new(quic_tls.clone()),
         };
@@ -101,7 +127,7 @@ impl Relay {
         });
 
         let endpoint = bind_quic(&cfg, server)?;
-        let https = front::bind(cfg.https_listen)
+        let https = tcp_port::bind(cfg.https_listen)
             .await
             .with_context(|| format!("could not bind HTTPS (TCP) on {}", cfg.https_listen))?;
         let admin = match cfg.admin_listen {
@@ -245,7 +271,7 @@ impl Relay {
         });
         tracing::info!(https = %https.local_addr()?, quic = %endpoint.local_addr()?, domain = cfg.domain, "relay serving");
         let quic_stop = CancellationToken::new();
-        let tcp_agents = front::TcpAgents {
+        let tcp_agents = tcp_port::TcpAgents {
             ctx: tunnel_ctx.clone(),
             stop: quic_stop.clone(),
             tracker: tracker.clone(),
@@ -256,12 +282,12 @@ impl Relay {
             quic_stop.clone(),
             tracker.clone(),
         ));
-        let front_opts = front::FrontOptions {
+        let port_opts = tcp_port::TcpPortOptions {
             header_read_timeout: cfg.header_read_timeout,
             grace: cfg.shutdown_grace,
             max_connections_per_client: cfg.max_connections_per_client.max(1),
         };
-        front::serve(https, tls, tcp_agents, proxy_ctx, front_opts, stop).await;
+        tcp_port::serve(https, tls, tcp_agents, proxy_ctx, port_opts, stop).await;
 
         // The front has stopped and its requests are done (or out of grace);
         // WebSockets have their close frames. Then tell agents to move on.

@@ -279,7 +279,13 @@ impl Edge {
     /// The checks before a request is forwarded to `site`: allow-list,
     /// headers, declared body size, rates, concurrency. On success, the
     /// request's slots and body limits.
-    pub fn admit(&self, site: &str, client: IpAddr, headers: &HeaderMap, websocket: bool) -> Result<Admitted, Refusal> {
+    pub fn admit_request(
+        &self,
+        site: &str,
+        client: IpAddr,
+        headers: &HeaderMap,
+        websocket: bool,
+    ) -> Result<Admitted, Refusal> {
         let s = self.site(site);
         let l = &s.limits;
         let client = client.to_canonical();
@@ -396,52 +402,58 @@ mod tests {
     fn slots_are_given_back() {
         let e = edge("max_concurrent_requests = 1");
         let h = HeaderMap::new();
-        let slot = e.admit("hq", IP, &h, false).unwrap();
-        assert_eq!(e.admit("hq", IP, &h, false).unwrap_err(), Refusal::Busy("requests"));
+        let slot = e.admit_request("hq", IP, &h, false).unwrap();
+        assert_eq!(
+            e.admit_request("hq", IP, &h, false).unwrap_err(),
+            Refusal::Busy("requests")
+        );
         drop(slot);
-        assert!(e.admit("hq", IP, &h, false).is_ok());
+        assert!(e.admit_request("hq", IP, &h, false).is_ok());
     }
 
     #[test]
     fn websockets_have_their_own_budget_and_a_per_client_one() {
         let e = edge("max_concurrent_requests = 1\nmax_websockets = 3\nmax_websockets_per_client = 2");
         let h = HeaderMap::new();
-        let ws: Vec<_> = (0..2).map(|_| e.admit("hq", IP, &h, true).unwrap()).collect();
+        let ws: Vec<_> = (0..2).map(|_| e.admit_request("hq", IP, &h, true).unwrap()).collect();
         assert_eq!(
-            e.admit("hq", IP, &h, true).unwrap_err(),
+            e.admit_request("hq", IP, &h, true).unwrap_err(),
             Refusal::Busy("WebSockets from this client address")
         );
-        let other = e.admit("hq", "127.0.0.8".parse().unwrap(), &h, true).unwrap();
+        let other = e.admit_request("hq", "127.0.0.8".parse().unwrap(), &h, true).unwrap();
         assert_eq!(
-            e.admit("hq", "127.0.0.9".parse().unwrap(), &h, true).unwrap_err(),
+            e.admit_request("hq", "127.0.0.9".parse().unwrap(), &h, true)
+                .unwrap_err(),
             Refusal::Busy("WebSockets")
         );
         // Requests have their whole budget still.
-        assert!(e.admit("hq", IP, &h, false).is_ok());
+        assert!(e.admit_request("hq", IP, &h, false).is_ok());
         drop((ws, other));
-        assert!(e.admit("hq", IP, &h, true).is_ok());
+        assert!(e.admit_request("hq", IP, &h, true).is_ok());
     }
 
     #[test]
     fn buckets_refuse_with_a_retry_time() {
         let e = edge("client_rate = 1\nclient_burst = 2");
         let h = HeaderMap::new();
-        assert!(e.admit("hq", IP, &h, false).is_ok());
-        assert!(e.admit("hq", IP, &h, false).is_ok());
-        match e.admit("hq", IP, &h, false) {
+        assert!(e.admit_request("hq", IP, &h, false).is_ok());
+        assert!(e.admit_request("hq", IP, &h, false).is_ok());
+        match e.admit_request("hq", IP, &h, false) {
             Err(Refusal::Rate { retry_after, .. }) => assert!((1..=1).contains(&retry_after)),
             other => panic!("{other:?}"),
         }
         // Another address has its own bucket.
-        assert!(e.admit("hq", "127.0.0.8".parse().unwrap(), &h, false).is_ok());
+        assert!(e.admit_request("hq", "127.0.0.8".parse().unwrap(), &h, false).is_ok());
     }
 
     #[test]
     fn allow_list_matches_cidrs_and_mapped_addresses() {
         let e = edge("allow = [\"127.0.0.0/30\", \"::1/128\"]");
         let h = HeaderMap::new();
-        assert!(e.admit("hq", "127.0.0.2".parse().unwrap(), &h, false).is_ok());
-        assert!(e.admit("hq", "::ffff:127.0.0.1".parse().unwrap(), &h, false).is_ok());
-        assert_eq!(e.admit("hq", IP, &h, false).unwrap_err(), Refusal::NotAllowed);
+        assert!(e.admit_request("hq", "127.0.0.2".parse().unwrap(), &h, false).is_ok());
+        assert!(e
+            .admit_request("hq", "::ffff:127.0.0.1".parse().unwrap(), &h, false)
+            .is_ok());
+        assert_eq!(e.admit_request("hq", IP, &h, false).unwrap_err(), Refusal::NotAllowed);
     }
 }

@@ -119,7 +119,7 @@ pub struct SiteRecord {
 
 /// Whether a certificate may open a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub enum AgentAdmission {
     /// Current and not revoked.
     Allowed,
     /// No such site.
@@ -152,7 +152,7 @@ pub trait SiteStore: Send + Sync + 'static {
     /// Revokes the site's certificate; returns its serial if it had one.
     fn revoke(&self, site: &str, now: i64) -> Result<Option<String>, RegistryError>;
     /// Whether this site's certificate `serial` may connect.
-    fn admission(&self, site: &str, serial: &str) -> Result<Admission, RegistryError>;
+    fn agent_admission(&self, site: &str, serial: &str) -> Result<AgentAdmission, RegistryError>;
     /// Records an agent's connection state.
     /// `transport` is `Some("quic" | "tcp")` while connected, `None` once gone.
     fn record_seen(
@@ -408,15 +408,15 @@ impl SiteStore for SqliteStore {
         })
     }
 
-    fn admission(&self, site: &str, serial: &str) -> Result<Admission, RegistryError> {
+    fn agent_admission(&self, site: &str, serial: &str) -> Result<AgentAdmission, RegistryError> {
         self.with(|c| {
             let current: Option<Option<String>> = c
                 .query_row("SELECT cert_serial FROM sites WHERE name = ?1", [site], |r| r.get(0))
                 .optional()?;
             Ok(match current {
-                None => Admission::UnknownSite,
-                Some(Some(s)) if s == serial => Admission::Allowed,
-                Some(_) => Admission::Revoked,
+                None => AgentAdmission::UnknownSite,
+                Some(Some(s)) if s == serial => AgentAdmission::Allowed,
+                Some(_) => AgentAdmission::Revoked,
             })
         })
     }
@@ -528,9 +528,12 @@ mod tests {
         assert_eq!(s.complete_pairing("ABC", "serial-1", 11).unwrap(), "hq");
         assert_eq!(code_err(s.begin_pairing("ABC", 5, 12)), CodeRefusal::Used);
         assert_eq!(code_err(s.complete_pairing("ABC", "serial-2", 12)), CodeRefusal::Used);
-        assert_eq!(s.admission("hq", "serial-1").unwrap(), Admission::Allowed);
-        assert_eq!(s.admission("hq", "serial-2").unwrap(), Admission::Revoked);
-        assert_eq!(s.admission("nope", "serial-1").unwrap(), Admission::UnknownSite);
+        assert_eq!(s.agent_admission("hq", "serial-1").unwrap(), AgentAdmission::Allowed);
+        assert_eq!(s.agent_admission("hq", "serial-2").unwrap(), AgentAdmission::Revoked);
+        assert_eq!(
+            s.agent_admission("nope", "serial-1").unwrap(),
+            AgentAdmission::UnknownSite
+        );
         let list = s.list_sites().unwrap();
         assert!(list[0].paired && list[0].code_expires.is_none());
     }
@@ -600,7 +603,7 @@ mod tests {
         let other = SqliteStore::open(&d.path().join("r.db")).unwrap();
         assert_eq!(other.revoke("hq", 2).unwrap().as_deref(), Some("serial-1"));
         assert_ne!(s.data_version().unwrap(), v0, "the relay sees another process's change");
-        assert_eq!(s.admission("hq", "serial-1").unwrap(), Admission::Revoked);
+        assert_eq!(s.agent_admission("hq", "serial-1").unwrap(), AgentAdmission::Revoked);
         drop(s);
         let reopened = SqliteStore::open(&d.path().join("r.db")).unwrap();
         assert!(!reopened.list_sites().unwrap()[0].paired);

@@ -33,7 +33,7 @@ use crate::tunnel::TunnelCtx;
 
 /// TLS settings of the port.
 #[derive(Clone)]
-pub struct FrontTls {
+pub struct TcpPortTls {
     /// For integrations.
     pub https: Arc<rustls::ServerConfig>,
     /// For agents (`keyway/1`, `keyway-pair/1`).
@@ -53,7 +53,7 @@ pub struct TcpAgents {
 
 /// The listener's deadlines and caps (from `relay.toml`).
 #[derive(Debug, Clone, Copy)]
-pub struct FrontOptions {
+pub struct TcpPortOptions {
     /// From accept to a whole request head (and between requests, HTTP/1.1).
     pub header_read_timeout: Duration,
     /// On shutdown, how long open requests may take.
@@ -105,13 +105,13 @@ impl PerClient {
 /// finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
-    tls: FrontTls,
+    tls: TcpPortTls,
     agents: TcpAgents,
     ctx: Arc<ProxyCtx>,
-    opts: FrontOptions,
+    opts: TcpPortOptions,
     stop: CancellationToken,
 ) {
-    let FrontOptions {
+    let TcpPortOptions {
         header_read_timeout,
         grace,
         max_connections_per_client,
@@ -230,7 +230,7 @@ pub async fn serve(
 
 /// Reads the ClientHello and completes the handshake with the configuration
 /// its ALPN offer asks for.
-async fn handshake(tcp: TcpStream, tls: &FrontTls) -> std::io::Result<TlsStream<TcpStream>> {
+async fn handshake(tcp: TcpStream, tls: &TcpPortTls) -> std::io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
     let agent = start
         .client_hello()

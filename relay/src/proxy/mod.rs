@@ -1,10 +1,10 @@
 //! Forwarding one integration request through the tunnel.
 //!
-//! [`handle`] is the hyper service of the public front. [`serve`] walks a
-//! request downhill: [`route`] picks the site from the host and
-//! canonicalises the path, [`crate::limits::Edge::admit`] applies the
-//! site's limits, and [`forward`] sends it on a tunnel stream to the site's
-//! agent and reads the response. Any step may stop the request with a
+//! [`handle`] is the hyper service of the TCP port. `serve` walks a
+//! request downhill: `route` picks the site from the host and
+//! canonicalises the path, [`crate::limits::Edge::admit_request`] applies
+//! the site's limits, and `forward` sends it on a tunnel stream to the
+//! site's agent and reads the response. Any step may stop the request with a
 //! [`ProxyError`], which [`error::respond`] turns into the response — the one
 //! place the relay decides how a request fails.
 //!
@@ -119,7 +119,7 @@ async fn serve(
     let websocket = keyway_proto::headers::wants_upgrade(req.headers());
     let admitted = ctx
         .edge
-        .admit(routed, peer.ip(), req.headers(), websocket)
+        .admit_request(routed, peer.ip(), req.headers(), websocket)
         .map_err(|r| ProxyError::from((r, routed.as_str())))?;
     let link = ctx.agents.get(routed).ok_or_else(|| ProxyError::AgentOffline {
         site: routed.clone(),

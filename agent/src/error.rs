@@ -208,31 +208,17 @@ pub fn respond(e: AgentError) -> Response<HttpBody> {
 
 #[cfg(test)]
 mod tests {
+    use keyway_proto::envelope::{Answer, ErrorCode};
+
     use super::*;
-    use http::header::CONTENT_TYPE;
-    use http_body_util::BodyExt;
 
-    /// The response's status, code, message and `Retry-After`.
-    async fn answer(e: AgentError) -> (u16, String, String, Option<String>) {
+    /// Asserts `e` answers `status` with `code` and a message saying `says`.
+    async fn check(e: AgentError, status: u16, code: &str, says: &str) -> Answer {
         let resp = respond(e);
-        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
-        let status = resp.status().as_u16();
-        let retry = resp.headers().get(RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["data"], serde_json::Value::Null);
-        (
-            status,
-            v["code"].as_str().unwrap().into(),
-            v["msg"].as_str().unwrap().into(),
-            retry,
-        )
-    }
-
-    async fn check(e: AgentError, status: u16, code: &str, says: &str) {
-        let (s, c, msg, _) = answer(e).await;
-        assert_eq!((s, c.as_str()), (status, code), "{msg}");
-        assert!(msg.contains(says), "{msg:?} should say {says:?}");
+        assert_eq!(resp.headers()[http::header::CONTENT_TYPE], "application/json");
+        let a = Answer::read(resp).await.unwrap();
+        assert!(a.is(status, code, says), "{a:?} is not {status} {code} saying {says:?}");
+        a
     }
 
     #[tokio::test]
@@ -273,22 +259,24 @@ mod tests {
 
     #[tokio::test]
     async fn rate_limited_says_when_to_retry() {
-        let e = AgentError::RateLimited {
-            scope: "this credential",
-            retry_after: 12,
-        };
-        let (status, code, msg, retry) = answer(e).await;
-        assert_eq!((status, code.as_str()), (429, "CODE_KEYWAY_RATE_LIMITED"));
-        assert_eq!(retry.as_deref(), Some("12"));
-        assert!(msg.contains("from this credential; retry after 12s"), "{msg}");
+        let (scope, retry_after) = ("this credential", 12);
+        let says = "from this credential; retry after 12s";
+        let a = check(
+            AgentError::RateLimited { scope, retry_after },
+            429,
+            "CODE_KEYWAY_RATE_LIMITED",
+            says,
+        )
+        .await;
+        assert_eq!(a.retry_after.as_deref(), Some("12"));
     }
 
     #[tokio::test]
     async fn console_unreachable() {
         for (why, says) in [
             (
-                Unreachable::Connect("connection refused".into()),
-                "could not connect to the console: connection refused",
+                Unreachable::Connect("refused".into()),
+                "could not connect to the console: refused",
             ),
             (Unreachable::Connection("reset".into()), "connection failed: reset"),
             (Unreachable::NoConsoleToken, "console-token set"),
@@ -319,15 +307,10 @@ mod tests {
 
     #[tokio::test]
     async fn timeout() {
+        let (slots, after) = (64, Duration::from_secs(30));
         for (what, says) in [
-            (
-                Timeout::Busy {
-                    slots: 64,
-                    after: Duration::from_secs(30),
-                },
-                "64 requests under way for 30s",
-            ),
-            (Timeout::Head(Duration::from_secs(30)), "did not answer within 30s"),
+            (Timeout::Busy { slots, after }, "64 requests under way for 30s"),
+            (Timeout::Head(after), "did not answer within 30s"),
             (Timeout::TokenCheck, "token check"),
         ] {
             check(AgentError::Timeout(what), 504, "CODE_KEYWAY_TIMEOUT", says).await;
@@ -336,13 +319,8 @@ mod tests {
 
     #[tokio::test]
     async fn internal() {
-        check(
-            AgentError::Internal("the token check"),
-            500,
-            "CODE_KEYWAY_INTERNAL",
-            "could not build the token check",
-        )
-        .await;
+        let e = AgentError::Internal("the token check");
+        check(e, 500, "CODE_KEYWAY_INTERNAL", "could not build the token check").await;
     }
 
     #[tokio::test]

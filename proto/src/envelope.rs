@@ -161,6 +161,43 @@ pub fn response(code: ErrorCode, msg: &str) -> http::Response<HttpBody> {
     resp
 }
 
+/// An error response read back: what a client of either end sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The envelope's `code` (empty if the body is not an envelope).
+    pub code: String,
+    /// The envelope's `msg`.
+    pub msg: String,
+    /// `Retry-After`, if sent.
+    pub retry_after: Option<String>,
+}
+
+impl Answer {
+    /// Reads `resp` whole (an envelope is small).
+    pub async fn read(resp: http::Response<HttpBody>) -> Result<Self, hyper::Error> {
+        use http_body_util::BodyExt;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Ok(Self {
+            status: parts.status.as_u16(),
+            code: field("code"),
+            msg: field("msg"),
+            retry_after: (parts.headers.get(http::header::RETRY_AFTER))
+                .and_then(|r| r.to_str().ok())
+                .map(str::to_string),
+        })
+    }
+
+    /// Whether this is `status` with `code` and a message saying `says`.
+    pub fn is(&self, status: u16, code: &str, says: &str) -> bool {
+        self.status == status && self.code == code && self.msg.contains(says)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,29 +244,26 @@ pub fn respond(e: ProxyError) -> Response<HttpBody> {
 
 #[cfg(test)]
 mod tests {
+    use keyway_proto::envelope::Answer;
+
     use super::*;
-    use http::header::CONTENT_TYPE;
-    use http_body_util::BodyExt;
 
     fn site() -> String {
         "hq".into()
     }
 
-    /// The response's status, code, message and `Retry-After`.
-    async fn answer(e: ProxyError) -> (u16, String, String, Option<String>) {
+    /// What a client reads for `e`.
+    async fn answer(e: ProxyError) -> Answer {
         let resp = respond(e);
-        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
-        let status = resp.status().as_u16();
-        let retry = resp.headers().get(RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["data"], serde_json::Value::Null);
-        (
-            status,
-            v["code"].as_str().unwrap().into(),
-            v["msg"].as_str().unwrap().into(),
-            retry,
-        )
+        assert_eq!(resp.headers()[http::header::CONTENT_TYPE], "application/json");
+        Answer::read(resp).await.unwrap()
+    }
+
+    /// Asserts `e` answers `status` with `code` and a message saying `says`.
+    async fn check(e: ProxyError, status: u16, code: &str, says: &str) -> Answer {
+        let a = answer(e).await;
+        assert!(a.is(status, code, says), "{a:?} is not {status} {code} saying {says:?}");
+        a
     }
 
     #[tokio::test]
@@ -279,17 +276,15 @@ mod tests {
             (BadRequest::Target, "not a valid path"),
             (BadRequest::Body, "malformed or was cut off"),
         ] {
-            let (status, code, msg, retry) = answer(ProxyError::BadRequest(why)).await;
-            assert_eq!((status, code.as_str(), retry), (400, "CODE_KEYWAY_BAD_REQUEST", None));
-            assert!(msg.contains(says), "{msg}");
+            let a = check(ProxyError::BadRequest(why), 400, "CODE_KEYWAY_BAD_REQUEST", says).await;
+            assert_eq!(a.retry_after, None);
         }
     }
 
     #[tokio::test]
     async fn uri_too_long() {
-        let (status, code, msg, _) = answer(ProxyError::UriTooLong(20_000)).await;
-        assert_eq!((status, code.as_str()), (414, "CODE_KEYWAY_URI_TOO_LONG"));
-        assert!(msg.contains("20000 bytes; at most 16384"), "{msg}");
+        let says = "20000 bytes; at most 16384";
+        check(ProxyError::UriTooLong(20_000), 414, "CODE_KEYWAY_URI_TOO_LONG", says).await;
     }
 
     #[tokio::test]
@@ -298,64 +293,61 @@ mod tests {
             host: "nope.relay.example".into(),
             domain: "relay.example".into(),
         };
-        let (status, code, msg, _) = answer(e).await;
-        assert_eq!((status, code.as_str()), (404, "CODE_KEYWAY_SITE_NOT_FOUND"));
-        assert!(msg.contains("https://<site>.relay.example/"), "{msg}");
+        check(e, 404, "CODE_KEYWAY_SITE_NOT_FOUND", "https://<site>.relay.example/").await;
     }
 
     #[tokio::test]
     async fn client_not_allowed() {
         let e = ProxyError::from((Refusal::NotAllowed, "hq"));
-        let (status, code, msg, _) = answer(e).await;
-        assert_eq!((status, code.as_str()), (403, "CODE_KEYWAY_CLIENT_NOT_ALLOWED"));
-        assert!(msg.contains("allow-list"), "{msg}");
+        check(e, 403, "CODE_KEYWAY_CLIENT_NOT_ALLOWED", "allow-list").await;
     }
 
     #[tokio::test]
     async fn headers_too_large() {
         let e = ProxyError::from((Refusal::Headers("101 header fields".into()), "hq"));
-        let (status, code, msg, _) = answer(e).await;
-        assert_eq!((status, code.as_str()), (431, "CODE_KEYWAY_HEADERS_TOO_LARGE"));
-        assert!(msg.contains("101 header fields"), "{msg}");
+        check(e, 431, "CODE_KEYWAY_HEADERS_TOO_LARGE", "101 header fields").await;
     }
 
     #[tokio::test]
     async fn payload_too_large() {
         let e = ProxyError::from((Refusal::Body(1024), "hq"));
-        let (status, code, msg, _) = answer(e).await;
-        assert_eq!((status, code.as_str()), (413, "CODE_KEYWAY_PAYLOAD_TOO_LARGE"));
-        assert!(msg.contains("1024 bytes site \"hq\""), "{msg}");
+        check(e, 413, "CODE_KEYWAY_PAYLOAD_TOO_LARGE", "1024 bytes site \"hq\"").await;
     }
 
     #[tokio::test]
     async fn length_required() {
-        let (status, code, msg, _) = answer(ProxyError::LengthRequired(4096)).await;
-        assert_eq!((status, code.as_str()), (411, "CODE_KEYWAY_LENGTH_REQUIRED"));
-        assert!(msg.contains("over 4096 bytes must declare its length"), "{msg}");
+        let says = "over 4096 bytes must declare its length";
+        check(
+            ProxyError::LengthRequired(4096),
+            411,
+            "CODE_KEYWAY_LENGTH_REQUIRED",
+            says,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn rate_limited_says_when_to_retry() {
-        let e = ProxyError::from((
-            Refusal::Rate {
-                scope: "this client address",
-                retry_after: 7,
-            },
-            "hq",
-        ));
-        let (status, code, msg, retry) = answer(e).await;
-        assert_eq!((status, code.as_str()), (429, "CODE_KEYWAY_RATE_LIMITED"));
-        assert_eq!(retry.as_deref(), Some("7"));
-        assert!(msg.contains("this client address; retry after 7s"), "{msg}");
+        let rate = Refusal::Rate {
+            scope: "this client address",
+            retry_after: 7,
+        };
+        let says = "this client address; retry after 7s";
+        let a = check(ProxyError::from((rate, "hq")), 429, "CODE_KEYWAY_RATE_LIMITED", says).await;
+        assert_eq!(a.retry_after.as_deref(), Some("7"));
     }
 
     #[tokio::test]
     async fn too_many_concurrent_says_retry_in_a_second() {
         let e = ProxyError::from((Refusal::Busy("WebSockets"), "hq"));
-        let (status, code, msg, retry) = answer(e).await;
-        assert_eq!((status, code.as_str()), (429, "CODE_KEYWAY_TOO_MANY_CONCURRENT"));
-        assert_eq!(retry.as_deref(), Some("1"));
-        assert!(msg.contains("too many WebSockets under way"), "{msg}");
+        let a = check(
+            e,
+            429,
+            "CODE_KEYWAY_TOO_MANY_CONCURRENT",
+            "too many WebSockets under way",
+        )
+        .await;
+        assert_eq!(a.retry_after.as_deref(), Some("1"));
     }
 
     #[tokio::test]
@@ -365,21 +357,16 @@ mod tests {
             (Offline::Disconnected, "disconnected"),
             (Offline::DuringRequest, "disconnected during the request"),
         ] {
-            let (status, code, msg, _) = answer(ProxyError::AgentOffline { site: site(), when }).await;
-            assert_eq!((status, code.as_str()), (503, "CODE_KEYWAY_AGENT_OFFLINE"));
-            assert!(msg.contains(says), "{msg}");
+            let e = ProxyError::AgentOffline { site: site(), when };
+            check(e, 503, "CODE_KEYWAY_AGENT_OFFLINE", says).await;
         }
     }
 
     #[tokio::test]
     async fn timeout() {
-        let e = ProxyError::Timeout {
-            site: site(),
-            after: Duration::from_secs(30),
-        };
-        let (status, code, msg, _) = answer(e).await;
-        assert_eq!((status, code.as_str()), (504, "CODE_KEYWAY_TIMEOUT"));
-        assert!(msg.contains("did not answer within 30s"), "{msg}");
+        let after = Duration::from_secs(30);
+        let e = ProxyError::Timeout { site: site(), after };
+        check(e, 504, "CODE_KEYWAY_TIMEOUT", "did not answer within 30s").await;
     }
 
     #[tokio::test]
@@ -388,9 +375,7 @@ mod tests {
             (TunnelFailure::Stream { site: site() }, "tunnel to site \"hq\" failed"),
             (TunnelFailure::UnrequestedSwitch, "without an upgrade request"),
         ] {
-            let (status, code, msg, _) = answer(ProxyError::TunnelFailed(why)).await;
-            assert_eq!((status, code.as_str()), (502, "CODE_KEYWAY_TUNNEL_FAILED"));
-            assert!(msg.contains(says), "{msg}");
+            check(ProxyError::TunnelFailed(why), 502, "CODE_KEYWAY_TUNNEL_FAILED", says).await;
         }
     }
 }

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = [
     (
         "keep-alive off at the edge",
-        "relay/src/front.rs",
+        "relay/src/tcp_port.rs",
         ".header_read_timeout(header_read_timeout)",
         ".header_read_timeout(header_read_timeout).keep_alive(false)",
         "test(/slow_headers_and_idle_keep_alive/)",
@@ -50,7 +50,7 @@ MUTANTS = [
     ),
     (
         "refused chunked body forwarded",
-        "relay/src/proxy.rs",
+        "relay/src/proxy/forward.rs",
         "let unsized_body =",
         "let unsized_body = false &&",
         "test(/refused::bodies_and_headers/)",

@@ -36,7 +36,7 @@ pub async fn connect(
         &std::fs::read_to_string(&cfg.tunnel_ca)?,
         &std::fs::read_to_string(&cfg.tunnel_ca_key)?,
     )?;
-    let registry = keyway_relay::Registry::open(&cfg.registry)?;
+    let registry = keyway_relay::Registry::open_at(&cfg.registry).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;

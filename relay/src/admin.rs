@@ -28,7 +28,7 @@ pub struct CodeIssued {
 }
 
 fn open(cfg: &RelayConfig) -> anyhow::Result<Registry> {
-    Registry::open(&cfg.registry).with_context(|| format!("could not open the registry {}", cfg.registry.display()))
+    Registry::at(&cfg.registry).with_context(|| format!("could not open the registry {}", cfg.registry))
 }
 
 /// `site add NAME`: creates the site and its first code.

@@ -43,9 +43,10 @@ pub struct RelayConfig {
     pub tunnel_key: PathBuf,
     /// PEM private key of the tunnel CA (signs agents' certificates at pairing).
     pub tunnel_ca_key: PathBuf,
-    /// The site registry (SQLite).
+    /// The site registry: a SQLite file (`registry = "registry.db"`), or a
+    /// PostgreSQL database several relays share (`[registry] url = …`).
     #[serde(default = "default_registry")]
-    pub registry: PathBuf,
+    pub registry: RegistryLocation,
     /// How long a pairing code stays valid.
     #[serde(default = "default_code_ttl", with = "humantime_serde")]
     pub pairing_code_ttl: Duration,
@@ -76,8 +77,53 @@ pub struct RelayConfig {
 fn default_listen() -> SocketAddr {
     "0.0.0.0:443".parse().expect("constant address")
 }
-fn default_registry() -> PathBuf {
-    PathBuf::from("registry.db")
+/// Where the site registry lives.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RegistryLocation {
+    /// A SQLite file: one relay, nothing else to run (the default).
+    File(PathBuf),
+    /// A PostgreSQL database, by URL (`postgres://user:password@host/db`).
+    Database {
+        /// The connection URL (or libpq `key=value` string).
+        url: String,
+    },
+}
+
+impl std::fmt::Display for RegistryLocation {
+    /// The file, or the database URL with its password hidden (logs and
+    /// errors name the registry; they never show the password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Database { url } => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`: the `user:password@` of a
+/// URL, or a `password=…` of a libpq string.
+pub fn redact_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
+            }
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn default_registry() -> RegistryLocation {
+    RegistryLocation::File(PathBuf::from("registry.db"))
 }
 fn default_code_ttl() -> Duration {
     Duration::from_secs(15 * 60)
@@ -114,11 +160,13 @@ impl RelayConfig {
             &mut cfg.tunnel_cert,
             &mut cfg.tunnel_key,
             &mut cfg.tunnel_ca_key,
-            &mut cfg.registry,
         ]
         .into_iter()
         .chain(optional.into_iter().flatten())
-        {
+        .chain(match &mut cfg.registry {
+            RegistryLocation::File(p) => Some(p),
+            RegistryLocation::Database { .. } => None,
+        }) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -193,10 +241,33 @@ mod tests {
         assert_eq!(cfg.domain, "relay.example.com");
         assert_eq!(cfg.default_site.as_deref(), Some("hq"));
         assert_eq!(cfg.https_cert, Some(dir.join("https.pem")));
-        assert_eq!(cfg.registry, dir.join("registry.db"));
+        assert_eq!(cfg.registry, RegistryLocation::File(dir.join("registry.db")));
         assert_eq!(cfg.pairing_code_ttl, Duration::from_secs(900));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_registry_is_a_file_or_a_database_whose_password_is_never_shown() {
+        let db = format!("{MINIMAL}\n[registry]\nurl = \"postgres://keyway:s3cret@db.internal:5432/keyway\"\n");
+        let cfg: RelayConfig = toml::from_str(&db).unwrap();
+        let shown = cfg.registry.to_string();
+        assert_eq!(shown, "postgres://keyway:***@db.internal:5432/keyway");
+        let file: RelayConfig = toml::from_str(&format!("{MINIMAL}\nregistry = \"/var/lib/keyway/r.db\"\n")).unwrap();
+        assert_eq!(file.registry, RegistryLocation::File("/var/lib/keyway/r.db".into()));
+        for (given, shown) in [
+            (
+                "host=db user=k password=s3cret dbname=k",
+                "host=db user=k password=*** dbname=k",
+            ),
+            ("postgres://k@db/k", "postgres://k@db/k"),
+            (
+                "postgres://k:p@ss@db/k?sslmode=require",
+                "postgres://k:***@db/k?sslmode=require",
+            ),
+        ] {
+            assert_eq!(redact_password(given), shown);
+        }
     }
 
     #[test]

@@ -108,7 +108,9 @@ impl Relay {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server.transport_config(Arc::new(tunnel::transport_config()));
 
-        let registry = Registry::open(&cfg.registry).with_context(|| format!("registry {}", cfg.registry.display()))?;
+        let registry = Registry::open_at(&cfg.registry)
+            .await
+            .with_context(|| format!("registry {}", cfg.registry))?;
         let sites = SiteCache::default();
         sites.reload(&registry).await?;
         if let Some(d) = cfg.default_site.as_deref().filter(|d| !sites.contains(d)) {

@@ -7,6 +7,7 @@ pub mod client;
 pub mod conformance;
 pub mod console;
 pub mod impair;
+pub mod postgres;
 pub mod procs;
 pub mod readme;
 pub mod rogue;

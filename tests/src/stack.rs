@@ -53,6 +53,7 @@ pub struct StackBuilder {
     udp_blocked: bool,
     console_token: bool,
     observer: Option<keyway_relay::proxy::Observer>,
+    registry_url: Option<String>,
 }
 
 impl Default for StackBuilder {
@@ -69,6 +70,7 @@ impl Default for StackBuilder {
             udp_blocked: false,
             console_token: true,
             observer: None,
+            registry_url: None,
         }
     }
 }
@@ -126,6 +128,13 @@ impl StackBuilder {
         self
     }
 
+    /// Keep the registry in the PostgreSQL database at `url` instead of
+    /// the SQLite file `init` creates.
+    pub fn registry_url(mut self, url: &str) -> Self {
+        self.registry_url = Some(url.to_string());
+        self
+    }
+
     /// Have the relay call `f` with each request head it sends into a tunnel.
     pub fn observe_relay(mut self, f: keyway_relay::proxy::Observer) -> Self {
         self.observer = Some(f);
@@ -176,6 +185,13 @@ impl StackBuilder {
         })?;
         let mut extra = format!("default_site = {SITE:?}\n");
         extra.push_str(&self.relay_extra);
+        if let Some(url) = &self.registry_url {
+            let text = std::fs::read_to_string(&report.config)?;
+            let file = "registry = \"registry.db\"\n";
+            anyhow::ensure!(text.contains(file), "relay config has no registry line to replace");
+            std::fs::write(&report.config, text.replace(file, ""))?;
+            extra.push_str(&format!("\n[registry]\nurl = {url:?}\n"));
+        }
         append(&report.config, &extra)?;
         let quic_addr = if self.udp_blocked {
             let elsewhere = SocketAddr::new(ip, free_port(ip)?);
@@ -191,7 +207,10 @@ impl StackBuilder {
             addr
         };
         let relay_cfg = RelayConfig::load(&report.config)?;
-        let issued = keyway_relay::admin::add_site(&relay_cfg, SITE)?;
+        // The admin commands block (a PostgreSQL registry runs its own
+        // runtime): off this one, as the CLI runs them.
+        let admin_cfg = relay_cfg.clone();
+        let issued = tokio::task::spawn_blocking(move || keyway_relay::admin::add_site(&admin_cfg, SITE)).await??;
         let mut relay = Relay::bind(relay_cfg).await?;
         if let Some(f) = self.observer {
             relay.observe_forwarded(f);

@@ -24,6 +24,7 @@ mod pair_exits;
 mod pairing;
 mod paths;
 mod refused;
+mod registry;
 mod repin;
 mod secrets;
 mod silent;

@@ -1,0 +1,200 @@
+//! A throwaway PostgreSQL server for tests: `initdb` into a temporary
+//! directory and `pg_ctl start` on a free loopback port, as the `postgres`
+//! user when the tests run as root (CI does; PostgreSQL refuses root).
+//! Stopped and deleted on drop. `scripts/test` installs Debian's
+//! `postgresql` package when it is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A running server. Databases are made per test with [`TempPostgres::database`].
+pub struct TempPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    run_as: Option<String>,
+}
+
+/// The directory of `initdb` and `pg_ctl`: the newest
+/// `/usr/lib/postgresql/*/bin`, or wherever `initdb` is on the PATH.
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").exists());
+    versions.sort_by_key(|p| {
+        let v = p
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|n| n.to_str())
+            .unwrap_or("0");
+        v.parse::<u32>().unwrap_or(0)
+    });
+    if let Some(newest) = versions.pop() {
+        return newest;
+    }
+    let found = Command::new("sh").args(["-c", "command -v initdb"]).output();
+    match found {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        _ => panic!("PostgreSQL is not installed (scripts/test installs Debian's postgresql package)"),
+    }
+}
+
+impl TempPostgres {
+    /// Starts a server; panics with the server's log if it does not start.
+    pub fn start() -> Self {
+        let root = running_as_root();
+        let dir = tempfile::Builder::new()
+            .prefix("keyway-pg")
+            .tempdir()
+            .expect("temp dir");
+        let run_as = root.then(|| "postgres".to_string());
+        if let Some(user) = &run_as {
+            chown(dir.path(), user);
+        }
+        let pg = Self {
+            bin: bin_dir(),
+            port: crate::stack::free_port([127, 0, 0, 1].into()).expect("a free port"),
+            run_as,
+            dir,
+        };
+        let data = pg.dir.path().join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-U",
+                "keyway",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let log = pg.dir.path().join("log");
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-l",
+                log.to_str().expect("utf-8 path"),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+        pg
+    }
+
+    /// A new, empty database on this server: its URL.
+    pub fn database(&self) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("keyway_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let psql = self.bin.join("psql");
+        let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
+        let out = Command::new(psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "keyway",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.url(&name)
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://keyway@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("PostgreSQL tool runs");
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+            panic!(
+                "{tool} failed: {}{}\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let exe = self.bin.join("pg_ctl");
+        let mut cmd = match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let _ = cmd
+            .args(["-D", &data.to_string_lossy(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// Whether this process runs as root (PostgreSQL will not).
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Gives `path` to `user`, so the server may write there.
+fn chown(path: &Path, user: &str) {
+    let out = Command::new("chown").arg(user).arg(path).output().expect("chown runs");
+    assert!(
+        out.status.success(),
+        "chown {user}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

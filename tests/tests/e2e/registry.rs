@@ -1,0 +1,152 @@
+//! The registry's behaviour, the same cases on both stores: SQLite (one
+//! relay) and PostgreSQL (several relays; a throwaway server per test,
+//! see `keyway_tests::postgres`). Each case opens the store again for
+//! every "other relay" or "admin CLI" it plays.
+
+use keyway_relay::registry::conformance::{self, Open};
+use keyway_relay::registry::postgres::PgStore;
+use keyway_relay::registry::sqlite::SqliteStore;
+use keyway_relay::registry::SiteStore;
+use keyway_tests::postgres::TempPostgres;
+
+fn on_sqlite(case: fn(Open)) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let open = || Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn SiteStore>;
+    case(&open);
+}
+
+fn on_postgres(case: fn(Open)) {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let open = || Box::new(PgStore::connect(&url).unwrap()) as Box<dyn SiteStore>;
+    case(&open);
+}
+
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn sqlite() {
+                super::on_sqlite(super::conformance::$case);
+            }
+
+            #[test]
+            fn postgres() {
+                super::on_postgres(super::conformance::$case);
+            }
+        }
+    )*};
+}
+
+on_both!(
+    a_code_pairs_once_then_is_used,
+    codes_expire_burn_and_die_when_replaced,
+    tries_through_every_connection_are_one_counter,
+    concurrent_completions_have_exactly_one_winner,
+    revoke_refuses_the_certificate_and_survives_reopen,
+    agent_reports_read_back,
+);
+
+/// Every case of the suite is run above (a case added there and not here
+/// fails this).
+#[test]
+fn every_case_runs_on_both_stores() {
+    let here = include_str!("registry.rs");
+    for (name, _) in conformance::CASES {
+        assert!(
+            here.contains(&format!("    {name},\n")),
+            "{name} is not run on both stores"
+        );
+    }
+}
+
+/// Migrations run once however many relays start together, and a store
+/// opened again finds the schema in place.
+#[test]
+fn nodes_starting_together_migrate_once() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| PgStore::connect(&url).unwrap());
+        }
+    });
+    let store = PgStore::connect(&url).unwrap();
+    store.add_site("hq", 0).unwrap();
+    assert_eq!(store.list_sites().unwrap().len(), 1);
+}
+
+/// A database that cannot be reached is a clear error, fast, that names
+/// the database without its password.
+#[test]
+fn an_unreachable_database_is_a_clear_error_without_the_password() {
+    let port = keyway_tests::stack::free_port([127, 0, 0, 1].into()).unwrap();
+    let url = format!("postgres://keyway:s3cret@127.0.0.1:{port}/keyway");
+    let started = std::time::Instant::now();
+    let Err(e) = PgStore::connect(&url) else {
+        panic!("connected to nothing")
+    };
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let shown = e.to_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("unavailable") || shown.contains("database"), "{shown}");
+}
+
+/// The whole path on a PostgreSQL registry: pairing, a call through the
+/// tunnel, `site list` and `site revoke` from the admin side (another
+/// connection to the database), which the running relay enforces.
+#[tokio::test]
+async fn a_relay_on_postgres_pairs_serves_lists_and_revokes() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let stack = keyway_tests::stack::Stack::builder()
+        .registry_url(&url)
+        .start()
+        .await
+        .unwrap();
+    let r = stack.api().get("/api/v1/developer/doors").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    let admin = |f: fn(&keyway_relay::RelayConfig) -> anyhow::Result<String>| {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || f(&cfg))
+    };
+    let listed = admin(|c| {
+        let sites = keyway_relay::admin::list(c)?;
+        Ok(format!(
+            "{} {} {:?}",
+            sites[0].name, sites[0].online, sites[0].transport
+        ))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(listed.starts_with("hq true Some("), "{listed}");
+
+    admin(|c| {
+        Ok(format!(
+            "{:?}",
+            keyway_relay::admin::revoke(c, keyway_tests::stack::SITE)?
+        ))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // The relay reads the change from the database and cuts the tunnel.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = stack.api().get("/api/v1/developer/doors").await.unwrap();
+        if r.status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still served after the revocation: {}",
+            r.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stack.shutdown().await.unwrap();
+}

@@ -48,11 +48,20 @@ pub struct Upstream {
     pub token: String,
 }
 
+/// The longest wait between attempts to reach the console's event stream.
+/// The console is on the LAN, so an attempt costs it nothing, while every
+/// second the hub is away is a second of door events lost for every
+/// subscriber (the console keeps none for a WebSocket that was not there):
+/// after a console restart the hub is back within this (it was 30 s, and a
+/// 15 s restart could leave the hub away for 25 s more).
+const RECONNECT_CAP: Duration = Duration::from_secs(3);
+
 /// Keeps the console's WebSocket connected until `stop`.
 pub async fn run(hub: Arc<Hub>, up: Upstream, stop: CancellationToken) {
     tokio::spawn(super::frames::stand_in(hub.clone(), stop.clone()));
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     let mut was_up = false;
+    let mut warned = false;
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
@@ -62,6 +71,7 @@ pub async fn run(hub: Arc<Hub>, up: Upstream, stop: CancellationToken) {
             Ok(mut ws) => {
                 info!("event hub: connected to the console's event stream");
                 backoff.reset();
+                warned = false;
                 greet(&hub, &mut ws).await;
                 hub.set_upstream_live(true);
                 let why = tokio::select! {
@@ -76,8 +86,11 @@ pub async fn run(hub: Arc<Hub>, up: Upstream, stop: CancellationToken) {
                 was_up = true;
             }
             Err(e) => {
-                if was_up || backoff.ceiling() >= Duration::from_secs(5) {
-                    warn!("event hub: cannot reach the console's event stream: {e:#}");
+                // Said once an outage outlasts a few quick retries (a
+                // console restart), then quiet until it is over.
+                if was_up || (!warned && backoff.ceiling() >= RECONNECT_CAP) {
+                    warn!("event hub: cannot reach the console's event stream: {e:#}; retrying every few seconds");
+                    warned = true;
                 } else {
                     debug!("event hub: cannot reach the console's event stream: {e:#}");
                 }

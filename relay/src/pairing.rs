@@ -168,11 +168,7 @@ where
             return Err(anyhow!("code refused: {r:?}"));
         }
         Err(e) => {
-            write_frame(
-                send,
-                &refuse(PairErrorKind::Internal, "the relay could not read its registry"),
-            )
-            .await?;
+            write_frame(send, &refuse(PairErrorKind::Internal, registry_failed(&e))).await?;
             return Err(e.into());
         }
     };
@@ -225,7 +221,10 @@ where
             write_frame(send, &refuse(r.kind(), r.message())).await?;
             return Err(anyhow!("lost the race for the code: {r:?}"));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            write_frame(send, &refuse(PairErrorKind::Internal, registry_failed(&e))).await?;
+            return Err(e.into());
+        }
     };
     ctx.sites.reload(&ctx.registry).await?;
     crate::sites::enforce(&ctx.sites, &ctx.agents);
@@ -248,4 +247,13 @@ where
     write_frame(send, &done).await?;
     let _ = send.shutdown().await;
     Ok(site)
+}
+
+/// What the agent is told when the registry fails under a pairing.
+fn registry_failed(e: &RegistryError) -> &'static str {
+    if e.is_unavailable() {
+        "the relay's registry database is unavailable right now: try again in a minute (the code is still good)"
+    } else {
+        "the relay could not read its registry"
+    }
 }

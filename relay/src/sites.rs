@@ -114,10 +114,13 @@ pub async fn watch(registry: Registry, cache: SiteCache, agents: AgentTable, sto
                 seen = Some(v);
                 match cache.reload(&registry).await {
                     Ok(()) => enforce(&cache, &agents),
+                    // An outage is logged once, by the registry.
+                    Err(e) if e.is_unavailable() => seen = None,
                     Err(e) => warn!("could not reload sites: {e}"),
                 }
             }
             Ok(_) => {}
+            Err(e) if e.is_unavailable() => {}
             Err(e) => warn!("could not check the registry: {e}"),
         }
         tokio::select! {

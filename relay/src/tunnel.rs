@@ -357,7 +357,10 @@ async fn record_console(registry: &Registry, site: &str, ok: bool, problem: Opti
         .call(move |s| s.record_console(&site, ok, problem.as_deref()))
         .await
     {
-        warn!("could not record the console's state: {e}");
+        // An outage is logged once, by the registry.
+        if !e.is_unavailable() {
+            warn!("could not record the console's state: {e}");
+        }
     }
 }
 
@@ -379,7 +382,10 @@ async fn record_duplicate(registry: &Registry, site: &str, duplicate: Option<Str
         .call(move |s| s.record_duplicate(&site, duplicate.as_deref()))
         .await
     {
-        warn!("could not record the duplicate agent: {e}");
+        // An outage is logged once, by the registry.
+        if !e.is_unavailable() {
+            warn!("could not record the duplicate agent: {e}");
+        }
     }
 }
 
@@ -392,7 +398,10 @@ async fn record_seen(registry: &Registry, site: &str, version: &str, online: Opt
         .call(move |s| s.record_seen(&site, &version, transport, now()))
         .await
     {
-        warn!("could not record the agent's state: {e}");
+        // An outage is logged once, by the registry.
+        if !e.is_unavailable() {
+            warn!("could not record the agent's state: {e}");
+        }
     }
 }
 

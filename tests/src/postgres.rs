@@ -76,13 +76,37 @@ impl TempPostgres {
                 "UTF8",
             ],
         );
+        pg.resume();
+        pg
+    }
+
+    /// Stops the server as a crash would (`pg_ctl stop -m immediate`); its
+    /// data stays for [`TempPostgres::resume`].
+    pub fn halt(&self) {
+        let data = self.dir.path().join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// Starts the server (again) on its port with its data.
+    pub fn resume(&self) {
+        let data = self.dir.path().join("data");
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
-            pg.port,
-            pg.dir.path().display()
+            self.port,
+            self.dir.path().display()
         );
-        let log = pg.dir.path().join("log");
-        pg.run(
+        let log = self.dir.path().join("log");
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -95,7 +119,6 @@ impl TempPostgres {
                 "start",
             ],
         );
-        pg
     }
 
     /// A new, empty database on this server: its URL.

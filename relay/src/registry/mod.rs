@@ -51,6 +51,14 @@ pub enum RegistryError {
     Task(String),
 }
 
+impl RegistryError {
+    /// Whether the database cannot be reached (rather than refusing the
+    /// call): the relay keeps serving what it holds and tries again.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
 /// Why a pairing code cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeRefusal {
@@ -188,26 +196,25 @@ pub trait SiteStore: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn SiteStore>,
+    /// Whether the last call found the database unreachable (an outage is
+    /// logged once, when it starts, and once when it ends).
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Registry {
     /// Opens the SQLite registry at `path`.
     pub fn open(path: &std::path::Path) -> Result<Self, RegistryError> {
-        Ok(Self {
-            store: Arc::new(sqlite::SqliteStore::open(path)?),
-        })
+        Ok(Self::with_store(Arc::new(sqlite::SqliteStore::open(path)?)))
     }
 
     /// Opens the registry `location` names: a SQLite file, or a PostgreSQL
     /// database by URL.
     pub fn at(location: &crate::config::RegistryLocation) -> Result<Self, RegistryError> {
         use crate::config::RegistryLocation;
-        Ok(Self {
-            store: match location {
-                RegistryLocation::File(path) => Arc::new(sqlite::SqliteStore::open(path)?),
-                RegistryLocation::Database { url } => Arc::new(postgres::PgStore::connect(url)?),
-            },
-        })
+        Ok(Self::with_store(match location {
+            RegistryLocation::File(path) => Arc::new(sqlite::SqliteStore::open(path)?),
+            RegistryLocation::Database { url } => Arc::new(postgres::PgStore::connect(url)?),
+        }))
     }
 
     /// [`Registry::at`], from async code: opening blocks (a file, or a
@@ -222,7 +229,10 @@ impl Registry {
 
     /// The store behind this registry.
     pub fn with_store(store: Arc<dyn SiteStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            down: Arc::default(),
+        }
     }
 
     /// Runs `f` against the store off the async runtime.
@@ -231,9 +241,30 @@ impl Registry {
         f: impl FnOnce(&dyn SiteStore) -> Result<R, RegistryError> + Send + 'static,
     ) -> Result<R, RegistryError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        let result = tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| RegistryError::Task(e.to_string()))?
+            .map_err(|e| RegistryError::Task(e.to_string()))?;
+        use std::sync::atomic::Ordering;
+        match &result {
+            Err(e) if e.is_unavailable() => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "{e}: serving the sites already connected; pairings and changes wait until it is back"
+                    );
+                }
+            }
+            _ => {
+                if self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the registry database is reachable again");
+                }
+            }
+        }
+        result
+    }
+
+    /// Whether the last call found the database unreachable.
+    pub fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The store, for synchronous callers (the admin CLI).

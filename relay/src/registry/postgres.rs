@@ -136,14 +136,23 @@ impl PgStore {
             .ok_or_else(|| RegistryError::Task("registry closed".into()))?;
         rt.block_on(async {
             let conn = self.pool.get().await.map_err(pool_error)?;
-            f(conn).await
+            f(conn).await.map_err(unavailable_if_gone)
         })
+    }
+}
+
+/// A connection-level failure (the server went away mid-call) is the
+/// database being unavailable, not a refusal.
+fn unavailable_if_gone(e: RegistryError) -> RegistryError {
+    match e {
+        RegistryError::Postgres(pg) if pg.code().is_none() => RegistryError::Unavailable(pg.to_string()),
+        other => other,
     }
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> RegistryError {
     match e {
-        deadpool_postgres::PoolError::Backend(e) => e.into(),
+        deadpool_postgres::PoolError::Backend(e) if e.code().is_some() => e.into(),
         other => RegistryError::Unavailable(other.to_string()),
     }
 }

@@ -150,3 +150,69 @@ async fn a_relay_on_postgres_pairs_serves_lists_and_revokes() {
     }
     stack.shutdown().await.unwrap();
 }
+
+/// PostgreSQL going away under a running relay: the connected site keeps
+/// answering, a pairing is refused with a clear message (and works once
+/// the database is back), and a change made after its return reaches the
+/// relay within 5 s.
+#[tokio::test]
+async fn a_database_outage_keeps_connected_sites_serving() {
+    use keyway_agent::pair::{pair, ConsolePin, PairError, PairOptions};
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let stack = keyway_tests::stack::Stack::builder()
+        .registry_url(&url)
+        .start()
+        .await
+        .unwrap();
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    let code = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || keyway_relay::admin::new_code(&cfg, keyway_tests::stack::SITE))
+            .await
+            .unwrap()
+            .unwrap()
+            .code
+    };
+    pg.halt();
+    for _ in 0..20 {
+        let r = stack.api().get("/api/v1/developer/doors").await.unwrap();
+        assert_eq!(r.status, 200, "the connected site serves from memory: {r:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let again = |dir: &std::path::Path| PairOptions {
+        code: code.clone(),
+        relay: stack.relay_addr.to_string(),
+        relay_ca: Some(stack.https_ca.clone()),
+        console_url: stack.console.url.clone(),
+        console: ConsolePin::Expect(stack.console.fingerprint()),
+        config: dir.join("agent.toml"),
+        state_dir: dir.to_path_buf(),
+        force: true,
+    };
+    match pair(&again(dir.path())).await {
+        Err(PairError::Refused { message, .. }) => {
+            assert!(message.contains("registry database is unavailable"), "{message}")
+        }
+        other => panic!("a pairing without the registry: {other:?}"),
+    }
+
+    pg.resume();
+    let back = std::time::Instant::now();
+    // The code survived the outage: the pairing works now.
+    pair(&again(dir.path())).await.unwrap();
+    // The new pairing superseded the stack's agent's certificate: the relay
+    // closes its tunnel, read from the database it is back on.
+    loop {
+        let r = stack.api().get("/api/v1/developer/doors").await.unwrap();
+        if r.status == 503 {
+            break;
+        }
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(5),
+            "the change did not arrive: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stack.shutdown().await.unwrap();
+}

@@ -59,6 +59,10 @@ pub struct RelayConfig {
     /// How long to wait for a response head through the tunnel.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How often WebSocket clients (event subscribers) are pinged; one that
+    /// lets a whole interval pass without a pong is closed (4009).
+    #[serde(default = "default_websocket_ping", with = "humantime_serde")]
+    pub websocket_ping_interval: Duration,
     /// How long an integration may take to send its request headers.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
@@ -134,6 +138,9 @@ fn default_max_tries() -> u32 {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(65)
 }
+fn default_websocket_ping() -> Duration {
+    crate::upgrade::DEFAULT_PING_EVERY
+}
 fn default_header_timeout() -> Duration {
     Duration::from_secs(20)
 }
@@ -199,6 +206,9 @@ impl RelayConfig {
         }
         if self.request_timeout.is_zero() {
             bail!("request_timeout: must be more than 0s");
+        }
+        if self.websocket_ping_interval < Duration::from_millis(100) {
+            bail!("websocket_ping_interval: must be at least 100ms");
         }
         Ok(())
     }

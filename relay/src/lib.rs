@@ -26,7 +26,7 @@
 //!    [`keyway_proto::preamble`], an HTTP/1.1 client handshake), and sends
 //!    the request; the response body streams back inside `proxy::body`'s
 //!    `Tracked`, which frees the request's slots and gives the stream back
-//!    to the pool when it ends. A `101` is spliced by [`upgrade::Upgrades`].
+//!    to the pool when it ends. A `101` hands both ends to [`upgrade::Upgrades`].
 //! 5. On the agent (`keyway_agent`'s crate doc goes on from here): the
 //!    uplink accepts the stream, serves HTTP/1.1 on it, checks access, and
 //!    calls the console.
@@ -232,7 +232,10 @@ impl Relay {
             agents: agents.clone(),
             pairing,
         });
-        let upgrades = upgrade::Upgrades::default();
+        let upgrades = upgrade::Upgrades {
+            ping_every: cfg.websocket_ping_interval,
+            ..Default::default()
+        };
         // At shutdown, WebSockets get "service restart" (1012) at once: an
         // event stream never finishes by itself, and its client should
         // reconnect to the relay that replaces this one.

@@ -421,3 +421,52 @@ async fn subscribers_that_stop_answering_are_closed_and_free_their_slots() {
     assert_eq!(code, Some(keyway_agent::hub::serve::CLOSE_NO_PONG));
     stack.shutdown().await.unwrap();
 }
+
+/// Without the event hub (no console token), the agent passes each
+/// subscriber's WebSocket through to the console: the relay pings the
+/// subscribers itself, so forty frozen ones are closed and their slots
+/// freed, as the hub does for its own.
+#[tokio::test]
+async fn passthrough_subscribers_that_stop_answering_are_closed_by_the_relay() {
+    let ping = Duration::from_millis(300);
+    let stack = Stack::builder()
+        .without_console_token()
+        .relay_extra(&format!(
+            "websocket_ping_interval = \"{}ms\"\n[limits]\nmax_websockets = 45\n",
+            ping.as_millis()
+        ))
+        .start()
+        .await
+        .unwrap();
+    let mut frozen = Vec::new();
+    for _ in 0..40 {
+        frozen.push(stack.listen_events().await.unwrap());
+    }
+    let t0 = std::time::Instant::now();
+    let mut fresh = Vec::new();
+    while fresh.len() < 40 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "slots still held after {:?}",
+            t0.elapsed()
+        );
+        match stack.listen_events().await {
+            Ok(l) => fresh.push(l),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let freed = t0.elapsed();
+    let bound = 3 * ping + keyway_relay::upgrade::LINGER + Duration::from_secs(2);
+    assert!(freed < bound, "took {freed:?}, over {bound:?}");
+    let code = frozen[0].close_code(WAIT).await.unwrap();
+    assert_eq!(code, Some(keyway_relay::upgrade::CLOSE_NO_PONG));
+    // A subscriber that reads (and so answers pings) stays, and gets events.
+    let mut live = fresh.pop().unwrap();
+    let emit_later = async {
+        tokio::time::sleep(4 * ping).await;
+        stack.console.emit(&ring(7));
+    };
+    let (_, ev) = tokio::join!(emit_later, live.next_event(WAIT));
+    assert_eq!(ev.unwrap()["event_object_id"], "ring-7");
+    stack.shutdown().await.unwrap();
+}

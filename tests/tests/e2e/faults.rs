@@ -83,7 +83,7 @@ async fn relay_crash_and_restart_heals_within_a_second() {
         heal.push(time_to_first_ok(&f.api).await);
     }
     let p95 = report("relay kill -9 → listening again → first 200", heal);
-    assert!(p95 < CRASH_HEAL, "p95 heal {p95:?}");
+    assert!(p95 < RELAY_CRASH_HEAL, "p95 heal {p95:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,8 +251,14 @@ async fn a_thousand_requests_across_five_relay_restarts_never_hang() {
 const MAX_ANSWER: Duration = Duration::from_secs(1);
 /// A SIGTERM'd relay restarted: the agent returns after its reconnect backoff.
 const SIGTERM_HEAL: Duration = Duration::from_secs(3);
-/// A crashed relay or agent replaced: first 200 through the tunnel (p95).
+/// A crashed agent replaced: first 200 through the tunnel (p95). The new
+/// agent dials at once and the relay replaces the stale session.
 const CRASH_HEAL: Duration = Duration::from_millis(500);
+/// A crashed relay restarted: the agent hears the new relay's stateless
+/// reset on its next packet — a keep-alive or loss probe, at most
+/// `AGENT_KEEPALIVE` apart — then dials at once (p95 of ten is the slowest,
+/// so the handshake on a loaded 2-core machine is allowed for).
+const RELAY_CRASH_HEAL: Duration = Duration::from_millis(keyway_proto::AGENT_KEEPALIVE.as_millis() as u64 + 250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_gets_the_next_request_a_503_within_3_s() {

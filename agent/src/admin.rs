@@ -230,6 +230,8 @@ pub async fn run_until_signal(cfg: &AgentConfig) -> anyhow::Result<()> {
     let agent = crate::Agent::new(cfg)?;
     let mut term = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
     let stop = tokio_util::sync::CancellationToken::new();
+    crate::systemd::ready();
+    crate::systemd::spawn(agent.state(), stop.clone());
     let on_signal = stop.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -237,6 +239,7 @@ pub async fn run_until_signal(cfg: &AgentConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("stopping: draining open requests");
+        crate::systemd::stopping();
         on_signal.cancel();
     });
     agent.run(stop).await;

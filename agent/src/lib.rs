@@ -42,6 +42,7 @@ pub mod pair;
 pub mod repin;
 pub mod status;
 pub mod status_socket;
+pub mod systemd;
 pub mod trim;
 pub mod uplink;
 

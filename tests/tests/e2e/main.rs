@@ -29,6 +29,7 @@ mod repin;
 mod secrets;
 mod silent;
 mod status;
+mod systemd;
 mod tunnel;
 mod webhooks;
 mod workflows;

@@ -5,6 +5,14 @@
 # Rust with the arm64 std, cross gcc, qemu-user; see ../shared/CROSS.md):
 # run as root, or with them already installed.
 #
+# Every binary is linked by cargo-zigbuild against glibc $GLIBC_FLOOR's
+# symbols (zig ships the stubs), so one package runs on Raspberry Pi OS
+# bullseye (glibc 2.31) through trixie, Ubuntu 20.04 and later: glibc keeps
+# old symbol versions forever, but a binary linked on bookworm asks for
+# 2.34. Static musl would need a musl std that neither rustup (here) nor
+# Debian provides. zig and cargo-zigbuild come from PyPI into a venv under
+# target/. Each .deb's Depends is read off its binary, not assumed.
+#
 #   packaging/build-debs.sh            # all five
 #   KEYWAY_DEB_ARCHES="amd64" packaging/build-debs.sh
 set -euo pipefail
@@ -14,6 +22,9 @@ OUT=$ROOT/target/debs
 ARCHES=${KEYWAY_DEB_ARCHES:-"amd64 arm64 armhf"}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 DEBVER="$VERSION-1"
+# The oldest glibc the binaries may need (Raspberry Pi OS bullseye).
+GLIBC_FLOOR=2.31
+ZIG_VENV=$ROOT/target/zig-venv
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
@@ -37,6 +48,16 @@ setup() {
   if [[ " $ARCHES " != " amd64 " ]] && ! rustup toolchain list | grep -q '^debian'; then
     rustup toolchain link debian /usr
   fi
+  if [[ ! -x $ZIG_VENV/bin/cargo-zigbuild ]]; then
+    echo "build-debs: installing zig and cargo-zigbuild (PyPI) into $ZIG_VENV" >&2
+    python3 -m venv "$ZIG_VENV" 2>/dev/null || {
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$ZIG_VENV"
+    }
+    "$ZIG_VENV/bin/pip" install -q --disable-pip-version-check ziglang==0.15.2 cargo-zigbuild==0.24.1
+  fi
+  # cargo-zigbuild finds zig as `python3 -m ziglang`: the venv's python.
+  export PATH=$ZIG_VENV/bin:$PATH
 }
 
 triple() {
@@ -47,28 +68,57 @@ triple() {
   esac
 }
 
-# Release binaries (LTO, stripped: the release profile) for one architecture.
+# Release binaries (LTO, stripped: the release profile) for one architecture,
+# linked against glibc $GLIBC_FLOOR's symbols.
 build() {
   local arch=$1 pkgs=(-p keyway-agent)
   [[ $arch != armhf ]] && pkgs+=(-p keyway-relay)
-  local t0=$SECONDS
+  local t0=$SECONDS target
+  target="$(triple "$arch").$GLIBC_FLOOR"
   case $arch in
-    amd64) cargo build --release --locked "${pkgs[@]}" ;;
-    arm64) cargo +debian build --release --locked --target "$(triple arm64)" "${pkgs[@]}" ;;
+    amd64) cargo zigbuild --release --locked --target "$target" "${pkgs[@]}" ;;
+    arm64) cargo +debian zigbuild --release --locked --target "$target" "${pkgs[@]}" ;;
     # No usable prebuilt std for armhf: build it from rust-web-src.
-    armhf) RUSTC_BOOTSTRAP=1 cargo +debian build -Zbuild-std --release --locked \
-             --target "$(triple armhf)" "${pkgs[@]}" ;;
+    armhf) RUSTC_BOOTSTRAP=1 cargo +debian zigbuild -Zbuild-std --release --locked \
+             --target "$target" "${pkgs[@]}" ;;
   esac
   echo "build-debs: $arch binaries in $((SECONDS - t0)) s" >&2
 }
 
 bin_dir() {
-  if [[ $1 == amd64 ]]; then echo "$ROOT/target/release"; else echo "$ROOT/target/$(triple "$1")/release"; fi
+  echo "$ROOT/target/$(triple "$1")/release"
+}
+
+# The newest glibc symbol version a binary needs (readelf reads any arch).
+glibc_needed() {
+  readelf -V -W "$1" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1
+}
+
+# The Depends line a binary really has: its shared libraries, mapped to
+# the packages that ship them on Debian and Raspberry Pi OS.
+depends_of() {
+  local bin=$1 glibc libs lib deps
+  glibc=$(glibc_needed "$bin")
+  if ! dpkg --compare-versions "$glibc" le "$GLIBC_FLOOR"; then
+    echo "build-debs: $bin needs glibc $glibc, over the $GLIBC_FLOOR floor" >&2
+    exit 1
+  fi
+  deps="libc6 (>= $glibc)"
+  libs=$(readelf -d "$bin" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
+  for lib in $libs; do
+    case $lib in
+      libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|ld-linux*) ;;
+      libgcc_s.so.*) deps+=", libgcc-s1" ;;
+      *) echo "build-debs: $bin links $lib: name its package in depends_of" >&2; exit 1 ;;
+    esac
+  done
+  echo "$deps"
 }
 
 # The man page and completions come from the amd64 build (same CLI text).
 docs() {
-  local name=$1 stage=$2 host_bin=$ROOT/target/release/$1
+  local name=$1 stage=$2 host_bin
+  host_bin=$(bin_dir amd64)/$1
   mkdir -p "$stage/usr/share/man/man1" "$stage/usr/share/bash-completion/completions" \
     "$stage/usr/share/zsh/vendor-completions" "$stage/usr/share/fish/vendor_completions.d"
   help2man --no-info --version-string="$VERSION" --name "$(desc_short "$name")" "$host_bin" \
@@ -103,15 +153,16 @@ package() {
     | gzip -9n > "$stage/usr/share/doc/$name/changelog.Debian.gz"
   docs "$name" "$stage"
   for s in postinst prerm postrm; do install -m 0755 "packaging/debian/$s" "$stage/DEBIAN/$s"; done
-  local size
+  local size deps
   size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+  deps=$(depends_of "$(bin_dir "$arch")/$name")
   cat > "$stage/DEBIAN/control" <<CONTROL
 Package: $name
 Version: $DEBVER
 Architecture: $arch
 Maintainer: Keyway <packages@keyway.invalid>
 Installed-Size: $size
-Depends: libc6 (>= 2.34), libgcc-s1, adduser, init-system-helpers (>= 1.54)
+Depends: $deps, adduser, init-system-helpers (>= 1.54)
 Section: net
 Priority: optional
 Homepage: https://example.invalid/keyway

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Checks the packages in target/debs/ (from packaging/build-debs.sh):
-#  1. metadata and file list of each .deb, the ELF machine of each binary;
+#  1. metadata and file list of each .deb, the ELF machine of each binary,
+#     the newest glibc symbol it needs (at most 2.31) and its Depends;
 #  2. lintian: no errors (the warnings we keep are listed in the README);
-#  3. the arm64 and armhf agents under qemu-user: --version, then a real
-#     pair + serve against the amd64 relay and the simulated console on
-#     loopback, answered through the relay;
+#  3. the arm64 and armhf agents under qemu-user in a Debian bullseye
+#     (glibc 2.31) and a trixie (2.41) userland, each fetched with
+#     `debootstrap --foreign` (unpacked, nothing run): --version, then a
+#     real pair + serve against the amd64 relay and the simulated console
+#     on loopback, answered through the relay. Where a suite cannot be
+#     fetched the check says so and falls back to the host's cross libc
+#     (the symbol check of step 1 still holds);
 #  4. the unit files pass `systemd-analyze verify`;
 #  5. as root: the amd64 packages install (user, unit, directories, sysctl
 #     drop-in), `remove` keeps config and identity, `purge` deletes them.
@@ -13,6 +18,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEBS=$ROOT/target/debs
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1
+GLIBC_FLOOR=2.31
+# Old and new userlands the Pi agents run in (step 3).
+SUITES=${KEYWAY_VERIFY_SUITES:-"bullseye trixie"}
+MIRROR=${KEYWAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -40,8 +49,12 @@ for spec in keyway-agent:amd64 keyway-agent:arm64 keyway-agent:armhf keyway-rela
     grep -qx -- "$want" <<<"$files" || fail "$f lacks $want"
   done
   dpkg-deb -x "$f" "$WORK/$name-$arch"
-  readelf -h "$WORK/$name-$arch/usr/bin/$name" | grep -q "Machine:.*$(machine "$arch")" || fail "$f: binary is not $(machine "$arch")"
-  ok "$(basename "$f"): $arch, $(du -h "$f" | cut -f1), files and binary as expected"
+  bin=$WORK/$name-$arch/usr/bin/$name
+  readelf -h "$bin" | grep -q "Machine:.*$(machine "$arch")" || fail "$f: binary is not $(machine "$arch")"
+  glibc=$(readelf -V -W "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+  dpkg --compare-versions "$glibc" le "$GLIBC_FLOOR" || fail "$f: the binary needs glibc $glibc (over $GLIBC_FLOOR)"
+  [[ $(dpkg-deb -f "$f" Depends) == "libc6 (>= $glibc)"* ]] || fail "$f: Depends $(dpkg-deb -f "$f" Depends) is not the binary's glibc $glibc"
+  ok "$(basename "$f"): $arch, $(du -h "$f" | cut -f1), files and binary as expected, needs glibc $glibc"
 done
 
 # 2. lintian.
@@ -52,19 +65,43 @@ for f in "$DEBS"/*.deb; do
 done
 ok "lintian: no errors"
 
-# 3. The Pi agents under qemu-user.
+# 3. The Pi agents under qemu-user, in old and new Debian userlands.
+ROOTFS=""  # the userland run_qemu uses; empty: the host's cross libc
 run_qemu() { # arch, args…
   local arch=$1; shift
   case $arch in
-    arm64) qemu-aarch64 "$WORK/keyway-agent-arm64/usr/bin/keyway-agent" "$@" ;;
-    armhf) qemu-arm -L /usr/arm-linux-gnueabihf "$WORK/keyway-agent-armhf/usr/bin/keyway-agent" "$@" ;;
+    arm64) qemu-aarch64 ${ROOTFS:+-L "$ROOTFS"} "$WORK/keyway-agent-arm64/usr/bin/keyway-agent" "$@" ;;
+    armhf) qemu-arm -L "${ROOTFS:-/usr/arm-linux-gnueabihf}" "$WORK/keyway-agent-armhf/usr/bin/keyway-agent" "$@" ;;
   esac
+}
+# Unpacks suite/arch's minimal userland (downloaded and unpacked only, so
+# no binfmt is needed); its glibc is what the agent then runs on.
+userland() { # suite, arch → sets ROOTFS, or returns 1
+  local dir=$WORK/rootfs-$1-$2
+  command -v debootstrap >/dev/null || {
+    [[ $(id -u) == 0 ]] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  } || return 1
+  PATH=$PATH:/usr/sbin debootstrap --foreign --variant=minbase --arch="$2" "$1" "$dir" "$MIRROR" \
+    >"$WORK/debootstrap-$1-$2.log" 2>&1 || return 1
+  ROOTFS=$dir
+}
+# The glibc release of the current userland, as its libc.so.6 says.
+userland_glibc() { # arch
+  local libc
+  libc=$(ls "$ROOTFS"/lib/*-linux-gnu*/libc.so.6 2>/dev/null | head -1)
+  [[ -n $libc ]] || return 0
+  local banner
+  case $1 in
+    arm64) banner=$(qemu-aarch64 -L "$ROOTFS" "$libc") ;;
+    armhf) banner=$(qemu-arm -L "$ROOTFS" "$libc") ;;
+  esac
+  sed -n 's/.*release version \([0-9.]*[0-9]\).*/\1/p' <<<"$banner" | sed -n 1p
 }
 for arch in arm64 armhf; do
   v=$(run_qemu "$arch" --version)
   [[ $v == "keyway-agent ${VERSION%-1}" ]] || fail "$arch --version said: $v"
 done
-ok "arm64 and armhf agents run under qemu-user"
+ok "arm64 and armhf agents run under qemu-user (host cross libc)"
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_for() { # file, text
@@ -87,21 +124,43 @@ DOMAIN=relay.pkg.test
 "$RELAY" init --dir "$WORK/relay" --domain "$DOMAIN" --listen "127.0.0.1:$PK" --self-signed >/dev/null
 KEYWAY_LOG=info "$RELAY" serve --config "$WORK/relay/relay.toml" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
 wait_for "$WORK/relay.log" "relay serving"
-for arch in arm64 armhf; do
-  site=pi${arch}
+# Pairs and runs the agent in the current userland; a request through the
+# relay must come back from the console.
+serve_through() { # arch, label
+  local arch=$1 label=$2 site code dir status pid
+  site=pi-$arch-$label
   code=$("$RELAY" site add "$site" --config "$WORK/relay/relay.toml" --json \
     | python3 -c "import json,sys;print(json.load(sys.stdin)['code'])")
-  dir=$WORK/agent-$arch
+  dir=$WORK/agent-$arch-$label
   run_qemu "$arch" pair "$code" --relay "127.0.0.1:$PK" --relay-ca "$WORK/relay/https-ca.pem" \
     --console "https://127.0.0.1:$PC" --console-fingerprint "$FP" --config "$dir/agent.toml" --state-dir "$dir" >/dev/null
-  KEYWAY_LOG=info run_qemu "$arch" run --config "$dir/agent.toml" >"$WORK/agent-$arch.log" 2>&1 & PIDS+=($!)
-  wait_for "$WORK/agent-$arch.log" "tunnel up"
-  status=$(curl -s -o "$WORK/doors-$arch.json" -w '%{http_code}' --cacert "$WORK/relay/https-ca.pem" \
+  KEYWAY_LOG=info run_qemu "$arch" run --config "$dir/agent.toml" >"$dir.log" 2>&1 & pid=$!
+  PIDS+=($pid)
+  wait_for "$dir.log" "tunnel up"
+  status=$(curl -s -o "$dir.doors.json" -w '%{http_code}' --cacert "$WORK/relay/https-ca.pem" \
     --resolve "$site.$DOMAIN:$PK:127.0.0.1" -H "Authorization: Bearer $TOKEN" \
     "https://$site.$DOMAIN:$PK/api/v1/developer/doors")
-  [[ $status == 200 ]] && grep -q '"code":"SUCCESS"' "$WORK/doors-$arch.json" \
-    || { cat "$WORK/agent-$arch.log" >&2; fail "$arch agent: GET doors through the relay answered $status"; }
-  ok "$arch agent under qemu paired with the amd64 relay and served the console's doors"
+  [[ $status == 200 ]] && grep -q '"code":"SUCCESS"' "$dir.doors.json" \
+    || { cat "$dir.log" >&2; fail "$arch agent ($label): GET doors through the relay answered $status"; }
+  kill "$pid" 2>/dev/null || true
+}
+for suite in $SUITES; do
+  for arch in arm64 armhf; do
+    if userland "$suite" "$arch"; then
+      glibc=$(userland_glibc "$arch")
+      [[ -n $glibc ]] || fail "the $suite $arch userland has no glibc qemu can run"
+      serve_through "$arch" "$suite"
+      ok "$arch agent in a Debian $suite userland (glibc $glibc, qemu-user) paired with the amd64 relay and served the console's doors"
+      rm -rf "$ROOTFS"
+      ROOTFS=""
+    else
+      echo "verify-debs: NOTE could not fetch Debian $suite $arch from $MIRROR (see below); checked the glibc symbols only (step 1) and the host's cross libc:" >&2
+      tail -3 "$WORK/debootstrap-$suite-$arch.log" >&2 2>/dev/null || true
+      ROOTFS=""
+      serve_through "$arch" "host-$suite"
+      ok "$arch agent with the host's cross libc served the console's doors (no $suite userland)"
+    fi
+  done
 done
 
 # 4. The units.

@@ -382,22 +382,16 @@ async fn three_hundred_subscribers_leave_the_request_budget_to_door_unlocks() {
     stack.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_that_stop_answering_are_closed_and_free_their_slots() {
-    let ping = Duration::from_millis(300);
-    let stack = Stack::builder()
-        .agent_extra(&format!("event_ping_interval = \"{}ms\"", ping.as_millis()))
-        .relay_extra("[limits]\nmax_websockets = 45\n")
-        .start()
-        .await
-        .unwrap();
-    // Forty subscribers that never read again: frozen, or gone without a word.
+/// Opens forty subscribers that never read again (frozen, or gone without
+/// a word), then opens forty more as soon as they fit (bounded: 60 s), and
+/// asserts the frozen ones' slots came free within two pings plus the
+/// linger a frozen client is given for the other half of the close.
+async fn freeze_forty_then_fit_forty(stack: &Stack, ping: Duration) -> (Vec<EventListener>, Vec<EventListener>) {
     let mut frozen = Vec::new();
     for _ in 0..40 {
         frozen.push(stack.listen_events().await.unwrap());
     }
     let t0 = std::time::Instant::now();
-    // Bounded: until forty new subscribers fit (the frozen ones' slots are free).
     let mut fresh = Vec::new();
     while fresh.len() < 40 {
         assert!(
@@ -412,10 +406,21 @@ async fn subscribers_that_stop_answering_are_closed_and_free_their_slots() {
     }
     let freed = t0.elapsed();
     eprintln!("40 silent subscribers closed, slots free after {freed:?} (ping every {ping:?})");
-    // Closed within two pings; the relay then gives the frozen client its
-    // linger for the other half of the close before freeing the slot.
     let bound = 3 * ping + keyway_relay::upgrade::LINGER + Duration::from_secs(2);
     assert!(freed < bound, "took {freed:?}, over {bound:?}");
+    (frozen, fresh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_that_stop_answering_are_closed_and_free_their_slots() {
+    let ping = Duration::from_millis(300);
+    let stack = Stack::builder()
+        .agent_extra(&format!("event_ping_interval = \"{}ms\"", ping.as_millis()))
+        .relay_extra("[limits]\nmax_websockets = 45\n")
+        .start()
+        .await
+        .unwrap();
+    let (mut frozen, _fresh) = freeze_forty_then_fit_forty(&stack, ping).await;
     // Each was told why.
     let code = frozen[0].close_code(Duration::from_secs(10)).await.unwrap();
     assert_eq!(code, Some(keyway_agent::hub::serve::CLOSE_NO_PONG));
@@ -438,26 +443,7 @@ async fn passthrough_subscribers_that_stop_answering_are_closed_by_the_relay() {
         .start()
         .await
         .unwrap();
-    let mut frozen = Vec::new();
-    for _ in 0..40 {
-        frozen.push(stack.listen_events().await.unwrap());
-    }
-    let t0 = std::time::Instant::now();
-    let mut fresh = Vec::new();
-    while fresh.len() < 40 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "slots still held after {:?}",
-            t0.elapsed()
-        );
-        match stack.listen_events().await {
-            Ok(l) => fresh.push(l),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let freed = t0.elapsed();
-    let bound = 3 * ping + keyway_relay::upgrade::LINGER + Duration::from_secs(2);
-    assert!(freed < bound, "took {freed:?}, over {bound:?}");
+    let (mut frozen, mut fresh) = freeze_forty_then_fit_forty(&stack, ping).await;
     let code = frozen[0].close_code(WAIT).await.unwrap();
     assert_eq!(code, Some(keyway_relay::upgrade::CLOSE_NO_PONG));
     // A subscriber that reads (and so answers pings) stays, and gets events.

@@ -17,6 +17,10 @@ pub struct AgentConfig {
     /// The file this config was read from (for a re-pin written there).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The file layout this config and its state folder are in (absent: 1,
+    /// as 0.1.0 wrote them); see `state_format`.
+    #[serde(default)]
+    pub format: Option<u32>,
     /// The relay's QUIC address, `host:port` (re-resolved on every connect).
     pub relay: String,
     /// The name the relay's tunnel certificate is checked against; defaults
@@ -174,6 +178,7 @@ impl AgentConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
         let mut cfg: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
         cfg.source = Some(path.to_path_buf());
+        crate::state_format::check_config(cfg.format).with_context(|| format!("invalid config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.relay_ca, &mut cfg.cert, &mut cfg.key] {
             if p.is_relative() {
@@ -203,6 +208,7 @@ impl AgentConfig {
             .with_context(|| format!("invalid config {}", path.display()))?;
         cfg.console_uri()
             .with_context(|| format!("invalid config {}", path.display()))?;
+        crate::state_format::check_state(&cfg.state_dir())?;
         Ok(cfg)
     }
 

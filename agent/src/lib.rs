@@ -40,6 +40,7 @@ pub mod hub;
 pub mod live;
 pub mod pair;
 pub mod repin;
+pub mod state_format;
 pub mod status;
 pub mod status_socket;
 pub mod systemd;

@@ -181,6 +181,7 @@ pub async fn pair(opts: &PairOptions) -> Result<Paired, PairError> {
     write_atomic(&cert_path, issued.certificate.as_bytes(), false).map_err(anyhow::Error::from)?;
     write_atomic(&ca_path, issued.ca.as_bytes(), false).map_err(anyhow::Error::from)?;
     let config = PairedConfig {
+        format: crate::state_format::CURRENT,
         relay: host_port(&host, port),
         relay_name: &issued.tunnel_name,
         relay_ca: ca_path.display().to_string(),
@@ -198,6 +199,9 @@ pub async fn pair(opts: &PairOptions) -> Result<Paired, PairError> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("could not create {}: {e}", dir.display()))?;
     }
     write_atomic(&opts.config, toml.as_bytes(), false).map_err(anyhow::Error::from)?;
+    if let Some(state) = key_path.parent() {
+        crate::state_format::check_state(state)?;
+    }
     Ok(Paired {
         url: issued.url,
         site: issued.site,
@@ -410,6 +414,7 @@ struct Issued {
 /// The `agent.toml` pairing writes (the rest of the settings default).
 #[derive(serde::Serialize)]
 struct PairedConfig<'a> {
+    format: u32,
     relay: String,
     relay_name: &'a str,
     relay_ca: String,
@@ -520,6 +525,7 @@ mod tests {
         let odd = dir.path().join("a \"quoted\" dir\\x");
         let fp = Fingerprint::of(b"console");
         let config = PairedConfig {
+            format: crate::state_format::CURRENT,
             relay: "[::1]:4433".into(),
             relay_name: "tunnel.relay.test",
             relay_ca: odd.join("relay-ca.pem").display().to_string(),

@@ -26,6 +26,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -67,12 +68,15 @@ ok "lintian: no errors"
 
 # 3. The Pi agents under qemu-user, in old and new Debian userlands.
 ROOTFS=""  # the userland run_qemu uses; empty: the host's cross libc
-run_qemu() { # arch, args…
-  local arch=$1; shift
-  case $arch in
-    arm64) qemu-aarch64 ${ROOTFS:+-L "$ROOTFS"} "$WORK/keyway-agent-arm64/usr/bin/keyway-agent" "$@" ;;
-    armhf) qemu-arm -L "${ROOTFS:-/usr/arm-linux-gnueabihf}" "$WORK/keyway-agent-armhf/usr/bin/keyway-agent" "$@" ;;
+qemu_argv() { # arch → QEMU, the command line that runs that agent
+  case $1 in
+    arm64) QEMU=(qemu-aarch64 ${ROOTFS:+-L "$ROOTFS"} "$WORK/keyway-agent-arm64/usr/bin/keyway-agent") ;;
+    armhf) QEMU=(qemu-arm -L "${ROOTFS:-/usr/arm-linux-gnueabihf}" "$WORK/keyway-agent-armhf/usr/bin/keyway-agent") ;;
   esac
+}
+run_qemu() { # arch, args…
+  qemu_argv "$1"; shift
+  "${QEMU[@]}" "$@"
 }
 # Unpacks suite/arch's minimal userland (downloaded and unpacked only, so
 # no binfmt is needed); its glibc is what the agent then runs on.
@@ -134,7 +138,10 @@ serve_through() { # arch, label
   dir=$WORK/agent-$arch-$label
   run_qemu "$arch" pair "$code" --relay "127.0.0.1:$PK" --relay-ca "$WORK/relay/https-ca.pem" \
     --console "https://127.0.0.1:$PC" --console-fingerprint "$FP" --config "$dir/agent.toml" --state-dir "$dir" >/dev/null
-  KEYWAY_LOG=info run_qemu "$arch" run --config "$dir/agent.toml" >"$dir.log" 2>&1 & pid=$!
+  # A simple command in the background, so $! is qemu itself (a function
+  # would run in a subshell, and killing that would orphan the agent).
+  qemu_argv "$arch"
+  KEYWAY_LOG=info "${QEMU[@]}" run --config "$dir/agent.toml" >"$dir.log" 2>&1 & pid=$!
   PIDS+=($pid)
   wait_for "$dir.log" "tunnel up"
   status=$(curl -s -o "$dir.doors.json" -w '%{http_code}' --cacert "$WORK/relay/https-ca.pem" \
@@ -143,6 +150,7 @@ serve_through() { # arch, label
   [[ $status == 200 ]] && grep -q '"code":"SUCCESS"' "$dir.doors.json" \
     || { cat "$dir.log" >&2; fail "$arch agent ($label): GET doors through the relay answered $status"; }
   kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 for suite in $SUITES; do
   for arch in arm64 armhf; do
@@ -198,3 +206,66 @@ for name in keyway-agent keyway-relay; do
   ! getent passwd "$user" >/dev/null || fail "$name: purge left the user"
   ok "$name amd64: installs (user, unit, directories, sysctl), remove keeps config, purge deletes it"
 done
+
+# 6. An upgrade over a paired, running agent keeps everything (root only):
+#    identity, pairing, console pin, console token, integration tokens,
+#    event buffer, audit log. The newer package is this one repacked as
+#    the next Debian revision, so dpkg runs the real upgrade path (prerm
+#    upgrade, unpack over the running binary, postinst configure OLD).
+#    Without systemd here, the unit's try-restart is done by hand, and the
+#    first request after it must come back within 2 s.
+doors_via() { # site, token → HTTP status
+  curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$WORK/relay/https-ca.pem" \
+    --resolve "$1.$DOMAIN:$PK:127.0.0.1" -H "Authorization: Bearer $2" \
+    "https://$1.$DOMAIN:$PK/api/v1/developer/doors"
+}
+start_agent() { # as the unit does: the keyway user, the packaged config
+  runuser -u keyway -- env KEYWAY_LOG=info /usr/bin/keyway-agent run --config /etc/keyway/agent.toml \
+    >>"$WORK/upgrade-agent.log" 2>&1 & AGENT_PID=$!
+  PIDS+=($AGENT_PID)
+}
+kept_files() { # checksums of what an upgrade must not touch
+  (cd / && find etc/keyway var/lib/keyway -type f ! -name 'status*' ! -name 'audit.log*' \
+     ! -path '*/events/seg-*' -print0 | sort -z | xargs -0 sha256sum)
+  stat -c '%n %U %a' /etc/keyway /var/lib/keyway /var/lib/keyway/*
+}
+dpkg -i "$(deb keyway-agent amd64)" >/dev/null
+code=$("$RELAY" site add pi-upgrade --config "$WORK/relay/relay.toml" --json \
+  | python3 -c "import json,sys;print(json.load(sys.stdin)['code'])")
+keyway-agent pair "$code" --relay "127.0.0.1:$PK" --relay-ca "$WORK/relay/https-ca.pem" \
+  --console "https://127.0.0.1:$PC" --console-fingerprint "$FP" >/dev/null
+echo "$TOKEN" | keyway-agent console-token set >/dev/null
+KW=$(keyway-agent token add crm --preset read-only | grep -o 'kw_[A-Za-z0-9_-]*' | head -1)
+[[ -n $KW ]] || fail "token add printed no token"
+start_agent
+wait_for "$WORK/upgrade-agent.log" "tunnel up"
+[[ $(doors_via pi-upgrade "$KW") == 200 ]] || fail "paired agent: GET doors with the integration token"
+for _ in $(seq 1 100); do [[ -s /var/lib/keyway/audit.log ]] && break; sleep 0.05; done
+before=$(kept_files)
+cp /var/lib/keyway/audit.log "$WORK/audit.before"
+[[ -s $WORK/audit.before ]] || fail "no audit record before the upgrade"
+
+NEWVER="${VERSION%-*}-2"
+dpkg-deb -R "$(deb keyway-agent amd64)" "$WORK/upgrade-stage"
+sed -i "s/^Version: .*/Version: $NEWVER/" "$WORK/upgrade-stage/DEBIAN/control"
+dpkg-deb --root-owner-group -Zxz --build "$WORK/upgrade-stage" "$WORK/keyway-agent_${NEWVER}_amd64.deb" >/dev/null
+dpkg -i "$WORK/keyway-agent_${NEWVER}_amd64.deb" >/dev/null
+[[ $(dpkg-query -W -f '${Version}' keyway-agent) == "$NEWVER" ]] || fail "upgrade: version is not $NEWVER"
+# The unit's try-restart: stop (SIGTERM), start the new binary.
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+start_agent
+t0=$(date +%s%N)
+healed=""
+for _ in $(seq 1 100); do
+  if [[ $(doors_via pi-upgrade "$KW") == 200 ]]; then healed=$(( ($(date +%s%N) - t0) / 1000000 )); break; fi
+  sleep 0.02
+done
+[[ -n $healed ]] || { cat "$WORK/upgrade-agent.log" >&2; fail "after the upgrade: no 200 with the integration token"; }
+(( healed < 2000 )) || fail "after the upgrade: first 200 took $healed ms"
+[[ $(kept_files) == "$before" ]] || { diff <(echo "$before") <(kept_files) >&2; fail "the upgrade changed kept files"; }
+cmp -s -n "$(stat -c %s "$WORK/audit.before")" "$WORK/audit.before" /var/lib/keyway/audit.log \
+  || fail "the audit log lost records"
+[[ -f /var/lib/keyway/events/epoch ]] || fail "event buffer's epoch gone"
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+dpkg -P keyway-agent >/dev/null
+ok "keyway-agent amd64: upgrade to $NEWVER over a paired, running agent kept identity, pin, tokens, events and audit; first 200 ${healed} ms after the restart"

@@ -12,7 +12,9 @@
 #     (the symbol check of step 1 still holds);
 #  4. the unit files pass `systemd-analyze verify`;
 #  5. as root: the amd64 packages install (user, unit, directories, sysctl
-#     drop-in), `remove` keeps config and identity, `purge` deletes them.
+#     drop-in), `remove` keeps config and identity, `purge` deletes them;
+#  6. as root: an upgrade over a paired, running agent keeps everything;
+#  7. packaging/verify-repo.sh: the signed apt repository, as apt sees it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -269,3 +271,6 @@ cmp -s -n "$(stat -c %s "$WORK/audit.before")" "$WORK/audit.before" /var/lib/key
 kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
 dpkg -P keyway-agent >/dev/null
 ok "keyway-agent amd64: upgrade to $NEWVER over a paired, running agent kept identity, pin, tokens, events and audit; first 200 ${healed} ms after the restart"
+
+# 7. The apt repository built from these packages.
+packaging/verify-repo.sh

@@ -35,6 +35,7 @@ done
 for tool in apt-ftparchive:apt-utils gpg:gpg; do
   if ! command -v "${tool%%:*}" >/dev/null; then
     [[ $(id -u) == 0 ]] || { echo "build-repo: needs ${tool#*:} (apt-get install ${tool#*:})" >&2; exit 1; }
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool#*:}" >/dev/null
   fi
 done

@@ -32,21 +32,21 @@ pub fn check_config(found: Option<u32>) -> anyhow::Result<()> {
 /// can.
 pub fn check_state(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join(FILE);
-    let found = match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .with_context(|| format!("{}: not a format number: {:?}", path.display(), text.trim()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+    // (the format found, whether the folder says it)
+    let (found, marked) = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let n = text.trim().parse::<u32>().ok().filter(|n| *n >= 1);
+            let n = n.with_context(|| format!("{}: not a format number: {:?}", path.display(), text.trim()))?;
+            (n, true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (1, false),
         Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
     };
     if found > CURRENT {
         bail!("{}", newer(&dir.display().to_string(), found));
     }
     // Steps from `found` to CURRENT go here; there are none yet.
-    if found < CURRENT || !path.exists() {
+    if found < CURRENT || !marked {
         if let Err(e) = keyway_certs::files::write_atomic(&path, format!("{CURRENT}\n").as_bytes(), false) {
             tracing::debug!("could not record the state format: {e}");
         }

@@ -59,8 +59,8 @@ pub struct RelayConfig {
     /// How long to wait for a response head through the tunnel.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// How often WebSocket clients (event subscribers) are pinged; one that
-    /// lets a whole interval pass without a pong is closed (4009).
+    /// A WebSocket client (event subscriber) silent this long is pinged; one
+    /// still silent an interval later is closed (4009).
     #[serde(default = "default_websocket_ping", with = "humantime_serde")]
     pub websocket_ping_interval: Duration,
     /// How long an integration may take to send its request headers.

@@ -46,16 +46,28 @@ struct Head {
 }
 
 /// The frames arriving on one side.
-pub(super) struct Frames<R> {
+pub(super) struct Frames<'a, R> {
     io: R,
     buf: BytesMut,
+    /// Set on every read that brings bytes (a client sending one long,
+    /// slow frame is not silent).
+    heard: Option<&'a AtomicBool>,
 }
 
-impl<R: AsyncRead + Unpin> Frames<R> {
+impl<'a, R: AsyncRead + Unpin> Frames<'a, R> {
     pub(super) fn new(io: R) -> Self {
         Self {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            heard: None,
+        }
+    }
+
+    /// As [`Frames::new`], marking `heard` whenever bytes arrive.
+    pub(super) fn heard_by(io: R, heard: &'a AtomicBool) -> Self {
+        Self {
+            heard: Some(heard),
+            ..Self::new(io)
         }
     }
 
@@ -64,7 +76,12 @@ impl<R: AsyncRead + Unpin> Frames<R> {
         self.buf.reserve(READ_CHUNK);
         match self.io.read_buf(&mut self.buf).await {
             Ok(0) => Err(Fail::Read(None)),
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(heard) = self.heard {
+                    heard.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
             Err(e) => Err(Fail::Read(Some(e))),
         }
     }
@@ -132,17 +149,15 @@ fn is_control(h: &FrameHeader, c: Control) -> bool {
     h.opcode == OpCode::Control(c)
 }
 
-/// Client to tunnel. Marks `heard` on every frame from the client and
-/// drops the pongs to the relay's pings. Ends after passing a close frame
-/// (`Ok`), or with how it failed.
-pub(super) async fn up<R, W>(mut from: Frames<R>, mut to: W, heard: &AtomicBool) -> Result<(), Fail>
+/// Client to tunnel, dropping the pongs to the relay's pings. Ends after
+/// passing a close frame (`Ok`), or with how it failed.
+pub(super) async fn up<R, W>(mut from: Frames<'_, R>, mut to: W) -> Result<(), Fail>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     loop {
         let head = from.head().await?;
-        heard.store(true, Ordering::Relaxed);
         if matches!(head.header.opcode, OpCode::Data(_)) {
             from.pass(&head, &mut to).await?;
             continue;
@@ -185,7 +200,7 @@ pub(super) enum Say {
 /// Ends after passing the tunnel's close frame or saying a close (`Ok`);
 /// when the tunnel ends or breaks first it tells the client `on_tunnel_end`.
 pub(super) async fn down<R, W>(
-    mut from: Frames<R>,
+    mut from: Frames<'_, R>,
     mut to: W,
     mut say: mpsc::Receiver<Say>,
     on_tunnel_end: u16,
@@ -244,6 +259,7 @@ async fn write<W: AsyncWrite + Unpin>(to: &mut W, frame: Frame) -> Result<(), Fa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::Data;
 
     fn masked(op: Frame, mask: [u8; 4]) -> Vec<u8> {
         let mut f = op;
@@ -257,14 +273,14 @@ mod tests {
     async fn frames_pass_byte_for_byte_and_the_relays_pongs_stop_here() {
         let mut input = Vec::new();
         input.extend(masked(
-            Frame::message("hello", OpCode::Data(coding_text()), true),
+            Frame::message("hello", OpCode::Data(Data::Text), true),
             [1, 2, 3, 4],
         ));
         input.extend(masked(Frame::pong(RELAY_PING), [9, 8, 7, 6]));
         input.extend(masked(Frame::pong(&b"agent"[..]), [5, 5, 5, 5]));
         let big = vec![7u8; 100_000];
         input.extend(masked(
-            Frame::message(big, OpCode::Data(coding_binary()), true),
+            Frame::message(big, OpCode::Data(Data::Binary), true),
             [0, 1, 0, 1],
         ));
         let close_frame = masked(close(1000), [4, 4, 4, 4]);
@@ -272,7 +288,7 @@ mod tests {
         input.extend(b"after close, never read".iter());
         let heard = AtomicBool::new(false);
         let mut out = Vec::new();
-        up(Frames::new(&input[..]), &mut out, &heard).await.unwrap();
+        up(Frames::heard_by(&input[..], &heard), &mut out).await.unwrap();
         assert!(heard.load(Ordering::Relaxed));
         let ours = masked(Frame::pong(RELAY_PING), [9, 8, 7, 6]);
         let mut expected = input.clone();
@@ -285,7 +301,7 @@ mod tests {
     #[tokio::test]
     async fn a_tunnel_that_ends_between_frames_is_told_to_the_client_as_1011() {
         let mut input = Vec::new();
-        Frame::message("cut", OpCode::Data(coding_text()), true)
+        Frame::message("cut", OpCode::Data(Data::Text), true)
             .format(&mut input)
             .unwrap();
         for cut in [0, 1] {
@@ -304,19 +320,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_reserved_opcode_is_a_protocol_error() {
-        let heard = AtomicBool::new(false);
-        let end = up(Frames::new(&[0x83u8, 0x80, 0, 0, 0, 0][..]), Vec::new(), &heard).await;
+        let end = up(Frames::new(&[0x83u8, 0x80, 0, 0, 0, 0][..]), Vec::new()).await;
         assert!(matches!(end, Err(Fail::Protocol(_))), "{end:?}");
         let long_ping = masked(Frame::ping(vec![0u8; 126]), [0; 4]);
-        let end = up(Frames::new(&long_ping[..]), Vec::new(), &heard).await;
+        let end = up(Frames::new(&long_ping[..]), Vec::new()).await;
         assert!(matches!(end, Err(Fail::Protocol(_))), "{end:?}");
-    }
-
-    fn coding_text() -> tokio_tungstenite::tungstenite::protocol::frame::coding::Data {
-        tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text
-    }
-
-    fn coding_binary() -> tokio_tungstenite::tungstenite::protocol::frame::coding::Data {
-        tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Binary
     }
 }

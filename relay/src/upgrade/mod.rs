@@ -102,7 +102,7 @@ async fn relay_websocket(client: Upgraded, tunnel: Upgraded, closing: Cancellati
     let (tunnel_rx, tunnel_tx) = tokio::io::split(TokioIo::new(tunnel));
     let heard = AtomicBool::new(true);
     let (say, said) = mpsc::channel(2);
-    let up = frames::up(Frames::new(client_rx), tunnel_tx, &heard);
+    let up = frames::up(Frames::heard_by(client_rx, &heard), tunnel_tx);
     let down = frames::down(Frames::new(tunnel_rx), client_tx, said, CLOSE_INTERNAL_ERROR);
     tokio::pin!(up, down);
     let mut ping = tokio::time::interval(ping_every);

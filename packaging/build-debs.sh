@@ -22,8 +22,7 @@ OUT=$ROOT/target/debs
 ARCHES=${KEYWAY_DEB_ARCHES:-"amd64 arm64 armhf"}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 DEBVER="$VERSION-1"
-# The oldest glibc the binaries may need (Raspberry Pi OS bullseye).
-GLIBC_FLOOR=2.31
+source packaging/glibc.sh
 ZIG_VENV=$ROOT/target/zig-venv
 
 need() { command -v "$1" >/dev/null 2>&1; }
@@ -87,11 +86,6 @@ build() {
 
 bin_dir() {
   echo "$ROOT/target/$(triple "$1")/release"
-}
-
-# The newest glibc symbol version a binary needs (readelf reads any arch).
-glibc_needed() {
-  readelf -V -W "$1" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1
 }
 
 # The Depends line a binary really has: its shared libraries, mapped to

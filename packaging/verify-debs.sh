@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEBS=$ROOT/target/debs
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)-1
-GLIBC_FLOOR=2.31
+source packaging/glibc.sh
 # Old and new userlands the Pi agents run in (step 3).
 SUITES=${KEYWAY_VERIFY_SUITES:-"bullseye trixie"}
 MIRROR=${KEYWAY_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -54,7 +54,7 @@ for spec in keyway-agent:amd64 keyway-agent:arm64 keyway-agent:armhf keyway-rela
   dpkg-deb -x "$f" "$WORK/$name-$arch"
   bin=$WORK/$name-$arch/usr/bin/$name
   readelf -h "$bin" | grep -q "Machine:.*$(machine "$arch")" || fail "$f: binary is not $(machine "$arch")"
-  glibc=$(readelf -V -W "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+  glibc=$(glibc_needed "$bin")
   dpkg --compare-versions "$glibc" le "$GLIBC_FLOOR" || fail "$f: the binary needs glibc $glibc (over $GLIBC_FLOOR)"
   [[ $(dpkg-deb -f "$f" Depends) == "libc6 (>= $glibc)"* ]] || fail "$f: Depends $(dpkg-deb -f "$f" Depends) is not the binary's glibc $glibc"
   ok "$(basename "$f"): $arch, $(du -h "$f" | cut -f1), files and binary as expected, needs glibc $glibc"
@@ -94,7 +94,7 @@ userland() { # suite, arch → sets ROOTFS, or returns 1
 # The glibc release of the current userland, as its libc.so.6 says.
 userland_glibc() { # arch
   local libc
-  libc=$(ls "$ROOTFS"/lib/*-linux-gnu*/libc.so.6 2>/dev/null | head -1)
+  libc=$(ls "$ROOTFS"/lib/*-linux-gnu*/libc.so.6 2>/dev/null | head -1 || true)
   [[ -n $libc ]] || return 0
   local banner
   case $1 in
@@ -130,6 +130,12 @@ DOMAIN=relay.pkg.test
 "$RELAY" init --dir "$WORK/relay" --domain "$DOMAIN" --listen "127.0.0.1:$PK" --self-signed >/dev/null
 KEYWAY_LOG=info "$RELAY" serve --config "$WORK/relay/relay.toml" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
 wait_for "$WORK/relay.log" "relay serving"
+# GET doors through the relay; prints the HTTP status, the body to $3.
+doors_via() { # site, token[, body file]
+  curl -s -o "${3:-/dev/null}" -w '%{http_code}' --max-time 5 --cacert "$WORK/relay/https-ca.pem" \
+    --resolve "$1.$DOMAIN:$PK:127.0.0.1" -H "Authorization: Bearer $2" \
+    "https://$1.$DOMAIN:$PK/api/v1/developer/doors"
+}
 # Pairs and runs the agent in the current userland; a request through the
 # relay must come back from the console.
 serve_through() { # arch, label
@@ -146,9 +152,7 @@ serve_through() { # arch, label
   KEYWAY_LOG=info "${QEMU[@]}" run --config "$dir/agent.toml" >"$dir.log" 2>&1 & pid=$!
   PIDS+=($pid)
   wait_for "$dir.log" "tunnel up"
-  status=$(curl -s -o "$dir.doors.json" -w '%{http_code}' --cacert "$WORK/relay/https-ca.pem" \
-    --resolve "$site.$DOMAIN:$PK:127.0.0.1" -H "Authorization: Bearer $TOKEN" \
-    "https://$site.$DOMAIN:$PK/api/v1/developer/doors")
+  status=$(doors_via "$site" "$TOKEN" "$dir.doors.json")
   [[ $status == 200 ]] && grep -q '"code":"SUCCESS"' "$dir.doors.json" \
     || { cat "$dir.log" >&2; fail "$arch agent ($label): GET doors through the relay answered $status"; }
   kill "$pid" 2>/dev/null || true
@@ -216,11 +220,6 @@ done
 #    upgrade, unpack over the running binary, postinst configure OLD).
 #    Without systemd here, the unit's try-restart is done by hand, and the
 #    first request after it must come back within 2 s.
-doors_via() { # site, token → HTTP status
-  curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$WORK/relay/https-ca.pem" \
-    --resolve "$1.$DOMAIN:$PK:127.0.0.1" -H "Authorization: Bearer $2" \
-    "https://$1.$DOMAIN:$PK/api/v1/developer/doors"
-}
 start_agent() { # as the unit does: the keyway user, the packaged config
   runuser -u keyway -- env KEYWAY_LOG=info /usr/bin/keyway-agent run --config /etc/keyway/agent.toml \
     >>"$WORK/upgrade-agent.log" 2>&1 & AGENT_PID=$!

@@ -16,8 +16,16 @@ fn clone_agent(from: &std::path::Path, to: &std::path::Path) -> std::path::PathB
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        if !entry.file_type().unwrap().is_file() {
+            continue;
+        }
+        // The agent is running: a temporary file of an atomic write can be
+        // renamed away between the listing and the copy. What is gone was
+        // never part of the state.
+        match std::fs::copy(entry.path(), to.join(entry.file_name())) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("copying {}: {e}", entry.path().display()),
         }
     }
     let config = to.join("agent.toml");

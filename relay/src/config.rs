@@ -76,6 +76,11 @@ pub struct RelayConfig {
     /// `[limits]`: the edge's limits, with `[limits.sites.NAME]` overrides.
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// A folder holding an apt repository (`packaging/build-repo.sh --out`),
+    /// served read-only at `https://<domain>/apt/` so Pis fetch updates from
+    /// the relay they already trust. Off when absent.
+    #[serde(default)]
+    pub apt_repository: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -161,7 +166,13 @@ impl RelayConfig {
             Some(a) => (Some(&mut a.state_dir), a.ca_file.as_mut()),
             None => (None, None),
         };
-        let optional = [cfg.https_cert.as_mut(), cfg.https_key.as_mut(), state_dir, ca_file];
+        let optional = [
+            cfg.https_cert.as_mut(),
+            cfg.https_key.as_mut(),
+            state_dir,
+            ca_file,
+            cfg.apt_repository.as_mut(),
+        ];
         for p in [
             &mut cfg.tunnel_ca,
             &mut cfg.tunnel_cert,

@@ -115,7 +115,8 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
          pairing_code_ttl = \"15m\"\n\
          pairing_max_tries = 5\n\
          {admin}\
-         # default_site = \"hq\"      # serve this site on the bare domain or an IP\n",
+         # default_site = \"hq\"      # serve this site on the bare domain or an IP\n\
+         # apt_repository = \"apt\"   # serve packaging/build-repo.sh's output at https://<domain>/apt/\n",
         admin = match opts.admin_listen {
             Some(a) => format!("admin_listen = \"{a}\"  # /healthz, plain HTTP: keep on loopback\n"),
             None => "# admin_listen = \"127.0.0.1:9090\"  # /healthz, plain HTTP: keep on loopback\n".to_string(),

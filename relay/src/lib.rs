@@ -36,6 +36,7 @@ pub mod acme;
 pub mod admin;
 pub mod admin_http;
 pub mod agents;
+pub mod apt;
 pub mod config;
 pub mod duplicates;
 pub mod init;
@@ -262,6 +263,7 @@ impl Relay {
             upgrades: upgrades.clone(),
             edge: Arc::new(limits::Edge::new(cfg.limits.clone())),
             observer,
+            apt: cfg.apt_repository.clone().map(apt::AptRepository::new),
         });
         // Per-address buckets are forgotten once refilled and idle.
         let (edge, edge_stop) = (proxy_ctx.edge.clone(), stop.clone());

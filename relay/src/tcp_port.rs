@@ -11,13 +11,16 @@
 //! one client address may hold `max_connections_per_client` at once.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use keyway_proto::envelope::HttpBody;
 use keyway_proto::{ALPN_PAIR, ALPN_TUNNEL};
 use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::apt::FileBody;
 use crate::proxy::{handle, ProxyCtx};
 use crate::tunnel::TunnelCtx;
 
@@ -203,7 +207,7 @@ pub async fn serve(
                 let heard = first.clone();
                 let service = hyper::service::service_fn(move |req| {
                     heard.notify_one();
-                    handle(req, ctx.clone(), peer)
+                    serve_request(req, ctx.clone(), peer)
                 });
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -226,6 +230,19 @@ pub async fn serve(
     if timeout(grace, graceful.shutdown()).await.is_err() {
         warn!("shutdown grace of {grace:?} ran out with requests still open");
     }
+}
+
+/// One request: a file of the apt repository, or the proxy.
+async fn serve_request(
+    req: http::Request<hyper::body::Incoming>,
+    ctx: Arc<ProxyCtx>,
+    peer: SocketAddr,
+) -> Result<http::Response<Either<HttpBody, FileBody>>, Infallible> {
+    if let Some(apt) = ctx.apt.as_ref().filter(|apt| apt.wants(&req, &ctx.domain)) {
+        return Ok(apt.serve(&req).await.map(Either::Right));
+    }
+    let resp = handle(req, ctx, peer).await?;
+    Ok(resp.map(Either::Left))
 }
 
 /// Reads the ClientHello and completes the handshake with the configuration

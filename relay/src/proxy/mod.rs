@@ -19,6 +19,8 @@ mod forward;
 mod headers;
 mod route;
 
+pub use route::is_for_relay;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct ProxyCtx {
     /// Sees each request head as it is sent into a tunnel (for tests that
     /// check what crosses it); `None` in the binary.
     pub observer: Option<Observer>,
+    /// The apt repository at `https://<domain>/apt/`, when configured.
+    pub apt: Option<crate::apt::AptRepository>,
 }
 
 /// A callback given each request head the relay sends into a tunnel.

@@ -9,6 +9,21 @@ use super::ProxyCtx;
 
 /// Picks the site from the request's host.
 pub(super) fn route<B>(req: &Request<B>, ctx: &ProxyCtx) -> Result<String, ProxyError> {
+    let host = host(req)?;
+    site_for_host(&host, ctx).ok_or_else(|| ProxyError::SiteNotFound {
+        host,
+        domain: ctx.domain.clone(),
+    })
+}
+
+/// Whether the request names the relay itself (the bare domain, an IP
+/// address or `localhost`) rather than a site.
+pub fn is_for_relay<B>(req: &Request<B>, domain: &str) -> bool {
+    host(req).is_ok_and(|h| is_bare(&h, domain))
+}
+
+/// The request's host, lowercase, from its target or `Host` (which must agree).
+fn host<B>(req: &Request<B>) -> Result<String, ProxyError> {
     let header_host = req
         .headers()
         .get(HOST)
@@ -26,10 +41,7 @@ pub(super) fn route<B>(req: &Request<B>, ctx: &ProxyCtx) -> Result<String, Proxy
         (None, Some(h)) => h.host().to_ascii_lowercase(),
         (None, None) => return Err(ProxyError::BadRequest(BadRequest::NoHost)),
     };
-    site_for_host(&host, ctx).ok_or_else(|| ProxyError::SiteNotFound {
-        host,
-        domain: ctx.domain.clone(),
-    })
+    Ok(host)
 }
 
 /// Rewrites the request's path to its canonical form, so that every check
@@ -58,13 +70,17 @@ pub(super) fn canonicalize<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
 /// `<site>.<domain>` → site; the bare domain, an IP or `localhost` → the default site.
 fn site_for_host(host: &str, ctx: &ProxyCtx) -> Option<String> {
     let host = host.trim_end_matches('.');
-    let bare =
-        host == ctx.domain || host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok();
-    if bare {
+    if is_bare(host, &ctx.domain) {
         return ctx.default_site.clone();
     }
     let label = host.strip_suffix(ctx.domain.as_str())?.strip_suffix('.')?;
     ctx.sites.contains(label).then(|| label.to_string())
+}
+
+/// The bare domain, `localhost` or an IP literal: the relay, not a site.
+fn is_bare(host: &str, domain: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host == domain || host == "localhost" || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
 }
 
 #[cfg(test)]
@@ -85,6 +101,7 @@ mod tests {
             upgrades: Default::default(),
             edge: Arc::new(crate::limits::Edge::new(Default::default())),
             observer: None,
+            apt: None,
         }
     }
 

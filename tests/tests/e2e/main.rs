@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod apt;
 mod certs;
 mod conformance;
 mod doctor;

@@ -76,6 +76,11 @@ pub struct AgentConfig {
     /// Events the hub keeps for `?since=` replay (also on disk).
     #[serde(default = "default_event_buffer")]
     pub event_buffer: usize,
+    /// Bytes of event text the hub keeps for replay, in memory and on disk
+    /// (the disk may hold one more segment, an eighth of this, while it
+    /// rotates). The newest event is always kept.
+    #[serde(default = "default_event_buffer_max_bytes")]
+    pub event_buffer_max_bytes: u64,
     /// How long the hub keeps events for replay.
     #[serde(default = "default_event_retention", with = "humantime_serde")]
     pub event_retention: Duration,
@@ -131,6 +136,9 @@ fn default_true() -> bool {
 }
 fn default_event_buffer() -> usize {
     10_000
+}
+fn default_event_buffer_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_event_retention() -> Duration {
     Duration::from_secs(24 * 3600)

@@ -318,6 +318,7 @@ fn event_hub(
     };
     let opts = hub::HubOptions {
         buffer: cfg.event_buffer,
+        max_bytes: cfg.event_buffer_max_bytes,
         retention: cfg.event_retention,
         queue: cfg.event_queue,
     };

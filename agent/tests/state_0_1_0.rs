@@ -47,6 +47,7 @@ fn files_written_by_0_1_0_are_read_and_marked_format_1() {
 
     let opts = HubOptions {
         buffer: 100,
+        max_bytes: 64 * 1024 * 1024,
         retention: Duration::from_secs(100 * 365 * 86_400),
         queue: 10,
     };

@@ -47,6 +47,8 @@ pub struct Event {
 pub struct HubOptions {
     /// Events kept for replay.
     pub buffer: usize,
+    /// Bytes of event text kept for replay (the newest event always is).
+    pub max_bytes: u64,
     /// How long events are kept for replay.
     pub retention: Duration,
     /// Events queued per subscriber before it is cut.
@@ -90,6 +92,8 @@ struct Subscriber {
 
 struct Ring {
     events: VecDeque<Arc<Event>>,
+    /// Text bytes of `events`.
+    bytes: u64,
     next_seq: u64,
     subscribers: HashMap<u64, Subscriber>,
     next_id: u64,
@@ -112,11 +116,13 @@ impl Hub {
     /// persisting to `persist`.
     pub fn new(opts: HubOptions, loaded: store::Loaded, persist: Option<store::Writer>) -> Self {
         let next_seq = loaded.events.back().map_or(loaded.next_seq, |e| e.seq + 1).max(1);
+        let bytes = loaded.events.iter().map(|e| e.text.len() as u64).sum();
         Self {
             epoch: loaded.epoch,
             opts,
             ring: Mutex::new(Ring {
                 events: loaded.events,
+                bytes,
                 next_seq,
                 subscribers: HashMap::new(),
                 next_id: 0,
@@ -147,10 +153,16 @@ impl Hub {
             at_ms,
             text: text.into(),
         });
+        ring.bytes += text.len() as u64;
         ring.events.push_back(event.clone());
         let oldest_kept = at_ms.saturating_sub(self.opts.retention.as_millis() as u64);
-        while ring.events.len() > self.opts.buffer || ring.events.front().is_some_and(|e| e.at_ms < oldest_kept) {
-            ring.events.pop_front();
+        while ring.events.len() > self.opts.buffer
+            || (ring.events.len() > 1 && ring.bytes > self.opts.max_bytes)
+            || ring.events.front().is_some_and(|e| e.at_ms < oldest_kept)
+        {
+            if let Some(old) = ring.events.pop_front() {
+                ring.bytes -= old.text.len() as u64;
+            }
         }
         ring.subscribers.retain(|_, s| match s.tx.try_send(event.clone()) {
             Ok(()) => true,
@@ -261,6 +273,7 @@ mod tests {
     fn hub(buffer: usize, queue: usize) -> Hub {
         let opts = HubOptions {
             buffer,
+            max_bytes: 64 * 1024 * 1024,
             retention: Duration::from_secs(3600),
             queue,
         };
@@ -327,6 +340,7 @@ mod tests {
     fn old_events_expire() {
         let opts = HubOptions {
             buffer: 100,
+            max_bytes: 64 * 1024 * 1024,
             retention: Duration::ZERO,
             queue: 10,
         };

@@ -3,8 +3,9 @@
 //! `events/epoch` names this install's sequence space; events are appended
 //! as JSON lines to segment files `events/seg-<first seq>.jsonl`. A writer
 //! thread owns the files (the runtime never waits on the disk); whole
-//! segments are deleted once the newer ones hold the buffer or they are
-//! past retention, so the folder stays bounded. Lines are flushed per batch,
+//! segments are deleted once the newer ones hold the buffer (by count and
+//! by bytes) or they are past retention, so the folder stays bounded: at
+//! most `max_bytes` plus the segment being written (an eighth of it). Lines are flushed per batch,
 //! not fsynced: a power cut may lose the last events, never the file.
 
 use std::collections::VecDeque;
@@ -43,6 +44,8 @@ impl Loaded {
 struct Segment {
     path: PathBuf,
     count: usize,
+    /// Bytes of its lines.
+    bytes: u64,
     last_at: u64,
 }
 
@@ -87,27 +90,36 @@ pub fn load(dir: &Path, opts: &HubOptions) -> anyhow::Result<(Loaded, Writer)> {
     };
     let oldest_kept = now_ms().saturating_sub(opts.retention.as_millis() as u64);
     let mut events = VecDeque::new();
+    let mut kept_bytes = 0u64;
     let mut segments = VecDeque::new();
     let (mut max_seq, mut bad) = (0, 0usize);
     for path in names {
         let mut seg = Segment {
             path,
             count: 0,
+            bytes: 0,
             last_at: 0,
         };
         let file = File::open(&seg.path).with_context(|| format!("could not read {}", seg.path.display()))?;
         for line in BufReader::new(file).lines() {
-            let Some(ev) = line.ok().and_then(|l| parse_line(&l)) else {
+            let Some((ev, len)) = line
+                .ok()
+                .and_then(|l| parse_line(&l).map(|ev| (ev, l.len() as u64 + 1)))
+            else {
                 bad += 1;
                 continue;
             };
             seg.count += 1;
+            seg.bytes += len;
             seg.last_at = seg.last_at.max(ev.at_ms);
             max_seq = max_seq.max(ev.seq);
             if ev.at_ms >= oldest_kept && events.back().is_none_or(|b: &Arc<Event>| b.seq < ev.seq) {
+                kept_bytes += ev.text.len() as u64;
                 events.push_back(Arc::new(ev));
-                if events.len() > opts.buffer {
-                    events.pop_front();
+                while events.len() > opts.buffer || (events.len() > 1 && kept_bytes > opts.max_bytes) {
+                    if let Some(old) = events.pop_front() {
+                        kept_bytes -= old.text.len() as u64;
+                    }
                 }
             }
         }
@@ -172,6 +184,7 @@ impl Writer {
 
 fn write_loop(dir: &Path, mut segments: VecDeque<Segment>, opts: &HubOptions, rx: mpsc::Receiver<Arc<Event>>) {
     let per_segment = (opts.buffer / 8).clamp(64, 4096);
+    let segment_bytes = (opts.max_bytes / 8).max(64 * 1024);
     let mut current: Option<File> = None;
     let mut failing = false;
     while let Ok(first) = rx.recv() {
@@ -180,7 +193,9 @@ fn write_loop(dir: &Path, mut segments: VecDeque<Segment>, opts: &HubOptions, rx
         let mut out = String::new();
         let result: anyhow::Result<()> = (|| {
             for ev in &batch {
-                let full = segments.back().is_none_or(|s| s.count >= per_segment);
+                let full = segments
+                    .back()
+                    .is_none_or(|s| s.count >= per_segment || s.bytes >= segment_bytes);
                 if current.is_none() || full {
                     if let Some(mut f) = current.take() {
                         f.write_all(out.as_bytes())?;
@@ -191,17 +206,17 @@ fn write_loop(dir: &Path, mut segments: VecDeque<Segment>, opts: &HubOptions, rx
                     segments.push_back(Segment {
                         path,
                         count: 0,
+                        bytes: 0,
                         last_at: 0,
                     });
                 }
                 let compact = serde_json::from_str::<Value>(&ev.text).map(|v| v.to_string());
                 let text = compact.as_deref().unwrap_or("{}");
-                out.push_str(&format!(
-                    "{{\"seq\":{},\"at\":{},\"event\":{text}}}\n",
-                    ev.seq, ev.at_ms
-                ));
+                let line = format!("{{\"seq\":{},\"at\":{},\"event\":{text}}}\n", ev.seq, ev.at_ms);
+                out.push_str(&line);
                 if let Some(seg) = segments.back_mut() {
                     seg.count += 1;
+                    seg.bytes += line.len() as u64;
                     seg.last_at = ev.at_ms;
                 }
             }
@@ -235,8 +250,9 @@ fn prune(segments: &mut VecDeque<Segment>, opts: &HubOptions) {
     let oldest_kept = now_ms().saturating_sub(opts.retention.as_millis() as u64);
     loop {
         let total: usize = segments.iter().map(|s| s.count).sum();
+        let bytes: u64 = segments.iter().map(|s| s.bytes).sum();
         let Some(oldest) = segments.front() else { return };
-        let spare = total - oldest.count >= opts.buffer;
+        let spare = total - oldest.count >= opts.buffer || bytes - oldest.bytes >= opts.max_bytes;
         let expired = oldest.last_at < oldest_kept;
         if segments.len() == 1 || !(spare || expired) {
             return;
@@ -258,6 +274,7 @@ mod tests {
     fn opts(buffer: usize) -> HubOptions {
         HubOptions {
             buffer,
+            max_bytes: 64 * 1024 * 1024,
             retention: Duration::from_secs(3600),
             queue: 16,
         }
@@ -320,6 +337,58 @@ mod tests {
         let s = h.subscribe(Some(crate::hub::Since { seq: 0, epoch: None }));
         assert_eq!(s.replay.len(), 64);
         assert_eq!(s.replay.last().unwrap().seq, 1000);
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = HubOptions {
+            max_bytes: 256 * 1024,
+            ..opts(10_000)
+        };
+        let h = reopen(dir.path(), &o);
+        let event = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+        for _ in 0..2000 {
+            h.publish(&event);
+        }
+        wait_lines(dir.path(), 2000);
+        let held = |h: &Hub| {
+            let s = h.subscribe(Some(crate::hub::Since { seq: 0, epoch: None }));
+            assert_eq!(s.replay.last().unwrap().seq, 2000, "the newest is kept");
+            s.replay.iter().map(|e| e.text.len() as u64).sum::<u64>()
+        };
+        let in_memory = held(&h);
+        assert!(
+            in_memory <= o.max_bytes && in_memory > o.max_bytes - 2 * event.len() as u64,
+            "{in_memory} bytes held for a {}-byte buffer",
+            o.max_bytes
+        );
+        drop(h);
+        // The writer prunes after each batch it has written: wait for it.
+        let on_disk = || -> u64 {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| is_segment_name(&e.file_name().to_string_lossy()))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        };
+        let bound = o.max_bytes + 64 * 1024 + event.len() as u64 + 64;
+        for _ in 0..500 {
+            if on_disk() < bound {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            on_disk() < bound,
+            "{} bytes on disk for a {}-byte buffer",
+            on_disk(),
+            o.max_bytes
+        );
+        let h = reopen(dir.path(), &o);
+        assert!(held(&h) <= o.max_bytes, "restored past the bound");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 use crate::{identity, CertError};
@@ -118,6 +118,35 @@ impl PrivateCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.sign(params, agent_key, validity)
+    }
+
+    /// Issues a relay node's certificate for node-to-node links (both client
+    /// and server): the URI `keyway://node/<name>` that peers check, and
+    /// the DNS name they dial it by ([`identity::node_server_name`]).
+    pub fn issue_node(&self, name: &str, key: &impl PublicKeyData, validity: Duration) -> Result<Issued, CertError> {
+        let mut params = CertificateParams::new(vec![identity::node_server_name(name)])?;
+        params.distinguished_name = dn(&format!("keyway relay node {name}"));
+        params.subject_alt_names.push(SanType::URI(
+            identity::node_uri(name)
+                .try_into()
+                .map_err(|_| CertError::Identity(format!("bad node name {name:?}")))?,
+        ));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(params, key, validity)
+    }
+
+    /// A fresh key and its node certificate ([`Self::issue_node`]), as
+    /// rustls takes them; the key never leaves the process.
+    pub fn node_identity(
+        &self,
+        name: &str,
+        validity: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+        let key = KeyPair::generate()?;
+        let issued = self.issue_node(name, &key, validity)?;
+        let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Ok((vec![issued.der], der))
     }
 
     /// Issues a server certificate (the relay's QUIC endpoint) for DNS names

@@ -9,6 +9,27 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use crate::CertError;
 
 const SITE_URI_PREFIX: &str = "keyway://site/";
+const NODE_URI_PREFIX: &str = "keyway://node/";
+
+/// The SAN URI of a relay node (cluster).
+pub fn node_uri(node: &str) -> String {
+    format!("{NODE_URI_PREFIX}{node}")
+}
+
+/// The DNS name a node's certificate carries and its peers dial it by
+/// (never resolved: the address comes from the registry).
+pub fn node_server_name(node: &str) -> String {
+    format!("{node}.node.keyway.invalid")
+}
+
+/// Reads the node name from a relay node's certificate (DER); an agent's
+/// certificate, from the same CA, has none.
+pub fn node_from_cert(der: &[u8]) -> Result<String, CertError> {
+    uri_with_prefix(der, NODE_URI_PREFIX).map_err(|e| match e {
+        CertError::Identity(m) => CertError::Identity(m.replace("keyway site id", "keyway node name")),
+        other => other,
+    })
+}
 
 /// The SAN URI for a site.
 pub fn site_uri(site: &str) -> String {
@@ -17,6 +38,10 @@ pub fn site_uri(site: &str) -> String {
 
 /// Reads the site id from an agent certificate (DER).
 pub fn site_from_cert(der: &[u8]) -> Result<String, CertError> {
+    uri_with_prefix(der, SITE_URI_PREFIX)
+}
+
+fn uri_with_prefix(der: &[u8], prefix: &str) -> Result<String, CertError> {
     let (_, cert) =
         X509Certificate::from_der(der).map_err(|e| CertError::Identity(format!("unparsable certificate: {e}")))?;
     let san = cert
@@ -27,7 +52,7 @@ pub fn site_from_cert(der: &[u8]) -> Result<String, CertError> {
         .general_names
         .iter()
         .find_map(|n| match n {
-            GeneralName::URI(u) => u.strip_prefix(SITE_URI_PREFIX).map(str::to_string),
+            GeneralName::URI(u) => u.strip_prefix(prefix).map(str::to_string),
             _ => None,
         })
         .filter(|s| !s.is_empty())

@@ -122,6 +122,38 @@ impl rustls::server::ResolvesServerCert for ByAlpn {
     }
 }
 
+/// A relay node's listener for its peers (cluster): TLS 1.3, ALPN
+/// `keyway-node/1`, a client certificate from `ca` required. The caller
+/// still checks that the certificate names a node
+/// ([`crate::identity::node_from_cert`]): agents' certificates chain to
+/// the same CA.
+pub fn node_server(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: &CertificateDer<'static>,
+) -> Result<ServerConfig, CertError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider.clone())
+        .build()
+        .map_err(|e| CertError::Identity(format!("client verifier: {e}")))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![keyway_proto::ALPN_NODE.to_vec()];
+    Ok(cfg)
+}
+
+/// A relay node dialling a peer (cluster): presents its node certificate,
+/// trusts only `ca`, ALPN `keyway-node/1`.
+pub fn node_client(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    ca: &CertificateDer<'static>,
+) -> Result<ClientConfig, CertError> {
+    tunnel_client(chain, key, ca, &[keyway_proto::ALPN_NODE])
+}
+
 /// The agent's pairing client: verifies the relay's public certificate with
 /// `roots` (a given CA file, or the web PKI).
 pub fn pairing_client(roots: RootCertStore) -> Result<ClientConfig, CertError> {

@@ -21,6 +21,8 @@ pub mod preamble;
 pub const ALPN_TUNNEL: &[u8] = b"keyway/1";
 /// ALPN id of the pairing protocol.
 pub const ALPN_PAIR: &[u8] = b"keyway-pair/1";
+/// ALPN of node-to-node links between relays of one cluster.
+pub const ALPN_NODE: &[u8] = b"keyway-node/1";
 /// QUIC idle timeout of a tunnel, both ends: a silent path is declared dead
 /// after this (keep-alives keep a healthy idle tunnel well inside it).
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);

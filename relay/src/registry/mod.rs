@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -190,6 +191,37 @@ pub trait SiteStore: Send + Sync + 'static {
     fn record_duplicate(&self, site: &str, duplicate: Option<&str>) -> Result<(), RegistryError>;
     /// Changes whenever another process commits (for cache refresh).
     fn data_version(&self) -> Result<i64, RegistryError>;
+
+    /// Cluster: records `node` alive now, reachable by its peers at
+    /// `peer_addr`, holding agent links for exactly `sites`.
+    fn node_heartbeat(&self, node: &str, peer_addr: &str, sites: &[String]) -> Result<(), RegistryError> {
+        let _ = (node, peer_addr, sites);
+        Err(not_clustered())
+    }
+    /// Cluster: the other nodes holding a link for `site` whose last
+    /// heartbeat is at most `fresh` old, freshest first.
+    fn nodes_for_site(&self, site: &str, except: &str, fresh: Duration) -> Result<Vec<PeerNode>, RegistryError> {
+        let _ = (site, except, fresh);
+        Err(not_clustered())
+    }
+    /// Cluster: `node` leaves (it stops; its links go with it).
+    fn node_leave(&self, node: &str) -> Result<(), RegistryError> {
+        let _ = node;
+        Err(not_clustered())
+    }
+}
+
+/// Another relay node, as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode {
+    /// Its `[cluster] node` name.
+    pub name: String,
+    /// Where its node-to-node listener is.
+    pub peer_addr: String,
+}
+
+fn not_clustered() -> RegistryError {
+    RegistryError::Config("a cluster needs a PostgreSQL registry".into())
 }
 
 /// Async access to a [`SiteStore`]: every call runs on the blocking pool.

@@ -9,12 +9,14 @@
 //! migrations applied under an advisory lock, so nodes starting together
 //! migrate once.
 
+use std::time::Duration;
+
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{AgentAdmission, CodeRefusal, PendingCode, RegistryError, SiteRecord, SiteStore};
+use super::{AgentAdmission, CodeRefusal, PeerNode, PendingCode, RegistryError, SiteRecord, SiteStore};
 
 /// Connections kept per relay.
 const POOL_SIZE: usize = 8;
@@ -72,6 +74,18 @@ const MIGRATIONS: &[&str] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION keyway_bump_version();
      CREATE TRIGGER certs_changed AFTER INSERT OR UPDATE OR DELETE ON certs
         FOR EACH STATEMENT EXECUTE FUNCTION keyway_bump_version();",
+    // 2: relay nodes and the agent links each holds (`[cluster]`).
+    "CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        peer_addr TEXT NOT NULL,
+        seen_at TIMESTAMPTZ NOT NULL
+     );
+     CREATE TABLE node_links (
+        site TEXT NOT NULL,
+        node TEXT NOT NULL REFERENCES nodes(name) ON DELETE CASCADE,
+        PRIMARY KEY (site, node)
+     );
+     CREATE INDEX node_links_by_node ON node_links (node);",
 ];
 
 /// The PostgreSQL implementation.
@@ -411,6 +425,60 @@ impl SiteStore for PgStore {
         self.run(|c| async move {
             c.execute("UPDATE sites SET duplicate = $2 WHERE name = $1", &[&site, &duplicate])
                 .await?;
+            Ok(())
+        })
+    }
+
+    fn node_heartbeat(&self, node: &str, peer_addr: &str, sites: &[String]) -> Result<(), RegistryError> {
+        self.run(|mut c| async move {
+            let tx = c.transaction().await?;
+            tx.execute(
+                "INSERT INTO nodes (name, peer_addr, seen_at) VALUES ($1, $2, now())
+                 ON CONFLICT (name) DO UPDATE SET peer_addr = $2, seen_at = now()",
+                &[&node, &peer_addr],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM node_links WHERE node = $1 AND NOT (site = ANY($2))",
+                &[&node, &sites],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO node_links (site, node) SELECT s, $1 FROM unnest($2::text[]) AS s
+                 ON CONFLICT DO NOTHING",
+                &[&node, &sites],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn nodes_for_site(&self, site: &str, except: &str, fresh: Duration) -> Result<Vec<PeerNode>, RegistryError> {
+        let fresh_ms = fresh.as_millis() as f64;
+        self.run(|c| async move {
+            let rows = c
+                .query(
+                    "SELECT n.name, n.peer_addr FROM node_links l JOIN nodes n ON n.name = l.node
+                     WHERE l.site = $1 AND l.node <> $2
+                       AND n.seen_at > now() - make_interval(secs => $3::float8 / 1000.0)
+                     ORDER BY n.seen_at DESC",
+                    &[&site, &except, &fresh_ms],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| PeerNode {
+                    name: r.get(0),
+                    peer_addr: r.get(1),
+                })
+                .collect())
+        })
+    }
+
+    fn node_leave(&self, node: &str) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            c.execute("DELETE FROM nodes WHERE name = $1", &[&node]).await?;
             Ok(())
         })
     }

@@ -81,6 +81,11 @@ pub struct RelayConfig {
     /// the relay they already trust. Off when absent.
     #[serde(default)]
     pub apt_repository: Option<PathBuf>,
+    /// `[cluster]`: this relay is one node of several sharing a PostgreSQL
+    /// registry; requests for a site whose agent is on another node are
+    /// forwarded there. Off when absent.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -221,6 +226,14 @@ impl RelayConfig {
         if self.websocket_ping_interval < Duration::from_millis(100) {
             bail!("websocket_ping_interval: must be at least 100ms");
         }
+        if let Some(cluster) = &self.cluster {
+            if matches!(self.registry, RegistryLocation::File(_)) {
+                bail!(
+                    "[cluster] needs the nodes to share a PostgreSQL registry: set [registry] url = \"postgres://…\""
+                );
+            }
+            cluster.validate()?;
+        }
         Ok(())
     }
 }
@@ -266,6 +279,42 @@ mod tests {
         assert_eq!(cfg.pairing_code_ttl, Duration::from_secs(900));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cluster_needs_postgres_a_name_and_a_reachable_peer_address() {
+        let parse = |extra: &str| -> anyhow::Result<RelayConfig> {
+            let mut cfg: RelayConfig = toml::from_str(&format!("{MINIMAL}\n{extra}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let pg = "[registry]\nurl = \"postgres://k@db/k\"\n";
+        let ok = parse(&format!(
+            "{pg}[cluster]\nnode = \"edge-1\"\npeer_listen = \"10.0.0.5:7443\"\n"
+        ))
+        .unwrap();
+        let c = ok.cluster.unwrap();
+        assert_eq!((c.node.as_str(), c.heartbeat), ("edge-1", Duration::from_secs(1)));
+        let err = |extra: &str| format!("{:#}", parse(extra).unwrap_err());
+        assert!(err("[cluster]\nnode = \"a\"\npeer_listen = \"10.0.0.5:7443\"\n").contains("PostgreSQL"));
+        assert!(err(&format!(
+            "{pg}[cluster]\nnode = \"a\"\npeer_listen = \"0.0.0.0:7443\"\n"
+        ))
+        .contains("peer_address"));
+        assert!(err(&format!(
+            "{pg}[cluster]\nnode = \"A B\"\npeer_listen = \"10.0.0.5:7443\"\n"
+        ))
+        .contains("node"));
+        assert!(err(&format!(
+            "{pg}[cluster]\nnode = \"a\"\npeer_listen = \"10.0.0.5:7443\"\nheartbeat = \"5s\"\n"
+        ))
+        .contains("heartbeat"));
+        let wild =
+            format!("{pg}[cluster]\nnode = \"a\"\npeer_listen = \"0.0.0.0:7443\"\npeer_address = \"10.0.0.5:7443\"\n");
+        assert_eq!(
+            parse(&wild).unwrap().cluster.unwrap().advertised().to_string(),
+            "10.0.0.5:7443"
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod admin;
 pub mod admin_http;
 pub mod agents;
 pub mod apt;
+pub mod cluster;
 pub mod config;
 pub mod duplicates;
 pub mod init;
@@ -80,6 +81,7 @@ pub struct Relay {
     admin: Option<TcpListener>,
     observer: Option<proxy::Observer>,
     public: PublicCert,
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Relay {
@@ -118,6 +120,15 @@ impl Relay {
             tracing::warn!("default_site {d:?} is not a site yet (keyway-relay site add {d})");
         }
         let agents = AgentTable::default();
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(Arc::new(cluster::Cluster::bind(
+                c,
+                &ca,
+                registry.clone(),
+                agents.clone(),
+            )?)),
+            None => None,
+        };
         let pairing = Arc::new(pairing::PairingCtx {
             registry: registry.clone(),
             sites: sites.clone(),
@@ -153,7 +164,13 @@ impl Relay {
             pairing,
             observer: None,
             public,
+            cluster,
         })
+    }
+
+    /// Where this node's peers reach it, in a cluster.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.cluster.as_ref().map(|c| c.peer_addr())
     }
 
     /// Calls `f` with each request head as it is sent into a tunnel (tests
@@ -213,6 +230,7 @@ impl Relay {
             admin,
             observer,
             public,
+            cluster,
         } = self;
         if let Some(acme) = cfg.acme.clone() {
             tokio::spawn(acme::maintain(
@@ -264,7 +282,9 @@ impl Relay {
             edge: Arc::new(limits::Edge::new(cfg.limits.clone())),
             observer,
             apt: cfg.apt_repository.clone().map(apt::AptRepository::new),
+            cluster: cluster.clone(),
         });
+        let cluster_task = cluster.map(|c| tokio::spawn(c.run(proxy_ctx.clone(), stop.clone())));
         // Per-address buckets are forgotten once refilled and idle.
         let (edge, edge_stop) = (proxy_ctx.edge.clone(), stop.clone());
         tokio::spawn(async move {
@@ -306,6 +326,9 @@ impl Relay {
         quic_stop.cancel();
         watch_stop.cancel();
         let _ = watcher.await;
+        if let Some(task) = cluster_task {
+            let _ = task.await;
+        }
         endpoint.close(keyway_proto::CloseCode::Shutdown.code().into(), b"relay shutting down");
         let _ = quic.await;
         tracker.close();

@@ -205,6 +205,15 @@ pub struct BodyLimits {
     pub whole: u64,
 }
 
+impl BodyLimits {
+    fn of(l: &Limits) -> Self {
+        Self {
+            max: l.max_body_bytes,
+            whole: l.max_chunked_body_bytes.min(l.max_body_bytes),
+        }
+    }
+}
+
 /// What an admitted request holds: its slots, freed when it ends, and the
 /// body limits to enforce while its body streams.
 #[derive(Debug)]
@@ -345,11 +354,15 @@ impl Edge {
         } else {
             vec![take(&s.requests, l.max_concurrent_requests).ok_or(Refusal::Busy("requests"))?]
         };
-        let body = BodyLimits {
-            max: l.max_body_bytes,
-            whole: l.max_chunked_body_bytes.min(l.max_body_bytes),
-        };
-        Ok(Admitted { slots, body })
+        Ok(Admitted {
+            slots,
+            body: BodyLimits::of(l),
+        })
+    }
+
+    /// The body limits of `site` (for a request another node admitted).
+    pub fn body_limits(&self, site: &str) -> BodyLimits {
+        BodyLimits::of(&self.site(site).limits)
     }
 
     /// Forgets idle client buckets (call now and then: they are per address).

@@ -60,6 +60,8 @@ pub struct ProxyCtx {
     pub observer: Option<Observer>,
     /// The apt repository at `https://<domain>/apt/`, when configured.
     pub apt: Option<crate::apt::AptRepository>,
+    /// The other relay nodes, when this one is part of a cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A callback given each request head the relay sends into a tunnel.
@@ -125,10 +127,24 @@ async fn serve(
         .edge
         .admit_request(routed, peer.ip(), req.headers(), websocket)
         .map_err(|r| ProxyError::from((r, routed.as_str())))?;
-    let link = ctx.agents.get(routed).ok_or_else(|| ProxyError::AgentOffline {
-        site: routed.clone(),
-        when: Offline::NotConnected,
-    })?;
+    let Some(link) = ctx.agents.get(routed) else {
+        // Another node may hold the site's agent. (WebSockets are not
+        // forwarded between nodes yet.)
+        if let Some(cluster) = ctx.cluster.as_ref().filter(|_| !websocket) {
+            let head = crate::cluster::ForwardHead {
+                site: routed.clone(),
+                client: peer,
+                request_id: request_id.to_string(),
+            };
+            let resp = cluster.forward(routed, req, head, ctx.request_timeout).await?;
+            let slots = admitted.slots;
+            return Ok(resp.map(|b| body::Tracked::holding(b, slots, None).boxed_unsync()));
+        }
+        return Err(ProxyError::AgentOffline {
+            site: routed.clone(),
+            when: Offline::NotConnected,
+        });
+    };
     let forward = forward::Forward {
         ctx,
         site: routed,
@@ -138,4 +154,30 @@ async fn serve(
         limits: admitted.body,
     };
     forward.send(req, admitted.slots).await
+}
+
+/// Serves a request another relay node forwarded (cluster): from this
+/// node's own link for the site, never forwarded again; the edge's checks
+/// were made where the client connected.
+pub async fn serve_forwarded(
+    req: Request<Incoming>,
+    ctx: &ProxyCtx,
+    head: &crate::cluster::ForwardHead,
+) -> Response<HttpBody> {
+    let site = head.site.as_str();
+    let Some(link) = ctx.agents.get(site) else {
+        return respond(ProxyError::AgentOffline {
+            site: site.to_string(),
+            when: Offline::NotConnected,
+        });
+    };
+    let forward = forward::Forward {
+        ctx,
+        site,
+        link,
+        peer: head.client,
+        request_id: &head.request_id,
+        limits: ctx.edge.body_limits(site),
+    };
+    forward.send(req, Vec::new()).await.unwrap_or_else(respond)
 }

@@ -102,6 +102,7 @@ mod tests {
             edge: Arc::new(crate::limits::Edge::new(Default::default())),
             observer: None,
             apt: None,
+            cluster: None,
         }
     }
 

@@ -6,6 +6,7 @@ mod access;
 mod api;
 mod apt;
 mod certs;
+mod cluster;
 mod conformance;
 mod doctor;
 mod doors;

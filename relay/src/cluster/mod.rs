@@ -1,0 +1,366 @@
+//! Several relays, one service (`[cluster]` in relay.toml).
+//!
+//! Nodes share one PostgreSQL registry. Each records itself there with a
+//! heartbeat (its name, where its peers reach it, and the sites whose agent
+//! links it holds); a node that misses three heartbeats is out of routing.
+//! A request reaching a node that holds no link for its site is forwarded
+//! to a node that does, over a node-to-node QUIC connection (mutual TLS:
+//! each node's certificate is issued at start by the tunnel CA all nodes
+//! share, and names the node, which an agent's certificate from the same CA
+//! cannot). A forwarded request is served from the receiving node's own
+//! link only: it is never forwarded twice. If no node holds a link, the
+//! client gets the usual 503 at once.
+//!
+//! One request per QUIC stream: a [`ForwardHead`], then HTTP/1.1, bodies
+//! streaming both ways with QUIC's flow control. Connections to peers are
+//! pooled, one per peer.
+
+mod head;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use keyway_certs::PrivateCa;
+use keyway_proto::envelope::HttpBody;
+use keyway_proto::headers::strip_hop_by_hop;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use head::ForwardHead;
+
+use crate::agents::AgentTable;
+use crate::proxy::error::{Offline, ProxyError, TunnelFailure};
+use crate::proxy::ProxyCtx;
+use crate::registry::{PeerNode, Registry};
+
+/// Heartbeats a node may miss before it is out of routing.
+const MISSED_HEARTBEATS: u32 = 3;
+/// How long a node certificate is valid (issued again at every start).
+const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A peer that does not complete its handshake in this long is skipped.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Keep-alive on node-to-node connections (a dead peer is noticed by the
+/// idle timeout, and sooner by its missing heartbeat).
+const PEER_KEEPALIVE: Duration = Duration::from_millis(500);
+/// Requests one peer may have in flight on a connection.
+const PEER_STREAMS: u32 = 4096;
+
+/// `[cluster]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (a-z, 0-9, '-').
+    pub node: String,
+    /// UDP address of the node-to-node listener.
+    pub peer_listen: SocketAddr,
+    /// Where the other nodes reach this one, when not `peer_listen`
+    /// (required when `peer_listen` is a wildcard address).
+    #[serde(default)]
+    pub peer_address: Option<SocketAddr>,
+    /// How often the node records itself and its agent links; a node silent
+    /// for three of these is out of routing.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl ClusterConfig {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crate::config::validate_site_name(&self.node).context("[cluster] node")?;
+        if self.heartbeat < Duration::from_millis(100) || self.heartbeat > Duration::from_secs(1) {
+            bail!("[cluster] heartbeat: between 100ms and 1s (a node is out of routing after three)");
+        }
+        if self.advertised().ip().is_unspecified() {
+            bail!(
+                "[cluster] peer_listen is a wildcard address: set peer_address to where the other nodes reach this one"
+            );
+        }
+        Ok(())
+    }
+
+    /// Where peers reach this node.
+    pub fn advertised(&self) -> SocketAddr {
+        self.peer_address.unwrap_or(self.peer_listen)
+    }
+}
+
+/// This node's part of the cluster.
+pub struct Cluster {
+    node: String,
+    advertised: String,
+    heartbeat: Duration,
+    registry: Registry,
+    agents: AgentTable,
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    /// One connection per peer, by name.
+    peers: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+fn peer_transport() -> quinn::TransportConfig {
+    let mut t = keyway_transport::quic::transport_config();
+    t.keep_alive_interval(Some(PEER_KEEPALIVE));
+    t.max_concurrent_bidi_streams(PEER_STREAMS.into());
+    t
+}
+
+impl Cluster {
+    /// Binds the node-to-node listener with a node certificate issued now.
+    pub fn bind(cfg: &ClusterConfig, ca: &PrivateCa, registry: Registry, agents: AgentTable) -> anyhow::Result<Self> {
+        let (chain, key) = ca
+            .node_identity(&cfg.node, NODE_CERT_VALIDITY)
+            .context("node certificate")?;
+        let server_tls = keyway_certs::tls::node_server(chain.clone(), key.clone_key(), ca.cert_der())?;
+        let client_tls = keyway_certs::tls::node_client(chain, key, ca.cert_der())?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
+        server.transport_config(Arc::new(peer_transport()));
+        let endpoint = quinn::Endpoint::server(server, cfg.peer_listen)
+            .with_context(|| format!("could not bind the node-to-node listener (UDP) on {}", cfg.peer_listen))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
+        client.transport_config(Arc::new(peer_transport()));
+        Ok(Self {
+            node: cfg.node.clone(),
+            advertised: cfg.advertised().to_string(),
+            heartbeat: cfg.heartbeat,
+            registry,
+            agents,
+            endpoint,
+            client,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Where the node-to-node listener is bound.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound endpoint has an address")
+    }
+
+    /// Heart-beats and serves peers until `stop`; then leaves the registry.
+    pub async fn run(self: Arc<Self>, proxy: Arc<ProxyCtx>, stop: CancellationToken) {
+        info!(node = %self.node, peers_at = %self.advertised, "cluster node up");
+        let accept = tokio::spawn(self.clone().accept(proxy, stop.clone()));
+        self.heartbeats(stop).await;
+        let _ = accept.await;
+        let node = self.node.clone();
+        if let Err(e) = self.registry.call(move |s| s.node_leave(&node)).await {
+            warn!("could not leave the cluster registry ({e}); peers drop this node after three heartbeats");
+        }
+        self.endpoint.close(0u32.into(), b"node stopping");
+    }
+
+    /// Records this node and its links now, at every heartbeat, and soon
+    /// after any link comes or goes.
+    async fn heartbeats(&self, stop: CancellationToken) {
+        let mut changes = self.agents.subscribe();
+        loop {
+            let sites: Vec<String> = self.agents.all().into_iter().map(|(site, _)| site).collect();
+            let (node, addr) = (self.node.clone(), self.advertised.clone());
+            if let Err(e) = self
+                .registry
+                .call(move |s| s.node_heartbeat(&node, &addr, &sites))
+                .await
+            {
+                debug!("heartbeat not recorded: {e}");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.heartbeat) => {}
+                _ = changes.changed() => {}
+            }
+        }
+    }
+
+    async fn accept(self: Arc<Self>, proxy: Arc<ProxyCtx>, stop: CancellationToken) {
+        loop {
+            let incoming = tokio::select! {
+                _ = stop.cancelled() => return,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => return,
+                },
+            };
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                let conn = match incoming.await {
+                    Ok(c) => c,
+                    Err(e) => return debug!("node-to-node handshake failed: {e}"),
+                };
+                let peer = match peer_node(&conn) {
+                    Ok(name) => name,
+                    Err(e) => {
+                        warn!(remote = %conn.remote_address(), "refused a node-to-node connection: {e}");
+                        return conn.close(1u32.into(), b"not a relay node");
+                    }
+                };
+                debug!(%peer, "peer connected");
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(serve_stream(tokio::io::join(recv, send), proxy.clone()));
+                }
+            });
+        }
+    }
+
+    /// Forwards a request for `site`, which has no link here, to a node
+    /// that holds one; the 503 envelope when none does.
+    pub async fn forward(
+        &self,
+        site: &str,
+        req: Request<Incoming>,
+        head: ForwardHead,
+        timeout: Duration,
+    ) -> Result<Response<HttpBody>, ProxyError> {
+        let offline = || ProxyError::AgentOffline {
+            site: site.to_string(),
+            when: Offline::NotConnected,
+        };
+        let (s, me, fresh) = (site.to_string(), self.node.clone(), self.heartbeat * MISSED_HEARTBEATS);
+        let holders = match self.registry.call(move |st| st.nodes_for_site(&s, &me, fresh)).await {
+            Ok(h) => h,
+            Err(e) => {
+                debug!("no cluster routing for {site}: {e}");
+                return Err(offline());
+            }
+        };
+        // Nothing is sent until a stream is open, so a peer that cannot be
+        // reached is skipped for the next; once sent, the request stays.
+        for holder in &holders {
+            let stream = match self.open(holder).await {
+                Ok(s) => s,
+                Err(e) => {
+                    info!(peer = %holder.name, "could not reach the node holding {site}: {e:#}");
+                    continue;
+                }
+            };
+            return send(stream, head, req, timeout, site).await;
+        }
+        Err(offline())
+    }
+
+    /// A new stream to `peer`, on its pooled connection (dialled if needed).
+    async fn open(&self, peer: &PeerNode) -> anyhow::Result<PeerStream> {
+        let pooled = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&peer.name)
+            .cloned();
+        let same_place = |c: &quinn::Connection| c.remote_address().to_string() == peer.peer_addr;
+        if let Some(conn) = pooled.filter(|c| c.close_reason().is_none() && same_place(c)) {
+            if let Ok((send, recv)) = conn.open_bi().await {
+                return Ok(tokio::io::join(recv, send));
+            }
+        }
+        let addr: SocketAddr = peer
+            .peer_addr
+            .parse()
+            .with_context(|| format!("node {} has the address {:?}", peer.name, peer.peer_addr))?;
+        let server_name = keyway_certs::identity::node_server_name(&peer.name);
+        let connecting = self.endpoint.connect_with(self.client.clone(), addr, &server_name)?;
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| anyhow::anyhow!("no handshake with {addr} within {DIAL_TIMEOUT:?}"))??;
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer.name.clone(), conn.clone());
+        let (send, recv) = conn.open_bi().await?;
+        Ok(tokio::io::join(recv, send))
+    }
+}
+
+/// One node-to-node stream.
+type PeerStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
+
+/// The node a peer's certificate names (its chain was verified by TLS;
+/// an agent's certificate from the same CA names a site, not a node).
+fn peer_node(conn: &quinn::Connection) -> anyhow::Result<String> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>().ok())
+        .context("no client certificate")?;
+    let first = chain.first().context("an empty certificate chain")?;
+    Ok(keyway_certs::identity::node_from_cert(first)?)
+}
+
+/// Sends `req` on `io` to the peer and reads its response head.
+async fn send(
+    mut io: PeerStream,
+    head: ForwardHead,
+    req: Request<Incoming>,
+    timeout: Duration,
+    site: &str,
+) -> Result<Response<HttpBody>, ProxyError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        info!("forwarding to the node holding {site}: {what}: {e}");
+        ProxyError::TunnelFailed(TunnelFailure::Stream { site: site.to_string() })
+    };
+    head.write(&mut io).await.map_err(|e| failed("head", &e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| failed("handshake", &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!("node-to-node stream ended: {e}");
+        }
+    });
+    let (mut parts, body) = req.into_parts();
+    // The client's hop ends here; the peer sees an origin-form HTTP/1.1
+    // request with the client's host.
+    let host = parts.uri.authority().map(|a| a.as_str().to_string());
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(&h).ok()) {
+        parts.headers.insert(http::header::HOST, h);
+    }
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| http::Uri::from(pq.clone()))
+        .unwrap_or_else(|| http::Uri::from_static("/"));
+    parts.version = http::Version::HTTP_11;
+    let resp = tokio::time::timeout(timeout, sender.send_request(Request::from_parts(parts, body)))
+        .await
+        .map_err(|_| ProxyError::Timeout {
+            site: site.to_string(),
+            after: timeout,
+        })?
+        .map_err(|e| failed("request", &e))?;
+    Ok(resp.map(|b| b.boxed_unsync()))
+}
+
+/// Serves one stream a peer opened: its head, then one HTTP/1.1 request,
+/// answered from this node's own link for the site.
+async fn serve_stream(mut io: PeerStream, proxy: Arc<ProxyCtx>) {
+    let head = match tokio::time::timeout(Duration::from_secs(5), ForwardHead::read(&mut io)).await {
+        Ok(Ok(h)) => Arc::new(h),
+        Ok(Err(e)) => return debug!("bad forward head: {e}"),
+        Err(_) => return debug!("no forward head within 5s"),
+    };
+    let service = hyper::service::service_fn(move |req| {
+        let (proxy, head) = (proxy.clone(), head.clone());
+        async move { Ok::<_, std::convert::Infallible>(crate::proxy::serve_forwarded(req, &proxy, &head).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await
+    {
+        debug!("forwarded request stream ended: {e}");
+    }
+}

@@ -1,0 +1,246 @@
+//! Several relays, one service: nodes on one PostgreSQL registry forward a
+//! request for a site whose agent is on another node, refuse node-to-node
+//! connections from anything but a node, and answer 503 at once when no
+//! node holds the site.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyway_relay::{Relay, RelayConfig};
+use keyway_tests::client::Api;
+use keyway_tests::postgres::TempPostgres;
+use keyway_tests::stack::{free_port, Stack, TOKEN};
+use tokio_util::sync::CancellationToken;
+
+const DOORS: &str = "/api/v1/developer/doors";
+
+fn cluster_section(node: &str, peer_port: u16) -> String {
+    format!("\n[cluster]\nnode = {node:?}\npeer_listen = \"127.0.0.1:{peer_port}\"\nheartbeat = \"200ms\"\n")
+}
+
+/// Another node beside the stack's relay: the same config (CA, registry,
+/// domain) with its own ports and name.
+struct Node {
+    api: Api,
+    relay: keyway_relay::AgentTable,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start_node(stack: &Stack, name: &str) -> Node {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let text = std::fs::read_to_string(&stack.relay_config).unwrap();
+    let (port, peer) = (free_port(ip).unwrap(), free_port(ip).unwrap());
+    let a = stack.relay_addr.to_string();
+    let text = text
+        .replace(
+            &format!("https_listen = \"{a}\""),
+            &format!("https_listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            &format!("quic_listen = \"{a}\""),
+            &format!("quic_listen = \"127.0.0.1:{port}\""),
+        );
+    let start = text.find("\n[cluster]").expect("the stack's relay is a cluster node");
+    let end = text[start + 1..].find("\n[").map_or(text.len(), |i| start + 1 + i);
+    let text = format!("{}{}{}", &text[..start], cluster_section(name, peer), &text[end..]);
+    let path = stack.relay_config.with_file_name(format!("relay-{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let relay = Relay::bind(RelayConfig::load(&path).unwrap()).await.unwrap();
+    let agents = relay.agents();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    let api = Api::new(&format!("https://127.0.0.1:{port}"), &stack.https_ca_der, TOKEN);
+    Node {
+        api,
+        relay: agents,
+        stop,
+        task,
+    }
+}
+
+/// Polls `api` until `DOORS` answers `status` (bounded); returns how long.
+async fn until_status(api: &Api, status: u16, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = api.get(DOORS).await.unwrap();
+        if r.status == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {} (not {status}) after {within:?}: {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_the_agent_forward_to_the_node_with_it() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut stack = Stack::builder()
+        .registry_url(&url)
+        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
+        .start()
+        .await
+        .unwrap();
+    let b = start_node(&stack, "b").await;
+    let c = start_node(&stack, "c").await;
+    assert!(
+        b.relay.all().is_empty() && c.relay.all().is_empty(),
+        "only node a holds the agent"
+    );
+
+    // Node a heart-beats its link as soon as the agent is up; b and c
+    // route by it.
+    let direct = stack.api().get(DOORS).await.unwrap();
+    assert_eq!(direct.status, 200);
+    until_status(&b.api, 200, Duration::from_secs(5)).await;
+    for node in [&b, &c] {
+        for _ in 0..20 {
+            let r = node.api.get(DOORS).await.unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.json()["data"], direct.json()["data"]);
+            assert!(r.headers.contains_key("x-request-id"));
+        }
+    }
+    // A request's body crosses both hops.
+    let created = b
+        .api
+        .json(
+            http::Method::POST,
+            "/api/v1/developer/users",
+            &serde_json::json!({"first_name": "Ada", "last_name": "Lovelace"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 200, "{}", String::from_utf8_lossy(&created.body));
+    assert_eq!(created.json()["data"]["first_name"], "Ada");
+
+    // The agent goes: node a drops the link, and the other nodes answer
+    // the 503 envelope at once instead of forwarding into nothing.
+    stack.stop_agent().await.unwrap();
+    until_status(&b.api, 503, Duration::from_secs(3)).await;
+    let t = Instant::now();
+    let r = c.api.get(DOORS).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "CODE_KEYWAY_AGENT_OFFLINE");
+    assert!(t.elapsed() < Duration::from_secs(1), "503 took {:?}", t.elapsed());
+
+    for n in [b, c] {
+        n.stop.cancel();
+        n.task.await.unwrap().unwrap();
+    }
+    stack.shutdown().await.unwrap();
+}
+
+/// The node-to-node port wants a node's certificate: an agent's, from the
+/// same CA, gets the connection closed before any request is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_certificate_cannot_speak_as_a_node() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let peer_port = free_port(ip).unwrap();
+    let stack = Stack::builder()
+        .registry_url(&url)
+        .relay_extra(&cluster_section("a", peer_port))
+        .start()
+        .await
+        .unwrap();
+    let agent = keyway_agent::AgentConfig::load(&stack.agent_config).unwrap();
+    let chain = keyway_certs::files::load_certs(&agent.cert).unwrap();
+    let key = keyway_certs::files::load_key(&agent.key).unwrap();
+    let ca = keyway_certs::files::load_certs(&agent.relay_ca).unwrap().remove(0);
+    let tls = keyway_certs::tls::node_client(chain, key, &ca).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let peer: SocketAddr = format!("127.0.0.1:{peer_port}").parse().unwrap();
+    let conn = endpoint
+        .connect(peer, &keyway_certs::identity::node_server_name("a"))
+        .unwrap()
+        .await
+        .expect("the TLS handshake itself succeeds: the CA is the same");
+    let head = keyway_relay::cluster::ForwardHead {
+        site: "hq".into(),
+        client: "127.0.0.1:1".parse().unwrap(),
+        request_id: "x".into(),
+    };
+    let answered = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        head.write(&mut send).await?;
+        send.write_all(format!("GET {DOORS} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n").as_bytes())
+            .await?;
+        anyhow::Ok(recv.read_to_end(64 * 1024).await?)
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), answered).await.unwrap();
+    assert!(
+        got.as_ref().map_or(true, |b| b.is_empty()),
+        "an agent got an answer: {got:?}"
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    assert!(reason.to_string().contains("not a relay node"), "{reason}");
+    stack.shutdown().await.unwrap();
+}
+
+/// A node that stops heart-beating (a crash, a cut cable) leaves routing
+/// once its last heartbeat is older than the freshness window, and not
+/// before; one that leaves cleanly is gone at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_leaves_routing_after_its_heartbeats_stop() {
+    use keyway_relay::registry::{postgres::PgStore, SiteStore};
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let found = tokio::task::spawn_blocking(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let fresh = Duration::from_millis(600);
+        store
+            .node_heartbeat("x", "127.0.0.1:7001", &["hq".into(), "b2".into()])
+            .unwrap();
+        store.node_heartbeat("y", "127.0.0.1:7002", &["hq".into()]).unwrap();
+        let names = |site: &str, except: &str| -> Vec<String> {
+            store
+                .nodes_for_site(site, except, fresh)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect()
+        };
+        assert_eq!(names("b2", "z"), ["x"]);
+        assert_eq!(names("hq", "y"), ["x"], "a node is never routed to itself");
+        let mut both = names("hq", "z");
+        both.sort();
+        assert_eq!(both, ["x", "y"]);
+        // x drops b2 at its next heartbeat; y leaves cleanly.
+        store.node_heartbeat("x", "127.0.0.1:7001", &["hq".into()]).unwrap();
+        assert!(names("b2", "z").is_empty());
+        store.node_leave("y").unwrap();
+        assert_eq!(names("hq", "z"), ["x"]);
+        // x goes silent: out of routing after the window, not before.
+        let silent = Instant::now();
+        loop {
+            let left = names("hq", "z").is_empty();
+            let t = silent.elapsed();
+            if left {
+                assert!(t >= fresh - Duration::from_millis(50), "dropped after {t:?}");
+                return t;
+            }
+            assert!(
+                t < fresh + Duration::from_secs(1),
+                "still routed {t:?} after its last heartbeat"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(found < Duration::from_secs(3));
+}

@@ -13,7 +13,8 @@
 #  4. the unit files pass `systemd-analyze verify`;
 #  5. as root: the amd64 packages install (user, unit, directories, sysctl
 #     drop-in), `remove` keeps config and identity, `purge` deletes them;
-#  6. as root: an upgrade over a paired, running agent keeps everything;
+#  6. as root: apt-get installs the agent from the relay's repository over
+#     HTTPS, and apt-get upgrade over a paired, running agent keeps everything;
 #  7. packaging/verify-repo.sh: the signed apt repository, as apt sees it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,6 +129,8 @@ FP=$(python3 -c "import json;print(json.load(open('$WORK/console.json'))['finger
 RELAY=$WORK/keyway-relay-amd64/usr/bin/keyway-relay
 DOMAIN=relay.pkg.test
 "$RELAY" init --dir "$WORK/relay" --domain "$DOMAIN" --listen "127.0.0.1:$PK" --self-signed >/dev/null
+# The relay serves the apt repository step 6 builds (empty until then).
+echo "apt_repository = \"$WORK/apt\"" >> "$WORK/relay/relay.toml"
 KEYWAY_LOG=info "$RELAY" serve --config "$WORK/relay/relay.toml" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
 wait_for "$WORK/relay.log" "relay serving"
 # GET doors through the relay; prints the HTTP status, the body to $3.
@@ -213,13 +216,36 @@ for name in keyway-agent keyway-relay; do
   ok "$name amd64: installs (user, unit, directories, sysctl), remove keeps config, purge deletes it"
 done
 
-# 6. An upgrade over a paired, running agent keeps everything (root only):
-#    identity, pairing, console pin, console token, integration tokens,
-#    event buffer, audit log. The newer package is this one repacked as
-#    the next Debian revision, so dpkg runs the real upgrade path (prerm
-#    upgrade, unpack over the running binary, postinst configure OLD).
-#    Without systemd here, the unit's try-restart is done by hand, and the
-#    first request after it must come back within 2 s.
+# 6. Install and upgrade with apt from the relay (root only): the amd64
+#    relay serves a signed repository at https://localhost:PORT/apt/ and
+#    apt-get, trusting the relay's CA and the repository's key, installs
+#    keyway-agent from it. The agent is paired and run as the unit would;
+#    then a newer build (this package repacked as the next Debian
+#    revision, so dpkg runs the real upgrade path: prerm upgrade, unpack
+#    over the running binary, postinst configure OLD) is published and
+#    `apt-get upgrade` takes it. Everything must be kept: identity,
+#    pairing, console pin, console token, integration tokens, event
+#    buffer, audit log. Without systemd here, the unit's try-restart is
+#    done by hand, and the first request after it must come back within
+#    2 s. apt uses its own source list, lists and cache under $WORK; the
+#    packages it installs are this machine's, as dpkg -i's were.
+source packaging/testkey.sh
+repo_tools || fail "needs gpg and apt-utils"
+OPERATOR=$(newkey "$WORK/gnupg" "Keyway test operator")
+publish() { # folder of .debs → into the relay's repository, re-signed
+  GNUPGHOME=$WORK/gnupg packaging/build-repo.sh --key "$OPERATOR" --debs "$1" --out "$WORK/apt" 2>/dev/null
+}
+APT=$WORK/apt-state
+mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/preferences.d"
+echo "deb [signed-by=$WORK/apt/keyway-archive-keyring.gpg] https://localhost:$PK/apt stable main" >"$APT/sources.list"
+apt_relay() { # apt-get with only the relay's repository
+  DEBIAN_FRONTEND=noninteractive apt-get -q -o Dir::Etc::SourceList="$APT/sources.list" \
+    -o Dir::Etc::SourceParts=/dev/null -o Dir::Etc::PreferencesParts="$APT/preferences.d" \
+    -o Dir::State::Lists="$APT/lists" -o Dir::State::extended_states="$APT/extended_states" \
+    -o Dir::Cache="$APT/cache" \
+    -o Acquire::https::CaInfo="$WORK/relay/https-ca.pem" -o APT::Sandbox::User=root "$@" >>"$WORK/apt.log" 2>&1 \
+    || { cat "$WORK/apt.log" >&2; fail "apt-get $*"; }
+}
 start_agent() { # as the unit does: the keyway user, the packaged config
   runuser -u keyway -- env KEYWAY_LOG=info /usr/bin/keyway-agent run --config /etc/keyway/agent.toml \
     >>"$WORK/upgrade-agent.log" 2>&1 & AGENT_PID=$!
@@ -230,7 +256,15 @@ kept_files() { # checksums of what an upgrade must not touch
      ! -path '*/events/seg-*' -print0 | sort -z | xargs -0 sha256sum)
   stat -c '%n %U %a' /etc/keyway /var/lib/keyway /var/lib/keyway/*
 }
-dpkg -i "$(deb keyway-agent amd64)" >/dev/null
+mkdir -p "$WORK/debs-first" "$WORK/debs-next"
+cp "$(deb keyway-agent amd64)" "$WORK/debs-first/"
+publish "$WORK/debs-first"
+apt_relay update
+apt_relay install -y keyway-agent
+[[ $(dpkg-query -W -f '${Version}' keyway-agent) == "$VERSION" ]] || fail "apt installed $(dpkg-query -W -f '${Version}' keyway-agent), not $VERSION"
+grep -q "https://localhost:$PK/apt stable/main amd64 keyway-agent" "$WORK/apt.log" \
+  || { cat "$WORK/apt.log" >&2; fail "apt did not fetch keyway-agent from the relay"; }
+ok "apt-get install keyway-agent from the relay's repository over HTTPS ($VERSION)"
 code=$("$RELAY" site add pi-upgrade --config "$WORK/relay/relay.toml" --json \
   | python3 -c "import json,sys;print(json.load(sys.stdin)['code'])")
 keyway-agent pair "$code" --relay "127.0.0.1:$PK" --relay-ca "$WORK/relay/https-ca.pem" \
@@ -249,8 +283,10 @@ cp /var/lib/keyway/audit.log "$WORK/audit.before"
 NEWVER="${VERSION%-*}-2"
 dpkg-deb -R "$(deb keyway-agent amd64)" "$WORK/upgrade-stage"
 sed -i "s/^Version: .*/Version: $NEWVER/" "$WORK/upgrade-stage/DEBIAN/control"
-dpkg-deb --root-owner-group -Zxz --build "$WORK/upgrade-stage" "$WORK/keyway-agent_${NEWVER}_amd64.deb" >/dev/null
-dpkg -i "$WORK/keyway-agent_${NEWVER}_amd64.deb" >/dev/null
+dpkg-deb --root-owner-group -Zxz --build "$WORK/upgrade-stage" "$WORK/debs-next/keyway-agent_${NEWVER}_amd64.deb" >/dev/null
+publish "$WORK/debs-next"
+apt_relay update
+apt_relay upgrade -y
 [[ $(dpkg-query -W -f '${Version}' keyway-agent) == "$NEWVER" ]] || fail "upgrade: version is not $NEWVER"
 # The unit's try-restart: stop (SIGTERM), start the new binary.
 kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
@@ -269,7 +305,7 @@ cmp -s -n "$(stat -c %s "$WORK/audit.before")" "$WORK/audit.before" /var/lib/key
 [[ -f /var/lib/keyway/events/epoch ]] || fail "event buffer's epoch gone"
 kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
 dpkg -P keyway-agent >/dev/null
-ok "keyway-agent amd64: upgrade to $NEWVER over a paired, running agent kept identity, pin, tokens, events and audit; first 200 ${healed} ms after the restart"
+ok "keyway-agent amd64: apt-get upgrade to $NEWVER from the relay over a paired, running agent kept identity, pin, tokens, events and audit; first 200 ${healed} ms after the restart"
 
 # 7. The apt repository built from these packages.
 packaging/verify-repo.sh

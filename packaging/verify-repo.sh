@@ -18,21 +18,8 @@ trap '[[ -n ${KEEP:-} ]] || rm -rf "$WORK"' EXIT
 fail() { echo "verify-repo: FAIL $*" >&2; exit 1; }
 ok() { echo "verify-repo: ok   $*"; }
 
-# gpg and apt-ftparchive, from Debian when missing (CI runs as root).
-missing=""
-command -v gpg >/dev/null || missing+=" gpg"
-command -v apt-ftparchive >/dev/null || missing+=" apt-utils"
-if [[ -n $missing ]]; then
-  [[ $(id -u) == 0 ]] || fail "needs$missing (sudo apt-get install$missing)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
-fi
-
-newkey() { # home, name → prints the key's fingerprint
-  mkdir -p -m 0700 "$1"
-  GNUPGHOME=$1 gpg --batch --quiet --passphrase '' --quick-gen-key "$2 <packages@keyway.invalid>" ed25519 sign 1d
-  GNUPGHOME=$1 gpg --batch --with-colons --list-secret-keys | awk -F: '/^fpr/ {print $10; exit}'
-}
+source packaging/testkey.sh
+repo_tools || fail "needs gpg and apt-utils (sudo apt-get install gpg apt-utils)"
 OPERATOR=$(newkey "$WORK/gnupg" "Keyway test operator")
 GNUPGHOME=$WORK/gnupg packaging/build-repo.sh --key "$OPERATOR" --debs "$DEBS" --out "$WORK/repo"
 for f in dists/stable/InRelease dists/stable/Release.gpg dists/stable/main/binary-armhf/Packages.gz \

@@ -58,6 +58,10 @@ pub struct AgentConfig {
     /// relay serves QUIC on UDP and HTTPS + tunnels on TCP at one port).
     #[serde(default)]
     pub relay_tcp: Option<String>,
+    /// Tunnels kept at once, each to a different relay node, when the relay
+    /// is a cluster that names its nodes (1 to 4; a single relay gets one).
+    #[serde(default = "default_links")]
+    pub links: usize,
     /// In `auto`, how long a QUIC handshake may take before TCP is tried.
     #[serde(default = "default_quic_deadline", with = "humantime_serde")]
     pub quic_deadline: Duration,
@@ -163,6 +167,9 @@ pub enum TransportMode {
     Tcp,
 }
 
+fn default_links() -> usize {
+    2
+}
 fn default_quic_deadline() -> Duration {
     Duration::from_secs(3)
 }
@@ -205,6 +212,9 @@ impl AgentConfig {
                 "invalid config {}: unlock_per_minute and unlock_site_per_minute must be at least 1",
                 path.display()
             );
+        }
+        if !(1..=4).contains(&cfg.links) {
+            bail!("invalid config {}: links must be 1 to 4", path.display());
         }
         if cfg.event_buffer == 0 || cfg.event_queue == 0 {
             bail!(

@@ -139,6 +139,8 @@ impl Agent {
             state: state_tx,
             console_check: cfg.console_check_interval.max(std::time::Duration::from_millis(100)),
             config_path: cfg.source.clone(),
+            links: Arc::new(uplink::Links::new(cfg.links)),
+            index: 0,
         };
         let webhooks = match &hub {
             Some(_) => hub::webhooks::Capture::load(&cfg.state_dir())?,
@@ -185,7 +187,7 @@ impl Agent {
             other => anyhow::bail!("the relay did not confirm the revocation ({other:?})"),
         }
         let tunnel = uplink::connect(&self.ctx).await?;
-        let (mut control, site) = uplink::hello(&*tunnel, console::ConsoleHealth::Ok, false)
+        let (mut control, site, _) = uplink::hello(&*tunnel, console::ConsoleHealth::Ok, false)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         write_msg(&mut control, &ControlMsg::Unpair).await?;
@@ -271,6 +273,7 @@ impl Agent {
                     current,
                     live: self.ctx.handler.live.clone(),
                     cert_not_after: self.cert_not_after,
+                    links: self.ctx.links.clone(),
                 },
                 socket_stop.clone(),
             ))),

@@ -55,6 +55,10 @@ pub struct LiveStatus {
     pub duplicate: Option<String>,
     /// Unix seconds when the agent certificate expires.
     pub cert_not_after: Option<i64>,
+    /// The tunnels up, one per relay node (`quic 192.0.2.1:443`); one
+    /// for a single relay, two in a cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     /// Requests answered in the last hour.
     pub requests_last_hour: u64,
     /// Of which 5xx.
@@ -157,6 +161,9 @@ pub fn describe(s: &Status, running: bool) -> String {
     if let Some(live) = &s.live {
         if let Some(rtt) = live.rtt_ms {
             text.push_str(&format!("\nRound trip to the relay: {rtt:.1} ms"));
+        }
+        if live.links.len() > 1 {
+            text.push_str(&format!("\nLinks to relay nodes: {}", live.links.join(", ")));
         }
         match (live.console_ok, &live.console_problem) {
             (_, Some(p)) if p.starts_with("certificate changed") => {

@@ -44,6 +44,8 @@ pub struct Source {
     pub live: Arc<Live>,
     /// Unix seconds when the agent certificate expires.
     pub cert_not_after: Option<i64>,
+    /// The agent's links to relay nodes.
+    pub links: Arc<crate::uplink::Links>,
 }
 
 impl Source {
@@ -57,6 +59,7 @@ impl Source {
             console_problem: self.live.console().and_then(|h| h.problem()),
             duplicate: self.live.duplicate(),
             cert_not_after: self.cert_not_after,
+            links: self.links.describe(),
             requests_last_hour: requests,
             errors_last_hour: errors,
         });

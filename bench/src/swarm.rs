@@ -100,6 +100,7 @@ async fn hello(
         console_ok: true,
         console_problem: None,
         handover: false,
+        nodes: false,
     };
     write_msg(&mut send, &hello).await?;
     match read_msg(&mut recv, &mut BytesMut::new()).await? {

@@ -42,6 +42,10 @@ pub enum ControlMsg {
         /// in-flight requests finish, rather than closing it as a duplicate.
         #[serde(default)]
         handover: bool,
+        /// The agent takes [`ControlMsg::Nodes`] updates (older agents
+        /// would end the connection on a message they do not know).
+        #[serde(default)]
+        nodes: bool,
     },
     /// The relay's answer to an acceptable `Hello`.
     Welcome {
@@ -51,6 +55,11 @@ pub enum ControlMsg {
         relay_version: String,
         /// The site this connection serves, as the relay read it from the certificate.
         site: String,
+        /// In a cluster: where agents reach each live node (`ip:port`, this
+        /// one included), so an agent can keep links to two of them. Empty
+        /// for a single relay, and from older relays.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        nodes: Vec<String>,
     },
     /// The relay refuses the connection; the reason is for a human.
     Refused {
@@ -80,6 +89,12 @@ pub enum ControlMsg {
         /// What is wrong with it, when something is (see `Hello`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         console_problem: Option<String>,
+    },
+    /// Relay → agent (one that said `nodes` in `Hello`): the cluster's live
+    /// nodes changed; where agents reach each, as in `Welcome`.
+    Nodes {
+        /// `ip:port` of each live node.
+        nodes: Vec<String>,
     },
     /// Agent → relay: this agent is being unpaired; revoke its certificate.
     Unpair,
@@ -218,11 +233,22 @@ mod tests {
                 console_ok: true,
                 console_problem: None,
                 handover: false,
+                nodes: true,
+            },
+            ControlMsg::Nodes {
+                nodes: vec!["192.0.2.1:443".into()],
             },
             ControlMsg::Welcome {
                 version: 1,
                 relay_version: "0.1.0".into(),
                 site: "hq".into(),
+                nodes: Vec::new(),
+            },
+            ControlMsg::Welcome {
+                version: 1,
+                relay_version: "0.2.0".into(),
+                site: "hq".into(),
+                nodes: vec!["192.0.2.1:443".into(), "[2001:db8::1]:443".into()],
             },
             ControlMsg::Refused { reason: "no".into() },
             ControlMsg::Ping { nonce: u64::MAX },

@@ -123,6 +123,7 @@ impl Relay {
         let cluster = match &cfg.cluster {
             Some(c) => Some(Arc::new(cluster::Cluster::bind(
                 c,
+                cfg.quic_listen,
                 &ca,
                 registry.clone(),
                 agents.clone(),
@@ -250,6 +251,7 @@ impl Relay {
             registry: registry.clone(),
             agents: agents.clone(),
             pairing,
+            cluster: cluster.clone(),
         });
         let upgrades = upgrade::Upgrades {
             ping_every: cfg.websocket_ping_interval,
@@ -284,7 +286,9 @@ impl Relay {
             apt: cfg.apt_repository.clone().map(apt::AptRepository::new),
             cluster: cluster.clone(),
         });
-        let cluster_task = cluster.map(|c| tokio::spawn(c.run(proxy_ctx.clone(), stop.clone())));
+        let cluster_task = cluster
+            .clone()
+            .map(|c| tokio::spawn(c.run(proxy_ctx.clone(), stop.clone())));
         // Per-address buckets are forgotten once refilled and idle.
         let (edge, edge_stop) = (proxy_ctx.edge.clone(), stop.clone());
         tokio::spawn(async move {
@@ -328,6 +332,9 @@ impl Relay {
         let _ = watcher.await;
         if let Some(task) = cluster_task {
             let _ = task.await;
+        }
+        if let Some(c) = &cluster {
+            c.close(cfg.shutdown_grace).await;
         }
         endpoint.close(keyway_proto::CloseCode::Shutdown.code().into(), b"relay shutting down");
         let _ = quic.await;

@@ -43,6 +43,9 @@ pub struct TunnelCtx {
     pub agents: AgentTable,
     /// Pairing, for `keyway-pair/1` connections.
     pub pairing: Arc<PairingCtx>,
+    /// The cluster this relay is a node of, if any (its live nodes go to
+    /// agents in `Welcome`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Accepts agent connections until `stop` is cancelled.
@@ -145,14 +148,15 @@ async fn handle_tunnel(
     let hello = timeout(HANDSHAKE_TIMEOUT, read_msg(&mut recv, &mut buf))
         .await
         .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
-    let (agent_version, console_ok, console_problem, handover) = match hello {
+    let (agent_version, console_ok, console_problem, handover, takes_nodes) = match hello {
         ControlMsg::Hello {
             version,
             agent_version,
             console_ok,
             console_problem,
             handover,
-        } if version == PROTOCOL_VERSION => (agent_version, console_ok, console_problem, handover),
+            nodes,
+        } if version == PROTOCOL_VERSION => (agent_version, console_ok, console_problem, handover, nodes),
         ControlMsg::Hello {
             version, agent_version, ..
         } => {
@@ -200,6 +204,7 @@ async fn handle_tunnel(
             version: PROTOCOL_VERSION,
             relay_version: env!("CARGO_PKG_VERSION").into(),
             site: site.clone(),
+            nodes: ctx.cluster.as_ref().map(|c| c.agent_nodes()).unwrap_or_default(),
         },
     )
     .await?;
@@ -262,7 +267,7 @@ async fn handle_tunnel(
     };
     let result = tokio::select! {
         never = settle => match never {},
-        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site) => r,
+        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site, takes_nodes) => r,
         silent = watch_silence(&*tunnel) => {
             // Requests waiting on it fail now with a 503, not at the idle timeout.
             warn!(site, "agent silent for {silent:?}: dropping its tunnel");
@@ -311,10 +316,20 @@ async fn control_loop(
     drain: &CancellationToken,
     ctx: &TunnelCtx,
     site: &str,
+    takes_nodes: bool,
 ) -> anyhow::Result<()> {
     let registry = &ctx.registry;
+    let mut nodes = ctx
+        .cluster
+        .as_ref()
+        .filter(|_| takes_nodes)
+        .map(|c| c.agent_nodes_changes());
     loop {
         tokio::select! {
+            Some(nodes) = async { match nodes.as_mut() { Some(rx) => rx.changed().await.ok().map(|()| rx.borrow_and_update().clone()), None => std::future::pending().await } } => {
+                let nodes = ctx.cluster.as_ref().map(|c| c.agent_nodes()).unwrap_or(nodes);
+                write_msg(send, &ControlMsg::Nodes { nodes }).await?;
+            }
             _ = drain.cancelled() => {
                 write_msg(send, &ControlMsg::Drain { reason: "relay is draining this connection".into() }).await?;
                 return Ok(());

@@ -60,6 +60,7 @@ impl RogueAgent {
             console_ok: true,
             console_problem: None,
             handover: false,
+            nodes: false,
         };
         write_msg(&mut control, &hello).await?;
         let mut buf = BytesMut::new();

@@ -9,8 +9,11 @@
 
 mod console_watch;
 mod dial;
+mod links;
 mod session;
 mod stream;
+
+pub use links::Links;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -89,6 +92,35 @@ pub struct Uplink {
     pub console_check: Duration,
     /// The agent's config file, where a re-pin is read from.
     pub config_path: Option<std::path::PathBuf>,
+    /// All of the agent's links, shared by each link's `Uplink`.
+    pub links: Arc<Links>,
+    /// Which link this is (0: the one dialling `relay` as configured).
+    pub index: usize,
+}
+
+impl Uplink {
+    /// Link `index`'s uplink, aimed at the cluster node `node` (its QUIC and
+    /// TLS/TCP port); its state is its own.
+    fn toward(&self, node: std::net::SocketAddr, index: usize) -> Self {
+        Self {
+            endpoint: self.endpoint.clone(),
+            tcp_tls: self.tcp_tls.clone(),
+            relay: node.to_string(),
+            relay_tcp: node.to_string(),
+            relay_name: self.relay_name.clone(),
+            mode: self.mode,
+            quic_deadline: self.quic_deadline,
+            quic_probe: self.quic_probe,
+            udp_blocked: AtomicBool::new(self.udp_blocked.load(std::sync::atomic::Ordering::Relaxed)),
+            console: self.console.clone(),
+            handler: self.handler.clone(),
+            state: watch::channel(AgentState::Connecting).0,
+            console_check: self.console_check,
+            config_path: self.config_path.clone(),
+            links: self.links.clone(),
+            index,
+        }
+    }
 }
 
 /// How a session ended.
@@ -139,6 +171,22 @@ impl std::fmt::Display for Reconnect {
 /// Connects, serves and reconnects until `stop` is cancelled.
 pub async fn run(ctx: Arc<Uplink>, stop: CancellationToken) {
     let mut console = console_watch::watch(ctx.clone(), stop.clone()).await;
+    let extra: Vec<_> = (1..ctx.links.wanted)
+        .map(|i| tokio::spawn(links::run_extra(ctx.clone(), i, console.clone(), stop.clone())))
+        .collect();
+    primary(&ctx, &mut console, &stop).await;
+    for task in extra {
+        let _ = task.await;
+    }
+}
+
+/// Link 0: dials the relay as configured, serves, reconnects.
+async fn primary(
+    ctx: &Arc<Uplink>,
+    console: &mut watch::Receiver<crate::console::ConsoleHealth>,
+    stop: &CancellationToken,
+) {
+    let (ctx, stop) = (ctx.clone(), stop.clone());
     let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_CAP);
     let mut next: Option<Arc<dyn Tunnel>> = None;
     // Until when the relay is taken to be restarting (it drained us, shut
@@ -155,10 +203,11 @@ pub async fn run(ctx: Arc<Uplink>, stop: CancellationToken) {
         let end = tokio::select! {
             _ = stop.cancelled() => End::Stopped,
             r = async { match next.take() { Some(t) => Ok(t), None => connect(&ctx).await } } => match r {
-                Ok(tunnel) => session::session(tunnel, &ctx, &stop, handover, &mut console).await,
+                Ok(tunnel) => session::session(tunnel, &ctx, &stop, handover, console).await,
                 Err(e) => End::Reconnect(Reconnect::Failed(e.to_string())),
             },
         };
+        ctx.links.down(0);
         if started.elapsed() >= STABLE_AFTER {
             backoff.reset();
         }

@@ -34,15 +34,19 @@ pub(super) async fn session(
     console: &mut watch::Receiver<ConsoleHealth>,
 ) -> End {
     let mut health = *console.borrow_and_update();
-    let (control, site) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, health, handover)).await {
+    let (control, site, nodes) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, health, handover)).await {
         Ok(Ok(v)) => v,
         Ok(Err(HelloError::Refused(reason))) => return End::Refused(reason),
         Ok(Err(HelloError::Failed(e))) => return ended(&*tunnel, format!("{e:#}")),
         Err(_) => return End::Reconnect(Reconnect::Failed("the relay did not answer Hello in time".into())),
     };
     let transport = tunnel.kind();
-    info!(site, relay = %tunnel.remote_address(), %transport, "tunnel up");
-    ctx.handler.live.set_tunnel(Some(tunnel.clone()));
+    info!(site, relay = %tunnel.remote_address(), %transport, link = ctx.index, "tunnel up");
+    ctx.links.learn(&nodes);
+    ctx.links.up(ctx.index, tunnel.remote_address(), transport);
+    if ctx.index == 0 {
+        ctx.handler.live.set_tunnel(Some(tunnel.clone()));
+    }
     ctx.handler.live.set_console(health);
     ctx.state.send_replace(AgentState::Online { site, transport });
     let (mut recv, mut send) = tokio::io::split(control);
@@ -104,6 +108,7 @@ pub(super) async fn session(
                     }
                 }
                 Ok(ControlMsg::Pong { .. }) => {}
+                Ok(ControlMsg::Nodes { nodes }) => ctx.links.learn(&nodes),
                 Ok(ControlMsg::Drain { reason }) => {
                     info!(reason, "relay asked to drain; reconnecting");
                     break End::Reconnect(Reconnect::Now);
@@ -115,7 +120,9 @@ pub(super) async fn session(
     };
     probe.abort();
     // The next session (or none) publishes its own tunnel.
-    ctx.handler.live.set_tunnel(None);
+    if ctx.index == 0 {
+        ctx.handler.live.set_tunnel(None);
+    }
     let old = Retiring {
         tunnel,
         recv,
@@ -264,7 +271,7 @@ pub(crate) async fn hello(
     tunnel: &dyn Tunnel,
     console: ConsoleHealth,
     handover: bool,
-) -> Result<(TunnelStream, String), HelloError> {
+) -> Result<(TunnelStream, String, Vec<String>), HelloError> {
     let mut control = tunnel.open_control().await?;
     let hello = ControlMsg::Hello {
         version: PROTOCOL_VERSION,
@@ -272,11 +279,12 @@ pub(crate) async fn hello(
         console_ok: console.is_ok(),
         console_problem: console.problem(),
         handover,
+        nodes: true,
     };
     write_msg(&mut control, &hello).await?;
     let mut buf = BytesMut::new();
     match read_msg(&mut control, &mut buf).await? {
-        ControlMsg::Welcome { site, .. } => Ok((control, site)),
+        ControlMsg::Welcome { site, nodes, .. } => Ok((control, site, nodes)),
         ControlMsg::Refused { reason } => {
             tunnel.close(CloseCode::Normal, "refused");
             Err(HelloError::Refused(reason))

@@ -32,7 +32,9 @@ use keyway_proto::envelope::HttpBody;
 use keyway_proto::headers::strip_hop_by_hop;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use head::ForwardHead;
@@ -40,7 +42,7 @@ pub use head::ForwardHead;
 use crate::agents::AgentTable;
 use crate::proxy::error::{Offline, ProxyError, TunnelFailure};
 use crate::proxy::ProxyCtx;
-use crate::registry::{PeerNode, Registry};
+use crate::registry::{Heartbeat, PeerNode, Registry};
 
 /// Heartbeats a node may miss before it is out of routing.
 const MISSED_HEARTBEATS: u32 = 3;
@@ -66,6 +68,11 @@ pub struct ClusterConfig {
     /// (required when `peer_listen` is a wildcard address).
     #[serde(default)]
     pub peer_address: Option<SocketAddr>,
+    /// Where agents reach this node (its QUIC and TLS/TCP port), told to
+    /// agents so each keeps links to two nodes; defaults to `quic_listen`
+    /// unless that is a wildcard address (then agents are not told).
+    #[serde(default)]
+    pub agent_address: Option<SocketAddr>,
     /// How often the node records itself and its agent links; a node silent
     /// for three of these is out of routing.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
@@ -101,6 +108,10 @@ impl ClusterConfig {
 pub struct Cluster {
     node: String,
     advertised: String,
+    /// Where agents reach this node, if they are told.
+    agent_address: Option<String>,
+    /// Where agents reach each live node, as of the last heartbeat.
+    agent_nodes: watch::Sender<Vec<String>>,
     heartbeat: Duration,
     registry: Registry,
     agents: AgentTable,
@@ -108,6 +119,8 @@ pub struct Cluster {
     client: quinn::ClientConfig,
     /// One connection per peer, by name.
     peers: Mutex<HashMap<String, quinn::Connection>>,
+    /// Requests peers forwarded here, under way.
+    streams: TaskTracker,
 }
 
 fn peer_transport() -> quinn::TransportConfig {
@@ -119,7 +132,20 @@ fn peer_transport() -> quinn::TransportConfig {
 
 impl Cluster {
     /// Binds the node-to-node listener with a node certificate issued now.
-    pub fn bind(cfg: &ClusterConfig, ca: &PrivateCa, registry: Registry, agents: AgentTable) -> anyhow::Result<Self> {
+    pub fn bind(
+        cfg: &ClusterConfig,
+        quic_listen: SocketAddr,
+        ca: &PrivateCa,
+        registry: Registry,
+        agents: AgentTable,
+    ) -> anyhow::Result<Self> {
+        let agent_address = cfg
+            .agent_address
+            .or(Some(quic_listen).filter(|a| !a.ip().is_unspecified()))
+            .map(|a| a.to_string());
+        if agent_address.is_none() {
+            warn!("[cluster] agent_address is not set and quic_listen is a wildcard: agents keep one link, to the node DNS gives them");
+        }
         let (chain, key) = ca
             .node_identity(&cfg.node, NODE_CERT_VALIDITY)
             .context("node certificate")?;
@@ -134,12 +160,15 @@ impl Cluster {
         Ok(Self {
             node: cfg.node.clone(),
             advertised: cfg.advertised().to_string(),
+            agent_address,
+            agent_nodes: watch::channel(Vec::new()).0,
             heartbeat: cfg.heartbeat,
             registry,
             agents,
             endpoint,
             client,
             peers: Mutex::new(HashMap::new()),
+            streams: TaskTracker::new(),
         })
     }
 
@@ -148,20 +177,46 @@ impl Cluster {
         &self.node
     }
 
+    /// Where agents reach each live node (for `Welcome`): as of the last
+    /// heartbeat, and at least this node.
+    pub fn agent_nodes(&self) -> Vec<String> {
+        let known = self.agent_nodes.borrow().clone();
+        match &self.agent_address {
+            Some(me) if !known.contains(me) => [vec![me.clone()], known].concat(),
+            _ => known,
+        }
+    }
+
+    /// Changes whenever the live nodes do (for `Nodes` to connected agents).
+    pub fn agent_nodes_changes(&self) -> watch::Receiver<Vec<String>> {
+        self.agent_nodes.subscribe()
+    }
+
     /// Where the node-to-node listener is bound.
     pub fn peer_addr(&self) -> SocketAddr {
         self.endpoint.local_addr().expect("bound endpoint has an address")
     }
 
-    /// Heart-beats and serves peers until `stop`; then leaves the registry.
+    /// Heart-beats and serves peers until `stop`; then leaves the registry,
+    /// so peers stop routing here, while the requests they already sent are
+    /// still served: the listener stays open until [`Cluster::close`].
     pub async fn run(self: Arc<Self>, proxy: Arc<ProxyCtx>, stop: CancellationToken) {
         info!(node = %self.node, peers_at = %self.advertised, "cluster node up");
-        let accept = tokio::spawn(self.clone().accept(proxy, stop.clone()));
+        tokio::spawn(self.clone().accept(proxy));
         self.heartbeats(stop).await;
-        let _ = accept.await;
         let node = self.node.clone();
         if let Err(e) = self.registry.call(move |s| s.node_leave(&node)).await {
             warn!("could not leave the cluster registry ({e}); peers drop this node after three heartbeats");
+        }
+    }
+
+    /// Lets forwarded requests under way finish (within `grace`), then
+    /// closes the node-to-node listener. Called once this node's own front
+    /// has stopped.
+    pub async fn close(&self, grace: Duration) {
+        self.streams.close();
+        if tokio::time::timeout(grace, self.streams.wait()).await.is_err() {
+            warn!("forwarded requests still open after {grace:?}");
         }
         self.endpoint.close(0u32.into(), b"node stopping");
     }
@@ -171,14 +226,22 @@ impl Cluster {
     async fn heartbeats(&self, stop: CancellationToken) {
         let mut changes = self.agents.subscribe();
         loop {
-            let sites: Vec<String> = self.agents.all().into_iter().map(|(site, _)| site).collect();
-            let (node, addr) = (self.node.clone(), self.advertised.clone());
-            if let Err(e) = self
-                .registry
-                .call(move |s| s.node_heartbeat(&node, &addr, &sites))
-                .await
-            {
-                debug!("heartbeat not recorded: {e}");
+            let beat = Heartbeat {
+                node: self.node.clone(),
+                peer_addr: self.advertised.clone(),
+                agent_addr: self.agent_address.clone(),
+                sites: self.agents.all().into_iter().map(|(site, _)| site).collect(),
+            };
+            let fresh = self.heartbeat * MISSED_HEARTBEATS;
+            match self.registry.call(move |s| s.node_heartbeat(&beat, fresh)).await {
+                Ok(live) => {
+                    self.agent_nodes.send_if_modified(|known| {
+                        let changed = *known != live;
+                        *known = live;
+                        changed
+                    });
+                }
+                Err(e) => debug!("heartbeat not recorded: {e}"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -188,16 +251,9 @@ impl Cluster {
         }
     }
 
-    async fn accept(self: Arc<Self>, proxy: Arc<ProxyCtx>, stop: CancellationToken) {
-        loop {
-            let incoming = tokio::select! {
-                _ = stop.cancelled() => return,
-                i = self.endpoint.accept() => match i {
-                    Some(i) => i,
-                    None => return,
-                },
-            };
-            let proxy = proxy.clone();
+    async fn accept(self: Arc<Self>, proxy: Arc<ProxyCtx>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let (proxy, streams) = (proxy.clone(), self.streams.clone());
             tokio::spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -212,7 +268,7 @@ impl Cluster {
                 };
                 debug!(%peer, "peer connected");
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    tokio::spawn(serve_stream(tokio::io::join(recv, send), proxy.clone()));
+                    streams.spawn(serve_stream(tokio::io::join(recv, send), proxy.clone()));
                 }
             });
         }

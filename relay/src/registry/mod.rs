@@ -192,10 +192,11 @@ pub trait SiteStore: Send + Sync + 'static {
     /// Changes whenever another process commits (for cache refresh).
     fn data_version(&self) -> Result<i64, RegistryError>;
 
-    /// Cluster: records `node` alive now, reachable by its peers at
-    /// `peer_addr`, holding agent links for exactly `sites`.
-    fn node_heartbeat(&self, node: &str, peer_addr: &str, sites: &[String]) -> Result<(), RegistryError> {
-        let _ = (node, peer_addr, sites);
+    /// Cluster: records `beat.node` alive now, holding agent links for
+    /// exactly `beat.sites`; answers where agents reach every node whose
+    /// heartbeat is at most `fresh` old (this one included).
+    fn node_heartbeat(&self, beat: &Heartbeat, fresh: Duration) -> Result<Vec<String>, RegistryError> {
+        let _ = (beat, fresh);
         Err(not_clustered())
     }
     /// Cluster: the other nodes holding a link for `site` whose last
@@ -209,6 +210,19 @@ pub trait SiteStore: Send + Sync + 'static {
         let _ = node;
         Err(not_clustered())
     }
+}
+
+/// One node's heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Its `[cluster] node` name.
+    pub node: String,
+    /// Where the other nodes reach it.
+    pub peer_addr: String,
+    /// Where agents reach it (`None`: not offered to agents).
+    pub agent_addr: Option<String>,
+    /// The sites whose agents it holds a link for.
+    pub sites: Vec<String>,
 }
 
 /// Another relay node, as the registry knows it.

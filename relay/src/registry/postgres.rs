@@ -16,7 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
-use super::{AgentAdmission, CodeRefusal, PeerNode, PendingCode, RegistryError, SiteRecord, SiteStore};
+use super::{AgentAdmission, CodeRefusal, Heartbeat, PeerNode, PendingCode, RegistryError, SiteRecord, SiteStore};
 
 /// Connections kept per relay.
 const POOL_SIZE: usize = 8;
@@ -78,6 +78,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE nodes (
         name TEXT PRIMARY KEY,
         peer_addr TEXT NOT NULL,
+        agent_addr TEXT,
         seen_at TIMESTAMPTZ NOT NULL
      );
      CREATE TABLE node_links (
@@ -429,28 +430,38 @@ impl SiteStore for PgStore {
         })
     }
 
-    fn node_heartbeat(&self, node: &str, peer_addr: &str, sites: &[String]) -> Result<(), RegistryError> {
+    fn node_heartbeat(&self, beat: &Heartbeat, fresh: Duration) -> Result<Vec<String>, RegistryError> {
+        let fresh_ms = fresh.as_millis() as f64;
+        let (node, sites) = (&beat.node, &beat.sites);
         self.run(|mut c| async move {
             let tx = c.transaction().await?;
             tx.execute(
-                "INSERT INTO nodes (name, peer_addr, seen_at) VALUES ($1, $2, now())
-                 ON CONFLICT (name) DO UPDATE SET peer_addr = $2, seen_at = now()",
-                &[&node, &peer_addr],
+                "INSERT INTO nodes (name, peer_addr, agent_addr, seen_at) VALUES ($1, $2, $3, now())
+                 ON CONFLICT (name) DO UPDATE SET peer_addr = $2, agent_addr = $3, seen_at = now()",
+                &[node, &beat.peer_addr, &beat.agent_addr],
             )
             .await?;
             tx.execute(
                 "DELETE FROM node_links WHERE node = $1 AND NOT (site = ANY($2))",
-                &[&node, &sites],
+                &[node, sites],
             )
             .await?;
             tx.execute(
                 "INSERT INTO node_links (site, node) SELECT s, $1 FROM unnest($2::text[]) AS s
                  ON CONFLICT DO NOTHING",
-                &[&node, &sites],
+                &[node, sites],
             )
             .await?;
+            let live = tx
+                .query(
+                    "SELECT agent_addr FROM nodes
+                     WHERE agent_addr IS NOT NULL AND seen_at > now() - make_interval(secs => $1::float8 / 1000.0)
+                     ORDER BY name",
+                    &[&fresh_ms],
+                )
+                .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(live.iter().map(|r| r.get(0)).collect())
         })
     }
 

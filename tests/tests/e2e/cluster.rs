@@ -83,9 +83,11 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
     let pg = TempPostgres::start();
     let url = pg.database();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    // One link: the agent stays on node a, so b and c must forward.
     let mut stack = Stack::builder()
         .registry_url(&url)
         .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
+        .agent_extra("links = 1\n")
         .start()
         .await
         .unwrap();
@@ -196,16 +198,30 @@ async fn an_agent_certificate_cannot_speak_as_a_node() {
 /// before; one that leaves cleanly is gone at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_leaves_routing_after_its_heartbeats_stop() {
-    use keyway_relay::registry::{postgres::PgStore, SiteStore};
+    use keyway_relay::registry::{postgres::PgStore, Heartbeat, SiteStore};
     let pg = TempPostgres::start();
     let url = pg.database();
     let found = tokio::task::spawn_blocking(move || {
         let store = PgStore::connect(&url).unwrap();
         let fresh = Duration::from_millis(600);
-        store
-            .node_heartbeat("x", "127.0.0.1:7001", &["hq".into(), "b2".into()])
+        let beat = |node: &str, agent_addr: Option<&str>, sites: &[&str]| Heartbeat {
+            node: node.into(),
+            peer_addr: "127.0.0.1:7001".into(),
+            agent_addr: agent_addr.map(str::to_string),
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+        };
+        let live = store
+            .node_heartbeat(&beat("x", Some("127.0.0.1:443"), &["hq", "b2"]), fresh)
             .unwrap();
-        store.node_heartbeat("y", "127.0.0.1:7002", &["hq".into()]).unwrap();
+        assert_eq!(live, ["127.0.0.1:443"]);
+        let live = store
+            .node_heartbeat(&beat("y", Some("127.0.0.2:443"), &["hq"]), fresh)
+            .unwrap();
+        assert_eq!(
+            live,
+            ["127.0.0.1:443", "127.0.0.2:443"],
+            "where agents reach every live node"
+        );
         let names = |site: &str, except: &str| -> Vec<String> {
             store
                 .nodes_for_site(site, except, fresh)
@@ -220,7 +236,9 @@ async fn a_silent_node_leaves_routing_after_its_heartbeats_stop() {
         both.sort();
         assert_eq!(both, ["x", "y"]);
         // x drops b2 at its next heartbeat; y leaves cleanly.
-        store.node_heartbeat("x", "127.0.0.1:7001", &["hq".into()]).unwrap();
+        store
+            .node_heartbeat(&beat("x", Some("127.0.0.1:443"), &["hq"]), fresh)
+            .unwrap();
         assert!(names("b2", "z").is_empty());
         store.node_leave("y").unwrap();
         assert_eq!(names("hq", "z"), ["x"]);
@@ -243,4 +261,90 @@ async fn a_silent_node_leaves_routing_after_its_heartbeats_stop() {
     .await
     .unwrap();
     assert!(found < Duration::from_secs(3));
+}
+
+/// With `links = 2` (the default) the agent learns the cluster's nodes
+/// from the node it dialled and keeps a second tunnel to another; when that
+/// node stops, the link moves to the third, and requests made through the
+/// cluster meanwhile all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_a_second_link_that_moves_when_its_node_stops() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let stack = Stack::builder()
+        .registry_url(&url)
+        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
+        .start()
+        .await
+        .unwrap();
+    let b = start_node(&stack, "b").await;
+    let c = start_node(&stack, "c").await;
+    let holds = |n: &Node| n.relay.get(keyway_tests::stack::SITE).is_some();
+    // The second link comes up on b or c, never beside the first on a.
+    let both = async {
+        loop {
+            if holds(&b) || holds(&c) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("no second link within 5 s");
+    assert!(
+        stack.agents.get(keyway_tests::stack::SITE).is_some(),
+        "the first link stays on a"
+    );
+    let (second, third) = if holds(&b) { (b, c) } else { (c, b) };
+    assert!(!holds(&third));
+
+    // Requests through the third node (which forwards) while the second
+    // node stops: none fails.
+    let load_stop = CancellationToken::new();
+    let made = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let load = tokio::spawn({
+        let (api, stop, made) = (third.api.clone(), load_stop.clone(), made.clone());
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.is_cancelled() {
+                let r = api.get(DOORS).await.unwrap();
+                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if r.status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)));
+                }
+            }
+            (ok, failed)
+        }
+    });
+    while made.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    second.stop.cancel();
+    second.task.await.unwrap().unwrap();
+    // The link finds the third node.
+    let moved = async {
+        while !holds(&third) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), moved)
+        .await
+        .expect("the second link did not move to the third node within 5 s");
+    load_stop.cancel();
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 10, "only {ok} requests made");
+
+    third.stop.cancel();
+    third.task.await.unwrap().unwrap();
+    stack.shutdown().await.unwrap();
 }

@@ -324,18 +324,21 @@ impl Relay {
         // WebSockets have their close frames. Then tell agents to move on.
         upgrades.tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), upgrades.tracker.wait()).await;
-        for (_, link) in agents.all() {
-            link.drain.cancel();
-        }
-        quic_stop.cancel();
-        watch_stop.cancel();
-        let _ = watcher.await;
+        // A cluster node left the registry when told to stop; what peers
+        // sent before they knew is answered (from the agents' links, still
+        // up) before the links drain.
         if let Some(task) = cluster_task {
             let _ = task.await;
         }
         if let Some(c) = &cluster {
             c.close(cfg.shutdown_grace).await;
         }
+        for (_, link) in agents.all() {
+            link.drain.cancel();
+        }
+        quic_stop.cancel();
+        watch_stop.cancel();
+        let _ = watcher.await;
         endpoint.close(keyway_proto::CloseCode::Shutdown.code().into(), b"relay shutting down");
         let _ = quic.await;
         tracker.close();

@@ -24,12 +24,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use http::{Request, Response};
-use http_body_util::BodyExt;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyway_certs::PrivateCa;
-use keyway_proto::envelope::HttpBody;
-use keyway_proto::headers::strip_hop_by_hop;
+use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -282,7 +281,7 @@ impl Cluster {
         req: Request<Incoming>,
         head: ForwardHead,
         timeout: Duration,
-    ) -> Result<Response<HttpBody>, ProxyError> {
+    ) -> Result<Response<Incoming>, ProxyError> {
         let offline = || ProxyError::AgentOffline {
             site: site.to_string(),
             when: Offline::NotConnected,
@@ -296,7 +295,12 @@ impl Cluster {
             }
         };
         // Nothing is sent until a stream is open, so a peer that cannot be
-        // reached is skipped for the next; once sent, the request stays.
+        // reached is skipped for the next. Once sent, a request stays with
+        // that peer, unless the peer says it holds no link for the site (it
+        // lost it since its last heartbeat) and the request has no body to
+        // send again: then it goes to the next.
+        let again = bodiless(&req).then(|| copy_of(&req));
+        let mut req = Some(req.map(Either::Left));
         for holder in &holders {
             let stream = match self.open(holder).await {
                 Ok(s) => s,
@@ -305,7 +309,15 @@ impl Cluster {
                     continue;
                 }
             };
-            return send(stream, head, req, timeout, site).await;
+            let Some(this) = req.take().or_else(|| again.as_ref().map(copy_of)) else {
+                break;
+            };
+            let mut resp = send(stream, head.clone(), this, timeout, site).await?;
+            if resp.headers_mut().remove(NOT_HELD).is_some() && again.is_some() {
+                debug!(peer = %holder.name, "the peer no longer holds {site}; trying the next");
+                continue;
+            }
+            return Ok(resp);
         }
         Err(offline())
     }
@@ -342,6 +354,29 @@ impl Cluster {
     }
 }
 
+/// A peer's answer to a request for a site it holds no link for.
+pub const NOT_HELD: &str = "keyway-not-held";
+
+/// A request body as forwarded: the client's, or none (sent again).
+type ForwardBody = Either<Incoming, Empty<bytes::Bytes>>;
+
+/// Whether a request carries no body (so it can be sent to another peer).
+fn bodiless(req: &Request<Incoming>) -> bool {
+    hyper::body::Body::is_end_stream(req.body())
+        && req.headers().get(http::header::CONTENT_LENGTH).is_none_or(|v| v == "0")
+        && !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// The head of `req` again, with no body.
+fn copy_of<B>(req: &Request<B>) -> Request<ForwardBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 /// One node-to-node stream.
 type PeerStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
 
@@ -360,10 +395,10 @@ fn peer_node(conn: &quinn::Connection) -> anyhow::Result<String> {
 async fn send(
     mut io: PeerStream,
     head: ForwardHead,
-    req: Request<Incoming>,
+    req: Request<ForwardBody>,
     timeout: Duration,
     site: &str,
-) -> Result<Response<HttpBody>, ProxyError> {
+) -> Result<Response<Incoming>, ProxyError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         info!("forwarding to the node holding {site}: {what}: {e}");
         ProxyError::TunnelFailed(TunnelFailure::Stream { site: site.to_string() })
@@ -373,7 +408,7 @@ async fn send(
         .await
         .map_err(|e| failed("handshake", &e))?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             debug!("node-to-node stream ended: {e}");
         }
     });
@@ -381,7 +416,11 @@ async fn send(
     // The client's hop ends here; the peer sees an origin-form HTTP/1.1
     // request with the client's host.
     let host = parts.uri.authority().map(|a| a.as_str().to_string());
-    strip_hop_by_hop(&mut parts.headers);
+    // An upgrade (a WebSocket) is asked of the peer again; its `101`
+    // makes the stream a byte pipe (see `proxy::forward::answer`).
+    if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
+        set_upgrade(&mut parts.headers, proto);
+    }
     if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(&h).ok()) {
         parts.headers.insert(http::header::HOST, h);
     }
@@ -398,7 +437,7 @@ async fn send(
             after: timeout,
         })?
         .map_err(|e| failed("request", &e))?;
-    Ok(resp.map(|b| b.boxed_unsync()))
+    Ok(resp)
 }
 
 /// Serves one stream a peer opened: its head, then one HTTP/1.1 request,
@@ -415,6 +454,7 @@ async fn serve_stream(mut io: PeerStream, proxy: Arc<ProxyCtx>) {
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
         .await
     {
         debug!("forwarded request stream ended: {e}");

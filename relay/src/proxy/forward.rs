@@ -24,6 +24,37 @@ use crate::metrics::METRICS;
 use crate::streams::{Lease, OutBody, Sender};
 use keyway_proto::envelope::HttpBody;
 
+/// The client's side of an upgrade it asks for (HTTP/1.1 only), taken
+/// before the request is sent on.
+pub(super) fn client_upgrade(req: &mut Request<Incoming>) -> Option<hyper::upgrade::OnUpgrade> {
+    (req.version() == Version::HTTP_11 && wants_upgrade(req.headers())).then(|| hyper::upgrade::on(req))
+}
+
+/// The response to send the client: a `101` hands both ends to
+/// [`crate::upgrade`] (holding `slots` while it lasts); any other holds
+/// `slots` until its body is done, and gives `lease`'s stream back to its
+/// pool then, if the body ended cleanly.
+pub(super) fn answer(
+    ctx: &ProxyCtx,
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    slots: Vec<Slot>,
+    lease: Option<Lease>,
+) -> Result<Response<HttpBody>, ProxyError> {
+    let resp_upgrade = strip_hop_by_hop(resp.headers_mut());
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client), Some(proto)) = (client_upgrade, resp_upgrade) else {
+            return Err(ProxyError::TunnelFailed(TunnelFailure::UnrequestedSwitch));
+        };
+        let websocket = proto.as_bytes().eq_ignore_ascii_case(b"websocket");
+        set_upgrade(resp.headers_mut(), proto);
+        let far = hyper::upgrade::on(&mut resp);
+        ctx.upgrades.spawn(client, far, websocket, slots);
+        return Ok(resp.map(|b| b.boxed_unsync()));
+    }
+    Ok(resp.map(|body| Tracked::holding(body, slots, lease).boxed_unsync()))
+}
+
 /// Links a request may try before its agent counts as offline: the one it
 /// was routed to and the newer one an agent that just reconnected has.
 const MAX_LINKS: usize = 2;
@@ -53,8 +84,7 @@ impl Forward<'_> {
         slots: Vec<Slot>,
     ) -> Result<Response<HttpBody>, ProxyError> {
         let limits = self.limits;
-        let client_upgrade =
-            (req.version() == Version::HTTP_11 && wants_upgrade(req.headers())).then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = client_upgrade(&mut req);
         let (mut parts, body) = req.into_parts();
         let upgrade = super::headers::for_tunnel(&mut parts, self.peer, self.request_id);
         // A body of unknown length is read whole before its head may enter
@@ -81,33 +111,17 @@ impl Forward<'_> {
 
         // An upgrade turns its stream into a byte pipe: never one from the pool.
         let upgrading = upgrade.is_some();
-        let (mut resp, lease) =
-            match tokio::time::timeout(self.ctx.request_timeout, self.exchange(out, upgrading)).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        site: self.site.into(),
-                        after: self.ctx.request_timeout,
-                    })
-                }
-            };
+        let (resp, lease) = match tokio::time::timeout(self.ctx.request_timeout, self.exchange(out, upgrading)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    site: self.site.into(),
+                    after: self.ctx.request_timeout,
+                })
+            }
+        };
         debug!(status = resp.status().as_u16(), "response head");
-
-        let resp_upgrade = strip_hop_by_hop(resp.headers_mut());
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let (Some(client), Some(proto)) = (client_upgrade, resp_upgrade) else {
-                return Err(ProxyError::TunnelFailed(TunnelFailure::UnrequestedSwitch));
-            };
-            let websocket = proto.as_bytes().eq_ignore_ascii_case(b"websocket");
-            set_upgrade(resp.headers_mut(), proto);
-            let tunnel = hyper::upgrade::on(&mut resp);
-            self.ctx.upgrades.spawn(client, tunnel, websocket, slots);
-            return Ok(resp.map(|b| b.boxed_unsync()));
-        }
-        // The request holds its slot until its response body is done; the
-        // stream goes back to the pool then, if the body ended cleanly.
-        let lease = (!upgrading).then_some(lease);
-        Ok(resp.map(|body| Tracked::holding(body, slots, lease).boxed_unsync()))
+        answer(self.ctx, resp, client_upgrade, slots, (!upgrading).then_some(lease))
     }
 
     /// Sends the request on a tunnel stream and reads the response head.

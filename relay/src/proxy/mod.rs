@@ -128,17 +128,16 @@ async fn serve(
         .admit_request(routed, peer.ip(), req.headers(), websocket)
         .map_err(|r| ProxyError::from((r, routed.as_str())))?;
     let Some(link) = ctx.agents.get(routed) else {
-        // Another node may hold the site's agent. (WebSockets are not
-        // forwarded between nodes yet.)
-        if let Some(cluster) = ctx.cluster.as_ref().filter(|_| !websocket) {
+        // Another node may hold the site's agent.
+        if let Some(cluster) = &ctx.cluster {
             let head = crate::cluster::ForwardHead {
                 site: routed.clone(),
                 client: peer,
                 request_id: request_id.to_string(),
             };
+            let client_upgrade = forward::client_upgrade(&mut req);
             let resp = cluster.forward(routed, req, head, ctx.request_timeout).await?;
-            let slots = admitted.slots;
-            return Ok(resp.map(|b| body::Tracked::holding(b, slots, None).boxed_unsync()));
+            return forward::answer(ctx, resp, client_upgrade, admitted.slots, None);
         }
         return Err(ProxyError::AgentOffline {
             site: routed.clone(),
@@ -166,10 +165,14 @@ pub async fn serve_forwarded(
 ) -> Response<HttpBody> {
     let site = head.site.as_str();
     let Some(link) = ctx.agents.get(site) else {
-        return respond(ProxyError::AgentOffline {
+        // Lost since the last heartbeat: the sender may try another node.
+        let mut resp = respond(ProxyError::AgentOffline {
             site: site.to_string(),
             when: Offline::NotConnected,
         });
+        resp.headers_mut()
+            .insert(crate::cluster::NOT_HELD, HeaderValue::from_static("1"));
+        return resp;
     };
     let forward = forward::Forward {
         ctx,

@@ -22,6 +22,7 @@ fn cluster_section(node: &str, peer_port: u16) -> String {
 /// Another node beside the stack's relay: the same config (CA, registry,
 /// domain) with its own ports and name.
 struct Node {
+    addr: SocketAddr,
     api: Api,
     relay: keyway_relay::AgentTable,
     stop: CancellationToken,
@@ -53,6 +54,7 @@ async fn start_node(stack: &Stack, name: &str) -> Node {
     let task = tokio::spawn(relay.run(stop.clone()));
     let api = Api::new(&format!("https://127.0.0.1:{port}"), &stack.https_ca_der, TOKEN);
     Node {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
         api,
         relay: agents,
         stop,
@@ -123,6 +125,33 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
         .unwrap();
     assert_eq!(created.status, 200, "{}", String::from_utf8_lossy(&created.body));
     assert_eq!(created.json()["data"]["first_name"], "Ada");
+
+    // Door events through a node without the agent: the WebSocket crosses
+    // node to node, events arrive and pings go both ways.
+    let wait = Duration::from_secs(10);
+    let mut events = keyway_tests::client::EventListener::connect(b.addr, "127.0.0.1", &stack.https_ca_der, TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(
+        events.next_text(wait).await.unwrap(),
+        keyway_tests::console::HELLO_FRAME
+    );
+    let door = keyway_tests::console::DOOR_IDS[0];
+    let unlock = c
+        .api
+        .json(
+            http::Method::PUT,
+            &format!("/api/v1/developer/doors/{door}/unlock"),
+            &serde_json::json!({"actor_id": "m-1", "actor_name": "Ada"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlock.status, 200);
+    let ev = events.next_event(wait).await.unwrap();
+    assert_eq!(ev["event"], "access.data.device.remote_unlock");
+    assert_eq!(ev["data"]["unique_id"], door);
+    events.ping(wait).await.unwrap();
+    events.close().await;
 
     // The agent goes: node a drops the link, and the other nodes answer
     // the 503 envelope at once instead of forwarding into nothing.

@@ -20,7 +20,7 @@ mod head;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use http::{Request, Response};
@@ -43,6 +43,10 @@ use crate::proxy::error::{Offline, ProxyError, TunnelFailure};
 use crate::proxy::ProxyCtx;
 use crate::registry::{Heartbeat, PeerNode, Registry};
 
+/// How long a read of a site's holders is used before the registry is asked
+/// again (a request per read would put the database on every forwarded
+/// request's path).
+const ROUTE_TTL: Duration = Duration::from_millis(250);
 /// Heartbeats a node may miss before it is out of routing.
 const MISSED_HEARTBEATS: u32 = 3;
 /// How long a node certificate is valid (issued again at every start).
@@ -120,6 +124,17 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, quinn::Connection>>,
     /// Requests peers forwarded here, under way.
     streams: TaskTracker,
+    /// Which nodes hold each site, as last read from the registry.
+    routes: Mutex<HashMap<String, Route>>,
+    /// When this node left the registry (stopping).
+    left_at: Mutex<Option<Instant>>,
+}
+
+/// The nodes holding a site's links, and when the registry said so.
+struct Route {
+    holders: Vec<PeerNode>,
+    /// `None` once one of them failed: read again at the next request.
+    read: Option<Instant>,
 }
 
 fn peer_transport() -> quinn::TransportConfig {
@@ -168,6 +183,8 @@ impl Cluster {
             client,
             peers: Mutex::new(HashMap::new()),
             streams: TaskTracker::new(),
+            routes: Mutex::new(HashMap::new()),
+            left_at: Mutex::new(None),
         })
     }
 
@@ -204,6 +221,7 @@ impl Cluster {
         tokio::spawn(self.clone().accept(proxy));
         self.heartbeats(stop).await;
         let node = self.node.clone();
+        *self.left_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         if let Err(e) = self.registry.call(move |s| s.node_leave(&node)).await {
             warn!("could not leave the cluster registry ({e}); peers drop this node after three heartbeats");
         }
@@ -213,11 +231,17 @@ impl Cluster {
     /// closes the node-to-node listener. Called once this node's own front
     /// has stopped.
     pub async fn close(&self, grace: Duration) {
+        // Peers read routes at most ROUTE_TTL old: past twice that since
+        // this node left, none routes here any more.
+        let left = *self.left_at.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(left) = left {
+            tokio::time::sleep_until((left + 2 * ROUTE_TTL).into()).await;
+        }
         self.streams.close();
         if tokio::time::timeout(grace, self.streams.wait()).await.is_err() {
             warn!("forwarded requests still open after {grace:?}");
         }
-        self.endpoint.close(0u32.into(), b"node stopping");
+        self.endpoint.close(NODE_STOPPING.into(), b"node stopping");
     }
 
     /// Records this node and its links now, at every heartbeat, and soon
@@ -286,14 +310,7 @@ impl Cluster {
             site: site.to_string(),
             when: Offline::NotConnected,
         };
-        let (s, me, fresh) = (site.to_string(), self.node.clone(), self.heartbeat * MISSED_HEARTBEATS);
-        let holders = match self.registry.call(move |st| st.nodes_for_site(&s, &me, fresh)).await {
-            Ok(h) => h,
-            Err(e) => {
-                debug!("no cluster routing for {site}: {e}");
-                return Err(offline());
-            }
-        };
+        let holders = self.holders(site).await;
         // Nothing is sent until a stream is open, so a peer that cannot be
         // reached is skipped for the next. Once sent, a request stays with
         // that peer, unless the peer says it holds no link for the site (it
@@ -302,28 +319,85 @@ impl Cluster {
         let again = bodiless(&req).then(|| copy_of(&req));
         let mut req = Some(req.map(Either::Left));
         for holder in &holders {
-            let stream = match self.open(holder).await {
+            let (stream, conn) = match self.open(holder).await {
                 Ok(s) => s,
                 Err(e) => {
                     info!(peer = %holder.name, "could not reach the node holding {site}: {e:#}");
+                    self.forget(site, &holder.name);
                     continue;
                 }
             };
             let Some(this) = req.take().or_else(|| again.as_ref().map(copy_of)) else {
                 break;
             };
-            let mut resp = send(stream, head.clone(), this, timeout, site).await?;
-            if resp.headers_mut().remove(NOT_HELD).is_some() && again.is_some() {
-                debug!(peer = %holder.name, "the peer no longer holds {site}; trying the next");
-                continue;
+            let mut resp = match send(stream, head.clone(), this, timeout, site).await {
+                Ok(resp) => resp,
+                // The peer closed having answered everything it took: this
+                // request never reached it.
+                Err(_) if again.is_some() && stopped(&conn) => {
+                    debug!(peer = %holder.name, "the peer stopped before taking the request; trying the next");
+                    self.forget(site, &holder.name);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if resp.headers_mut().remove(NOT_HELD).is_some() {
+                self.forget(site, &holder.name);
+                if again.is_some() {
+                    debug!(peer = %holder.name, "the peer no longer holds {site}; trying the next");
+                    continue;
+                }
             }
             return Ok(resp);
         }
         Err(offline())
     }
 
+    /// The other nodes holding `site`: from the registry, read again once
+    /// [`ROUTE_TTL`] old (or sooner, when one failed); while the registry
+    /// cannot be reached, the last answer, however old, since sites already
+    /// connected keep being served through an outage.
+    async fn holders(&self, site: &str) -> Vec<PeerNode> {
+        let cached = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+            .map(|r| (r.holders.clone(), r.read.is_some_and(|t| t.elapsed() < ROUTE_TTL)));
+        if let Some((holders, true)) = &cached {
+            return holders.clone();
+        }
+        let (s, me, fresh) = (site.to_string(), self.node.clone(), self.heartbeat * MISSED_HEARTBEATS);
+        match self.registry.call(move |st| st.nodes_for_site(&s, &me, fresh)).await {
+            Ok(holders) => {
+                let route = Route {
+                    holders: holders.clone(),
+                    read: Some(Instant::now()),
+                };
+                self.routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(site.to_string(), route);
+                holders
+            }
+            Err(e) => {
+                debug!("cluster routing for {site} from memory: {e}");
+                cached.map(|(h, _)| h).unwrap_or_default()
+            }
+        }
+    }
+
+    /// `node` failed `site`: it leaves the site's known holders, and the
+    /// registry is asked again at the next request.
+    fn forget(&self, site: &str, node: &str) {
+        if let Some(route) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(site) {
+            route.holders.retain(|h| h.name != node);
+            route.read = None;
+        }
+    }
+
     /// A new stream to `peer`, on its pooled connection (dialled if needed).
-    async fn open(&self, peer: &PeerNode) -> anyhow::Result<PeerStream> {
+    async fn open(&self, peer: &PeerNode) -> anyhow::Result<(PeerStream, quinn::Connection)> {
         let pooled = self
             .peers
             .lock()
@@ -333,7 +407,7 @@ impl Cluster {
         let same_place = |c: &quinn::Connection| c.remote_address().to_string() == peer.peer_addr;
         if let Some(conn) = pooled.filter(|c| c.close_reason().is_none() && same_place(c)) {
             if let Ok((send, recv)) = conn.open_bi().await {
-                return Ok(tokio::io::join(recv, send));
+                return Ok((tokio::io::join(recv, send), conn));
             }
         }
         let addr: SocketAddr = peer
@@ -350,8 +424,17 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .insert(peer.name.clone(), conn.clone());
         let (send, recv) = conn.open_bi().await?;
-        Ok(tokio::io::join(recv, send))
+        Ok((tokio::io::join(recv, send), conn))
     }
+}
+
+/// The close code of a node's listener once it has answered everything
+/// peers sent it (stopping).
+const NODE_STOPPING: u32 = 2;
+
+/// Whether `conn`'s peer closed it as a stopping node.
+fn stopped(conn: &quinn::Connection) -> bool {
+    matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == NODE_STOPPING.into())
 }
 
 /// A peer's answer to a request for a site it holds no link for.

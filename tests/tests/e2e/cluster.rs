@@ -377,3 +377,95 @@ async fn an_agent_keeps_a_second_link_that_moves_when_its_node_stops() {
     third.task.await.unwrap().unwrap();
     stack.shutdown().await.unwrap();
 }
+
+/// Waits (bounded by `within`) until no node holds `SITE`; how long it took.
+async fn until_no_node_holds(tables: &[&keyway_relay::AgentTable], within: Duration) -> Duration {
+    let start = Instant::now();
+    while tables.iter().any(|t| t.get(keyway_tests::stack::SITE).is_some()) {
+        assert!(start.elapsed() < within, "a node still holds the site after {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// `site revoke` through one node's registry: every node cuts the agent's
+/// links within a second, and no node serves the site after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_reaches_every_node_within_a_second() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let stack = Stack::builder()
+        .registry_url(&url)
+        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
+        .start()
+        .await
+        .unwrap();
+    let b = start_node(&stack, "b").await;
+    let c = start_node(&stack, "c").await;
+    let second = async {
+        while b.relay.get(keyway_tests::stack::SITE).is_none() && c.relay.get(keyway_tests::stack::SITE).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("no second link within 5 s");
+
+    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
+    let revoked = tokio::task::spawn_blocking(move || keyway_relay::admin::revoke(&cfg, keyway_tests::stack::SITE));
+    revoked.await.unwrap().unwrap();
+    let took = until_no_node_holds(&[&stack.agents, &b.relay, &c.relay], Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the revocation took {took:?} to reach every node"
+    );
+    for api in [&stack.api(), &b.api, &c.api] {
+        let r = api.get(DOORS).await.unwrap();
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    }
+    for n in [b, c] {
+        n.stop.cancel();
+        n.task.await.unwrap().unwrap();
+    }
+    stack.shutdown().await.unwrap();
+}
+
+/// PostgreSQL stops under a cluster: a node without the agent keeps
+/// forwarding to the node with it (which nodes hold a site is kept in
+/// memory), and routing is read from the database again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_keeps_every_node_serving() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let stack = Stack::builder()
+        .registry_url(&url)
+        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
+        .agent_extra("links = 1\n")
+        .start()
+        .await
+        .unwrap();
+    let b = start_node(&stack, "b").await;
+    until_status(&b.api, 200, Duration::from_secs(5)).await;
+
+    pg.halt();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = b.api.get(DOORS).await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a request took {:?} during the outage",
+            t.elapsed()
+        );
+    }
+    pg.resume();
+    // Back: the agent leaves and the node learns it from the database.
+    let mut stack = stack;
+    stack.stop_agent().await.unwrap();
+    until_status(&b.api, 503, Duration::from_secs(10)).await;
+    b.stop.cancel();
+    b.task.await.unwrap().unwrap();
+    stack.shutdown().await.unwrap();
+}

@@ -242,6 +242,9 @@ impl Cluster {
             warn!("forwarded requests still open after {grace:?}");
         }
         self.endpoint.close(NODE_STOPPING.into(), b"node stopping");
+        // Peers hear the close; the port is free once they have (a restart
+        // binds it again).
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 
     /// Records this node and its links now, at every heartbeat, and soon

@@ -22,6 +22,7 @@ fn cluster_section(node: &str, peer_port: u16) -> String {
 /// Another node beside the stack's relay: the same config (CA, registry,
 /// domain) with its own ports and name.
 struct Node {
+    config: std::path::PathBuf,
     addr: SocketAddr,
     api: Api,
     relay: keyway_relay::AgentTable,
@@ -48,17 +49,39 @@ async fn start_node(stack: &Stack, name: &str) -> Node {
     let text = format!("{}{}{}", &text[..start], cluster_section(name, peer), &text[end..]);
     let path = stack.relay_config.with_file_name(format!("relay-{name}.toml"));
     std::fs::write(&path, text).unwrap();
-    let relay = Relay::bind(RelayConfig::load(&path).unwrap()).await.unwrap();
-    let agents = relay.agents();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(relay.run(stop.clone()));
+    let (agents, stop, task) = run_node(&path).await;
     let api = Api::new(&format!("https://127.0.0.1:{port}"), &stack.https_ca_der, TOKEN);
     Node {
+        config: path,
         addr: format!("127.0.0.1:{port}").parse().unwrap(),
         api,
         relay: agents,
         stop,
         task,
+    }
+}
+
+/// Binds and runs the node of `config`.
+async fn run_node(
+    config: &std::path::Path,
+) -> (
+    keyway_relay::AgentTable,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let relay = Relay::bind(RelayConfig::load(config).unwrap()).await.unwrap();
+    let agents = relay.agents();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    (agents, stop, task)
+}
+
+impl Node {
+    /// SIGTERM and start again, as `systemctl restart` does.
+    async fn restart(&mut self) {
+        self.stop.cancel();
+        (&mut self.task).await.unwrap().unwrap();
+        (self.relay, self.stop, self.task) = run_node(&self.config).await;
     }
 }
 
@@ -467,5 +490,92 @@ async fn a_database_outage_keeps_every_node_serving() {
     until_status(&b.api, 503, Duration::from_secs(10)).await;
     b.stop.cancel();
     b.task.await.unwrap().unwrap();
+    stack.shutdown().await.unwrap();
+}
+
+/// Waits (bounded) until `n` of the nodes' tables hold the site.
+async fn until_links(tables: &[&keyway_relay::AgentTable], n: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let held = tables
+            .iter()
+            .filter(|t| t.get(keyway_tests::stack::SITE).is_some())
+            .count();
+        if held >= n {
+            return;
+        }
+        assert!(start.elapsed() < within, "{held} of {n} links after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// All three nodes restarted one after the other (SIGTERM, start), under
+/// steady requests spread over the three, as a client of a name with three
+/// addresses sends them: one whose connection is refused (its node is down)
+/// tries the next address. No request gets an error answer or is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_fails_no_request() {
+    let pg = TempPostgres::start();
+    let url = pg.database();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut stack = Stack::builder()
+        .registry_url(&url)
+        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
+        .start()
+        .await
+        .unwrap();
+    let mut b = start_node(&stack, "b").await;
+    let mut c = start_node(&stack, "c").await;
+    until_links(&[&stack.agents, &b.relay, &c.relay], 2, Duration::from_secs(5)).await;
+
+    let apis = [stack.api(), b.api.clone(), c.api.clone()];
+    let load_stop = CancellationToken::new();
+    let load = tokio::spawn({
+        let stop = load_stop.clone();
+        async move {
+            let (mut ok, mut failed, mut moved) = (0u32, Vec::new(), 0u32);
+            let mut next = 0usize;
+            while !stop.is_cancelled() {
+                next += 1;
+                let mut answer = None;
+                for k in 0..apis.len() {
+                    match apis[(next + k) % apis.len()].get(DOORS).await {
+                        Ok(r) => {
+                            answer = Some(r);
+                            break;
+                        }
+                        Err(_) => moved += 1,
+                    }
+                }
+                match answer {
+                    Some(r) if r.status == 200 => ok += 1,
+                    Some(r) => failed.push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body))),
+                    None => failed.push("no node answered".into()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed, moved)
+        }
+    });
+    b.restart().await;
+    until_links(&[&stack.agents, &b.relay, &c.relay], 2, Duration::from_secs(5)).await;
+    c.restart().await;
+    until_links(&[&stack.agents, &b.relay, &c.relay], 2, Duration::from_secs(5)).await;
+    stack.restart_relay().await.unwrap();
+    until_links(&[&stack.agents, &b.relay, &c.relay], 2, Duration::from_secs(5)).await;
+    load_stop.cancel();
+    let (ok, failed, moved) = load.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 50, "only {ok} requests made");
+    eprintln!("rolling restart: {ok} requests answered 200, {moved} connection attempts moved to another node");
+    for n in [b, c] {
+        n.stop.cancel();
+        n.task.await.unwrap().unwrap();
+    }
     stack.shutdown().await.unwrap();
 }

@@ -29,6 +29,10 @@ pub struct Links {
     nodes: watch::Sender<Vec<SocketAddr>>,
     /// Link index → the node it is connected to (or dialling).
     in_use: Mutex<BTreeMap<usize, (SocketAddr, Option<TransportKind>)>>,
+    /// Where the first link was last connected: it dials the relay as
+    /// configured again, so no other link takes that node even while the
+    /// first is down (the relay would let the newer link replace it).
+    first: Mutex<Option<SocketAddr>>,
 }
 
 impl Links {
@@ -38,6 +42,7 @@ impl Links {
             wanted: wanted.max(1),
             nodes: watch::channel(Vec::new()).0,
             in_use: Mutex::new(BTreeMap::new()),
+            first: Mutex::new(None),
         }
     }
 
@@ -61,6 +66,9 @@ impl Links {
 
     /// Link `index` is up on `remote`.
     pub fn up(&self, index: usize, remote: SocketAddr, transport: TransportKind) {
+        if index == 0 {
+            *self.first.lock().unwrap_or_else(|p| p.into_inner()) = Some(remote);
+        }
         self.in_use().insert(index, (remote, Some(transport)));
     }
 
@@ -73,12 +81,14 @@ impl Links {
     /// `avoid` only when there is no other).
     fn claim(&self, index: usize, avoid: Option<SocketAddr>) -> Option<SocketAddr> {
         let nodes = self.nodes.borrow().clone();
+        let first = *self.first.lock().unwrap_or_else(|p| p.into_inner());
         let mut in_use = self.in_use();
-        let taken: Vec<SocketAddr> = in_use
+        let mut taken: Vec<SocketAddr> = in_use
             .iter()
             .filter(|(i, _)| **i != index)
             .map(|(_, (a, _))| *a)
             .collect();
+        taken.extend(first.filter(|_| index != 0));
         let free: Vec<SocketAddr> = nodes.into_iter().filter(|n| !taken.contains(n)).collect();
         let pick = free.iter().find(|n| Some(**n) != avoid).or(free.first()).copied()?;
         in_use.insert(index, (pick, None));
@@ -168,6 +178,13 @@ mod tests {
         links.up(0, a, TransportKind::Quic);
         assert_eq!(links.claim(1, None), Some(b));
         assert_eq!(links.claim(2, None), None, "two nodes, two links");
+        links.down(0);
+        assert_eq!(
+            links.claim(2, None),
+            None,
+            "the first link's node stays its own while it redials"
+        );
+        links.up(0, a, TransportKind::Quic);
         // Link 1 lost b: with a taken, b is all there is, avoided or not.
         links.down(1);
         assert_eq!(links.claim(1, Some(b)), Some(b));

@@ -42,8 +42,9 @@ pub(super) async fn session(
     };
     let transport = tunnel.kind();
     info!(site, relay = %tunnel.remote_address(), %transport, link = ctx.index, "tunnel up");
-    ctx.links.learn(&nodes);
+    // Up before the nodes are told, so no other link takes this node.
     ctx.links.up(ctx.index, tunnel.remote_address(), transport);
+    ctx.links.learn(&nodes);
     if ctx.index == 0 {
         ctx.handler.live.set_tunnel(Some(tunnel.clone()));
     }

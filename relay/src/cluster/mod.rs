@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -53,9 +53,12 @@ const MISSED_HEARTBEATS: u32 = 3;
 const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A peer that does not complete its handshake in this long is skipped.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Keep-alive on node-to-node connections (a dead peer is noticed by the
-/// idle timeout, and sooner by its missing heartbeat).
-const PEER_KEEPALIVE: Duration = Duration::from_millis(500);
+/// Keep-alive on node-to-node connections: a peer silent for two of these
+/// is tried last; one silent for [`PEER_IDLE`] is dead, and requests on its
+/// connection fail then (nodes of one cluster are a few milliseconds apart).
+const PEER_KEEPALIVE: Duration = Duration::from_millis(250);
+/// How long a silent node-to-node connection lives.
+const PEER_IDLE: Duration = Duration::from_secs(1);
 /// Requests one peer may have in flight on a connection.
 const PEER_STREAMS: u32 = 4096;
 
@@ -128,6 +131,9 @@ pub struct Cluster {
     routes: Mutex<HashMap<String, Route>>,
     /// When this node left the registry (stopping).
     left_at: Mutex<Option<Instant>>,
+    /// Per peer: datagrams received on its connection, and when that count
+    /// last grew (a peer killed without a word goes quiet).
+    heard: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 /// The nodes holding a site's links, and when the registry said so.
@@ -140,6 +146,7 @@ struct Route {
 fn peer_transport() -> quinn::TransportConfig {
     let mut t = keyway_transport::quic::transport_config();
     t.keep_alive_interval(Some(PEER_KEEPALIVE));
+    t.max_idle_timeout(Some(PEER_IDLE.try_into().expect("a second fits QUIC's varint")));
     t.max_concurrent_bidi_streams(PEER_STREAMS.into());
     t
 }
@@ -185,6 +192,7 @@ impl Cluster {
             streams: TaskTracker::new(),
             routes: Mutex::new(HashMap::new()),
             left_at: Mutex::new(None),
+            heard: Mutex::new(HashMap::new()),
         })
     }
 
@@ -313,7 +321,13 @@ impl Cluster {
             site: site.to_string(),
             when: Offline::NotConnected,
         };
-        let holders = self.holders(site).await;
+        let mut holders = self.holders(site).await;
+        // Freshest heartbeat first, but a peer gone quiet last.
+        holders.sort_by_key(|h| self.quiet(&h.name));
+        // A bodiless GET, HEAD or OPTIONS may go to the next holder when
+        // the connection to a peer dies under it; anything else that may
+        // have reached a peer (an unlock) is never sent twice.
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         // Nothing is sent until a stream is open, so a peer that cannot be
         // reached is skipped for the next. Once sent, a request stays with
         // that peer, unless the peer says it holds no link for the site (it
@@ -339,6 +353,11 @@ impl Cluster {
                 // request never reached it.
                 Err(_) if again.is_some() && stopped(&conn) => {
                     debug!(peer = %holder.name, "the peer stopped before taking the request; trying the next");
+                    self.forget(site, &holder.name);
+                    continue;
+                }
+                Err(_) if again.is_some() && safe && conn.close_reason().is_some() => {
+                    info!(peer = %holder.name, "the connection to the node holding {site} died; trying the next");
                     self.forget(site, &holder.name);
                     continue;
                 }
@@ -397,6 +416,21 @@ impl Cluster {
             route.holders.retain(|h| h.name != node);
             route.read = None;
         }
+    }
+
+    /// Whether `peer`'s pooled connection has received nothing for two
+    /// keep-alive intervals (a peer that died without a word).
+    fn quiet(&self, peer: &str) -> bool {
+        let Some(conn) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned() else {
+            return false;
+        };
+        let count = conn.stats().udp_rx.datagrams;
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = heard.entry(peer.to_string()).or_insert((count, Instant::now()));
+        if entry.0 != count {
+            *entry = (count, Instant::now());
+        }
+        entry.1.elapsed() > 2 * PEER_KEEPALIVE
     }
 
     /// A new stream to `peer`, on its pooled connection (dialled if needed).

@@ -16,6 +16,41 @@ pub struct TempPostgres {
     run_as: Option<String>,
 }
 
+/// The environment variable naming a server shared by a whole test run
+/// (`scripts/test`'s PostgreSQL pass; its port).
+pub const SHARED_PORT_VAR: &str = "KEYWAY_TEST_POSTGRES_PORT";
+
+/// A new database on the run's shared server, when there is one
+/// ([`SHARED_PORT_VAR`]): `StackBuilder` then puts every relay's registry
+/// on PostgreSQL.
+pub fn shared_database() -> Option<String> {
+    let port: u16 = std::env::var(SHARED_PORT_VAR).ok()?.parse().ok()?;
+    Some(create_database(&bin_dir(), port))
+}
+
+/// `CREATE DATABASE` with a name unique across test processes; its URL.
+fn create_database(bin: &Path, port: u16) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "keyway_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let psql = bin.join("psql");
+    let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
+    let out = Command::new(psql)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keyway", "-d", "postgres"])
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("postgres://keyway@127.0.0.1:{port}/{name}")
+}
+
 /// The directory of `initdb` and `pg_ctl`: the newest
 /// `/usr/lib/postgresql/*/bin`, or wherever `initdb` is on the PATH.
 fn bin_dir() -> PathBuf {
@@ -123,30 +158,7 @@ impl TempPostgres {
 
     /// A new, empty database on this server: its URL.
     pub fn database(&self) -> String {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!("keyway_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let psql = self.bin.join("psql");
-        let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
-        let out = Command::new(psql)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "keyway",
-                "-d",
-                "postgres",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "CREATE DATABASE: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.url(&name)
+        create_database(&self.bin, self.port)
     }
 
     /// The URL of database `name`.

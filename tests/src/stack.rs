@@ -185,7 +185,9 @@ impl StackBuilder {
         })?;
         let mut extra = format!("default_site = {SITE:?}\n");
         extra.push_str(&self.relay_extra);
-        if let Some(url) = &self.registry_url {
+        // scripts/test's PostgreSQL pass puts every registry on its server.
+        let registry_url = self.registry_url.clone().or_else(crate::postgres::shared_database);
+        if let Some(url) = &registry_url {
             let text = std::fs::read_to_string(&report.config)?;
             let file = "registry = \"registry.db\"\n";
             anyhow::ensure!(text.contains(file), "relay config has no registry line to replace");
@@ -542,4 +544,11 @@ pub fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
         }
     }
     anyhow::bail!("no port free on both TCP and UDP at {ip}")
+}
+
+/// Runs `f` on a thread of its own, as the CLI runs the admin commands: a
+/// PostgreSQL registry blocks on a runtime of its own, which may not be
+/// started inside the test's runtime.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("the admin call panicked"))
 }

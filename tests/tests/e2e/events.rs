@@ -82,7 +82,7 @@ async fn a_dropped_tunnel_closes_the_websocket_with_1011() {
     assert_eq!(l.next_text(WAIT).await.unwrap(), HELLO_FRAME);
     // Revoking the site cuts its tunnel under the open WebSocket.
     let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
-    keyway_relay::admin::revoke(&cfg, keyway_tests::stack::SITE).unwrap();
+    keyway_tests::stack::off_runtime(|| keyway_relay::admin::revoke(&cfg, keyway_tests::stack::SITE)).unwrap();
     assert_eq!(
         l.close_code(WAIT).await.unwrap(),
         Some(1011),

@@ -50,7 +50,8 @@ async fn with_udp_blocked_a_fresh_agent_pairs_and_serves_over_tcp_within_five_se
         TransportKind::Tcp,
         "the relay sees the TCP tunnel"
     );
-    let sites = keyway_relay::admin::list(&keyway_relay::RelayConfig::load(&stack.relay_config).unwrap()).unwrap();
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    let sites = keyway_tests::stack::off_runtime(|| keyway_relay::admin::list(&cfg)).unwrap();
     assert_eq!(
         sites[0].transport.as_deref(),
         Some("tcp"),

@@ -14,7 +14,8 @@ use keyway_tests::procs::{cli, BinaryStack};
 use keyway_tests::stack::{https_client, Stack, DOMAIN, SITE, TOKEN};
 
 fn new_code(stack: &Stack) -> String {
-    admin::new_code(&RelayConfig::load(&stack.relay_config).unwrap(), SITE)
+    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
+    keyway_tests::stack::off_runtime(|| admin::new_code(&cfg, SITE))
         .unwrap()
         .code
 }
@@ -320,7 +321,8 @@ async fn unpair_tells_the_relay_and_removes_the_identity() {
     for p in [&cfg.key, &cfg.cert, &stack.agent_config] {
         assert!(!p.exists(), "{} removed", p.display());
     }
-    let sites = admin::list(&RelayConfig::load(&stack.relay_config).unwrap()).unwrap();
+    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
+    let sites = keyway_tests::stack::off_runtime(|| admin::list(&cfg)).unwrap();
     assert!(!sites[0].paired, "the relay revoked the certificate");
     tokio::time::timeout(Duration::from_secs(10), stack.agents.wait_until(|t| !t.is_online(SITE)))
         .await

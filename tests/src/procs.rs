@@ -33,7 +33,11 @@ impl Proc {
     pub fn spawn(bin: &str, args: &[&str]) -> anyhow::Result<Self> {
         let level = std::env::var("KEYWAY_TEST_BIN_LOG").unwrap_or_else(|_| "info".into());
         let mut cmd = Command::new(workspace_bin(bin));
-        cmd.args(args).env("KEYWAY_LOG", level).env("NO_COLOR", "1");
+        // As the packaged units run them (packaging/systemd).
+        cmd.args(args)
+            .env("KEYWAY_LOG", level)
+            .env("NO_COLOR", "1")
+            .env("MALLOC_ARENA_MAX", "2");
         Self::start(cmd, bin)
     }
 

@@ -4,6 +4,7 @@
 //! latency plot.
 
 mod client;
+mod cluster;
 mod docs;
 mod procs;
 mod report;
@@ -53,6 +54,23 @@ enum Cmd {
         /// Run only these paths (comma-separated; direct always runs first).
         #[arg(long, value_delimiter = ',')]
         paths: Vec<String>,
+    },
+    /// The relay cluster (set up by bench/cluster): each node's memory with
+    /// 10,000 sites and 1,000 idle agents, and a GET through a node that
+    /// forwards against one through the node holding the agent's link.
+    Cluster {
+        /// Targets (JSON, written by bench/cluster).
+        #[arg(long)]
+        targets: PathBuf,
+        /// Where to write the results (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Rounds of requests, alternating between the two nodes.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Requests per node per round.
+        #[arg(long, default_value_t = 200)]
+        per_round: usize,
     },
     /// Regenerate BENCHMARKS.md and the latency plot from a results file.
     Report {
@@ -154,6 +172,21 @@ async fn main() -> anyhow::Result<()> {
                 paths,
             };
             run(&targets, &out, quick, &sel).await
+        }
+        Cmd::Cluster {
+            targets,
+            out,
+            rounds,
+            per_round,
+        } => {
+            let t: cluster::ClusterTargets = serde_json::from_str(
+                &std::fs::read_to_string(&targets).with_context(|| format!("{}", targets.display()))?,
+            )?;
+            let mut results = cluster::run(&t, rounds, per_round).await?;
+            results["date"] = utc_date().into();
+            std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+            eprintln!("bench: wrote {}", out.display());
+            Ok(())
         }
         Cmd::Report {
             results,

@@ -40,22 +40,29 @@ pub async fn connect(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
-    let mut identities = Vec::with_capacity(range.len());
-    for i in range.clone() {
-        let site = format!("{prefix}{i}");
-        let key = rcgen::KeyPair::generate()?;
-        let issued = ca.issue_agent(&site, &key, keyway_certs::ca::AGENT_VALIDITY)?;
-        let store = registry.blocking();
-        store.add_site(&site, now)?;
-        // A one-off code id (not a usable code: the hash is of nothing).
-        let id: String = [i / 1024, (i / 32) % 32, i % 32]
-            .iter()
-            .map(|&d| CROCKFORD[d % 32] as char)
-            .collect();
-        store.set_code(&site, &id, &[0u8; 32], now + 600, now)?;
-        store.complete_pairing(&id, &issued.serial, now)?;
-        identities.push((site, issued, key));
-    }
+    // Off the runtime: the registry's calls block (PostgreSQL's on a
+    // runtime of its own).
+    let (prefix, range) = (prefix.to_string(), range.clone());
+    let (ca, identities) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut identities = Vec::with_capacity(range.len());
+        for i in range.clone() {
+            let site = format!("{prefix}{i}");
+            let key = rcgen::KeyPair::generate()?;
+            let issued = ca.issue_agent(&site, &key, keyway_certs::ca::AGENT_VALIDITY)?;
+            let store = registry.blocking();
+            store.add_site(&site, now)?;
+            // A one-off code id (not a usable code: the hash is of nothing).
+            let id: String = [i / 1024, (i / 32) % 32, i % 32]
+                .iter()
+                .map(|&d| CROCKFORD[d % 32] as char)
+                .collect();
+            store.set_code(&site, &id, &[0u8; 32], now + 600, now)?;
+            store.complete_pairing(&id, &issued.serial, now)?;
+            identities.push((site, issued, key));
+        }
+        Ok((ca, identities))
+    })
+    .await??;
     let ca_der = ca.cert_der().clone();
     let name = cfg.domain.clone();
     let conns = stream::iter(identities)

@@ -31,15 +31,20 @@ pub fn shared_database() -> Option<String> {
 /// `CREATE DATABASE` with a name unique across test processes; its URL.
 fn create_database(bin: &Path, port: u16) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "keyway_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = format!("keyway_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
     let psql = bin.join("psql");
     let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
     let out = Command::new(psql)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keyway", "-d", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "keyway",
+            "-d",
+            "postgres",
+        ])
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", &format!("CREATE DATABASE {name}")])
         .output()
         .expect("psql runs");

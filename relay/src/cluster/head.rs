@@ -1,17 +1,22 @@
-//! What a node tells its peer before a forwarded request: the site, the
-//! client's address (for `X-Forwarded-For`) and the request id. A `u16`
-//! length, then that many bytes of JSON; the request follows as HTTP/1.1.
+//! What a node tells its peer with a forwarded request: the site, the
+//! client's address (for `X-Forwarded-For`) and the request id, as request
+//! headers. The sending node removes any the client sent before setting
+//! its own; the receiving node believes them only on a node-to-node stream
+//! (mutual TLS with a node certificate) and takes them off the request.
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use http::{HeaderMap, HeaderValue};
 
-/// The largest head accepted (a site name, an address and an id fit many times).
-const MAX_HEAD: usize = 1024;
+/// The site routed to by the node the client reached.
+pub const SITE: &str = "keyway-forward-site";
+/// The integration's address.
+pub const CLIENT: &str = "keyway-forward-client";
+/// The request id that node gave it.
+pub const REQUEST_ID: &str = "keyway-forward-id";
 
 /// The head of one forwarded request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardHead {
     /// The site routed to by the node the client reached.
     pub site: String,
@@ -22,31 +27,38 @@ pub struct ForwardHead {
 }
 
 impl ForwardHead {
-    /// Writes the head.
-    pub async fn write(&self, io: &mut (impl AsyncWrite + Unpin)) -> std::io::Result<()> {
-        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let len = u16::try_from(json.len())
-            .ok()
-            .filter(|&n| usize::from(n) <= MAX_HEAD)
-            .ok_or_else(|| std::io::Error::other("forward head too large"))?;
-        let mut buf = Vec::with_capacity(2 + json.len());
-        buf.extend_from_slice(&len.to_be_bytes());
-        buf.extend_from_slice(&json);
-        io.write_all(&buf).await
+    /// Replaces whatever forwarding headers `headers` has with these.
+    pub fn set(&self, headers: &mut HeaderMap) {
+        Self::strip(headers);
+        for (name, value) in [
+            (SITE, self.site.clone()),
+            (CLIENT, self.client.to_string()),
+            (REQUEST_ID, self.request_id.clone()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
     }
 
-    /// Reads a head; a malformed or oversized one is an error.
-    pub async fn read(io: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Self> {
-        let len = usize::from(io.read_u16().await?);
-        if len > MAX_HEAD {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("forward head of {len} bytes"),
-            ));
+    /// Takes the forwarding headers off a peer's request; `None` when one is
+    /// missing or malformed (the peer is not speaking this protocol).
+    pub fn take(headers: &mut HeaderMap) -> Option<Self> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let head = Self {
+            site: get(SITE).filter(|s| crate::config::validate_site_name(s).is_ok())?,
+            client: get(CLIENT)?.parse().ok()?,
+            request_id: get(REQUEST_ID)?,
+        };
+        Self::strip(headers);
+        Some(head)
+    }
+
+    /// Removes every forwarding header.
+    pub fn strip(headers: &mut HeaderMap) {
+        for name in [SITE, CLIENT, REQUEST_ID] {
+            headers.remove(name);
         }
-        let mut buf = vec![0; len];
-        io.read_exact(&mut buf).await?;
-        serde_json::from_slice(&buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -54,20 +66,28 @@ impl ForwardHead {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_head_reads_back_and_garbage_is_refused() {
+    #[test]
+    fn a_head_reads_back_replaces_a_clients_and_garbage_is_refused() {
         let head = ForwardHead {
             site: "hq".into(),
             client: "[2001:db8::1]:4431".parse().unwrap(),
             request_id: "r-1".into(),
         };
-        let mut buf = Vec::new();
-        head.write(&mut buf).await.unwrap();
-        assert_eq!(ForwardHead::read(&mut &buf[..]).await.unwrap(), head);
-        let mut long = vec![0xff, 0xff];
-        long.extend(vec![b'x'; 10]);
-        assert!(ForwardHead::read(&mut &long[..]).await.is_err());
-        assert!(ForwardHead::read(&mut &b"\x00\x03abc"[..]).await.is_err());
-        assert!(ForwardHead::read(&mut &b"\x00"[..]).await.is_err());
+        let mut headers = HeaderMap::new();
+        headers.insert(SITE, HeaderValue::from_static("branch-2"));
+        headers.append(SITE, HeaderValue::from_static("other"));
+        head.set(&mut headers);
+        assert_eq!(headers.get_all(SITE).iter().count(), 1, "the client's are gone");
+        assert_eq!(ForwardHead::take(&mut headers), Some(head));
+        assert!(headers.is_empty(), "taken off the request");
+
+        let mut bad = HeaderMap::new();
+        bad.insert(SITE, HeaderValue::from_static("../hq"));
+        bad.insert(CLIENT, HeaderValue::from_static("127.0.0.1:1"));
+        bad.insert(REQUEST_ID, HeaderValue::from_static("x"));
+        assert_eq!(ForwardHead::take(&mut bad), None);
+        let mut partial = HeaderMap::new();
+        partial.insert(SITE, HeaderValue::from_static("hq"));
+        assert_eq!(ForwardHead::take(&mut partial), None);
     }
 }

@@ -11,9 +11,9 @@
 //! link only: it is never forwarded twice. If no node holds a link, the
 //! client gets the usual 503 at once.
 //!
-//! One request per QUIC stream: a [`ForwardHead`], then HTTP/1.1, bodies
-//! streaming both ways with QUIC's flow control. Connections to peers are
-//! pooled, one per peer.
+//! One request per QUIC stream, as HTTP/1.1 with a [`ForwardHead`] in its
+//! headers, bodies streaming both ways with QUIC's flow control.
+//! Connections to peers are pooled, one per peer.
 
 mod head;
 
@@ -39,9 +39,11 @@ use tracing::{debug, info, warn};
 pub use head::ForwardHead;
 
 use crate::agents::AgentTable;
+use crate::proxy::body::GiveBack;
 use crate::proxy::error::{Offline, ProxyError, TunnelFailure};
 use crate::proxy::ProxyCtx;
 use crate::registry::{Heartbeat, PeerNode, Registry};
+use crate::streams::{Lease, StreamPool};
 
 /// How long a read of a site's holders is used before the registry is asked
 /// again (a request per read would put the database on every forwarded
@@ -127,6 +129,9 @@ pub struct Cluster {
     peers: Mutex<HashMap<String, quinn::Connection>>,
     /// Requests peers forwarded here, under way.
     streams: TaskTracker,
+    /// Cancelled when the listener closes: idle keep-alive streams end,
+    /// requests under way finish.
+    closing: CancellationToken,
     /// Which nodes hold each site, as last read from the registry.
     routes: Mutex<HashMap<String, Route>>,
     /// When this node left the registry (stopping).
@@ -134,6 +139,10 @@ pub struct Cluster {
     /// Per peer: datagrams received on its connection, and when that count
     /// last grew (a peer killed without a word goes quiet).
     heard: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Per peer: idle keep-alive HTTP/1.1 connections on streams, so a
+    /// forwarded request skips opening a stream and starting a connection
+    /// on both ends.
+    pools: Mutex<HashMap<String, Arc<StreamPool<ForwardBody>>>>,
 }
 
 /// The nodes holding a site's links, and when the registry said so.
@@ -190,9 +199,11 @@ impl Cluster {
             client,
             peers: Mutex::new(HashMap::new()),
             streams: TaskTracker::new(),
+            closing: CancellationToken::new(),
             routes: Mutex::new(HashMap::new()),
             left_at: Mutex::new(None),
             heard: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
         })
     }
 
@@ -245,6 +256,7 @@ impl Cluster {
         if let Some(left) = left {
             tokio::time::sleep_until((left + 2 * ROUTE_TTL).into()).await;
         }
+        self.closing.cancel();
         self.streams.close();
         if tokio::time::timeout(grace, self.streams.wait()).await.is_err() {
             warn!("forwarded requests still open after {grace:?}");
@@ -287,7 +299,7 @@ impl Cluster {
 
     async fn accept(self: Arc<Self>, proxy: Arc<ProxyCtx>) {
         while let Some(incoming) = self.endpoint.accept().await {
-            let (proxy, streams) = (proxy.clone(), self.streams.clone());
+            let (proxy, streams, closing) = (proxy.clone(), self.streams.clone(), self.closing.clone());
             tokio::spawn(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -302,7 +314,11 @@ impl Cluster {
                 };
                 debug!(%peer, "peer connected");
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    streams.spawn(serve_stream(tokio::io::join(recv, send), proxy.clone()));
+                    streams.spawn(serve_stream(
+                        tokio::io::join(recv, send),
+                        proxy.clone(),
+                        closing.clone(),
+                    ));
                 }
             });
         }
@@ -316,7 +332,7 @@ impl Cluster {
         req: Request<Incoming>,
         head: ForwardHead,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Option<GiveBack>), ProxyError> {
         let offline = || ProxyError::AgentOffline {
             site: site.to_string(),
             when: Offline::NotConnected,
@@ -336,18 +352,48 @@ impl Cluster {
         let again = bodiless(&req).then(|| copy_of(&req));
         let mut req = Some(req.map(Either::Left));
         for holder in &holders {
-            let (stream, conn) = match self.open(holder).await {
-                Ok(s) => s,
-                Err(e) => {
-                    info!(peer = %holder.name, "could not reach the node holding {site}: {e:#}");
-                    self.forget(site, &holder.name);
-                    continue;
-                }
+            let pool = self.pool(&holder.name);
+            let pooled = pool.take().zip(self.pooled_conn(&holder.name));
+            let reused = pooled.is_some();
+            let (mut sender, mut conn) = match pooled {
+                Some(idle) => idle,
+                None => match self.new_stream(holder).await {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        info!(peer = %holder.name, "could not reach the node holding {site}: {e:#}");
+                        self.forget(site, &holder.name);
+                        continue;
+                    }
+                },
             };
             let Some(this) = req.take().or_else(|| again.as_ref().map(copy_of)) else {
                 break;
             };
-            let mut resp = match send(stream, head.clone(), this, timeout, site).await {
+            let mut sent = send(&mut sender, head.clone(), this, timeout, site).await;
+            // A pooled stream the peer closed before the request went out
+            // (it restarted it, or is stopping): nothing was sent, so a new
+            // stream may carry it.
+            if let (Ok(Sent::Unsent(again)), true) = (&mut sent, reused) {
+                let again = std::mem::replace(again, Request::new(Either::Right(Empty::new())));
+                match self.new_stream(holder).await {
+                    Ok((fresh, c)) => {
+                        (sender, conn) = (fresh, c);
+                        sent = send(&mut sender, head.clone(), again, timeout, site).await;
+                    }
+                    Err(e) => {
+                        info!(peer = %holder.name, "could not reach the node holding {site}: {e:#}");
+                        self.forget(site, &holder.name);
+                        continue;
+                    }
+                }
+            }
+            let sent = sent.and_then(|s| match s {
+                Sent::Answer(resp) => Ok(resp),
+                Sent::Unsent(_) => Err(ProxyError::TunnelFailed(TunnelFailure::Stream {
+                    site: site.to_string(),
+                })),
+            });
+            let mut resp = match sent {
                 Ok(resp) => resp,
                 // The peer closed having answered everything it took: this
                 // request never reached it.
@@ -370,7 +416,13 @@ impl Cluster {
                     continue;
                 }
             }
-            return Ok(resp);
+            // The stream carries the next request once this response has
+            // ended; an upgraded one is a byte pipe now.
+            let lease = (resp.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| {
+                let lease = Lease::new(sender, pool);
+                Box::new(move || lease.give_back()) as GiveBack
+            });
+            return Ok((resp, lease));
         }
         Err(offline())
     }
@@ -431,6 +483,34 @@ impl Cluster {
             *entry = (count, Instant::now());
         }
         entry.1.elapsed() > 2 * PEER_KEEPALIVE
+    }
+
+    /// The pool of idle keep-alive streams to `peer`.
+    fn pool(&self, peer: &str) -> Arc<StreamPool<ForwardBody>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(peer.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The connection to `peer`, while it is open.
+    fn pooled_conn(&self, peer: &str) -> Option<quinn::Connection> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(peer).filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    /// A new HTTP/1.1 connection to `peer` on a new stream.
+    async fn new_stream(&self, peer: &PeerNode) -> anyhow::Result<(Sender, quinn::Connection)> {
+        let (io, conn) = self.open(peer).await?;
+        let (sender, http) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = http.with_upgrades().await {
+                debug!("node-to-node stream ended: {e}");
+            }
+        });
+        Ok((sender, conn))
     }
 
     /// A new stream to `peer`, on its pooled connection (dialled if needed).
@@ -497,6 +577,9 @@ fn copy_of<B>(req: &Request<B>) -> Request<ForwardBody> {
     copy
 }
 
+/// An HTTP/1.1 connection to a peer over one stream.
+type Sender = hyper::client::conn::http1::SendRequest<ForwardBody>;
+
 /// One node-to-node stream.
 type PeerStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
 
@@ -512,26 +595,25 @@ fn peer_node(conn: &quinn::Connection) -> anyhow::Result<String> {
 }
 
 /// Sends `req` on `io` to the peer and reads its response head.
+/// What became of a request given to a peer's connection.
+enum Sent {
+    /// The peer's response head.
+    Answer(Response<Incoming>),
+    /// The connection closed before the request went out; here it is again.
+    Unsent(Request<ForwardBody>),
+}
+
 async fn send(
-    mut io: PeerStream,
+    sender: &mut Sender,
     head: ForwardHead,
     req: Request<ForwardBody>,
     timeout: Duration,
     site: &str,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Sent, ProxyError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         info!("forwarding to the node holding {site}: {what}: {e}");
         ProxyError::TunnelFailed(TunnelFailure::Stream { site: site.to_string() })
     };
-    head.write(&mut io).await.map_err(|e| failed("head", &e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| failed("handshake", &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            debug!("node-to-node stream ended: {e}");
-        }
-    });
     let (mut parts, body) = req.into_parts();
     // The client's hop ends here; the peer sees an origin-form HTTP/1.1
     // request with the client's host.
@@ -550,33 +632,56 @@ async fn send(
         .map(|pq| http::Uri::from(pq.clone()))
         .unwrap_or_else(|| http::Uri::from_static("/"));
     parts.version = http::Version::HTTP_11;
-    let resp = tokio::time::timeout(timeout, sender.send_request(Request::from_parts(parts, body)))
+    head.set(&mut parts.headers);
+    let req = Request::from_parts(parts, body);
+    let exchange = async {
+        if sender.ready().await.is_err() {
+            return Ok(Sent::Unsent(req));
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(Sent::Answer(resp)),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Ok(Sent::Unsent(req)),
+                None => Err(failed("request", &e.into_error())),
+            },
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| ProxyError::Timeout {
             site: site.to_string(),
             after: timeout,
         })?
-        .map_err(|e| failed("request", &e))?;
-    Ok(resp)
 }
 
-/// Serves one stream a peer opened: its head, then one HTTP/1.1 request,
-/// answered from this node's own link for the site.
-async fn serve_stream(mut io: PeerStream, proxy: Arc<ProxyCtx>) {
-    let head = match tokio::time::timeout(Duration::from_secs(5), ForwardHead::read(&mut io)).await {
-        Ok(Ok(h)) => Arc::new(h),
-        Ok(Err(e)) => return debug!("bad forward head: {e}"),
-        Err(_) => return debug!("no forward head within 5s"),
-    };
-    let service = hyper::service::service_fn(move |req| {
-        let (proxy, head) = (proxy.clone(), head.clone());
-        async move { Ok::<_, std::convert::Infallible>(crate::proxy::serve_forwarded(req, &proxy, &head).await) }
+/// Serves one stream a peer opened: one HTTP/1.1 request, answered from
+/// this node's own link for the site its [`ForwardHead`] names.
+async fn serve_stream(io: PeerStream, proxy: Arc<ProxyCtx>, closing: CancellationToken) {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move {
+            let resp = match ForwardHead::take(req.headers_mut()) {
+                Some(head) => crate::proxy::serve_forwarded(req, &proxy, &head).await,
+                None => {
+                    debug!("a peer's request without a forward head");
+                    crate::proxy::error::respond(ProxyError::BadRequest(crate::proxy::error::BadRequest::Target))
+                }
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(io), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         debug!("forwarded request stream ended: {e}");
     }
 }

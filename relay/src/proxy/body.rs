@@ -11,20 +11,23 @@ use hyper::body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::limits::Slot;
-use crate::streams::Lease;
+
+/// Gives a keep-alive connection back to its pool (a tunnel stream's, or a
+/// peer node's) once the response over it has ended cleanly.
+pub type GiveBack = Box<dyn FnOnce() + Send>;
 
 /// A body and what it holds until it ends (see the module doc).
 pub(super) struct Tracked<B: Body> {
     body: B,
     bytes: Option<Counter>,
     _slots: Vec<Slot>,
-    lease: Option<Lease>,
+    lease: Option<GiveBack>,
     ended: bool,
 }
 
 impl<B: Body> Tracked<B> {
     /// `body`, holding `slots` and `lease` (if any) while it is sent.
-    pub(super) fn holding(body: B, slots: Vec<Slot>, lease: Option<Lease>) -> Self {
+    pub(super) fn holding(body: B, slots: Vec<Slot>, lease: Option<GiveBack>) -> Self {
         Self {
             body,
             bytes: None,
@@ -80,8 +83,8 @@ impl<B: Body> Drop for Tracked<B> {
         // hyper stops polling a body whose declared length has been sent, so
         // the end shows in `is_end_stream` as often as in a final `None`.
         if self.ended || self.body.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.give_back();
+            if let Some(give_back) = self.lease.take() {
+                give_back();
             }
         }
     }

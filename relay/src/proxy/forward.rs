@@ -15,7 +15,7 @@ use keyway_proto::preamble::StreamKind;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
-use super::body::Tracked;
+use super::body::{GiveBack, Tracked};
 use super::error::{BadRequest, Offline, ProxyError, TunnelFailure};
 use super::ProxyCtx;
 use crate::agents::AgentLink;
@@ -39,7 +39,7 @@ pub(super) fn answer(
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     slots: Vec<Slot>,
-    lease: Option<Lease>,
+    lease: Option<GiveBack>,
 ) -> Result<Response<HttpBody>, ProxyError> {
     let resp_upgrade = strip_hop_by_hop(resp.headers_mut());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -121,7 +121,8 @@ impl Forward<'_> {
             }
         };
         debug!(status = resp.status().as_u16(), "response head");
-        answer(self.ctx, resp, client_upgrade, slots, (!upgrading).then_some(lease))
+        let lease = (!upgrading).then(|| Box::new(move || lease.give_back()) as GiveBack);
+        answer(self.ctx, resp, client_upgrade, slots, lease)
     }
 
     /// Sends the request on a tunnel stream and reads the response head.

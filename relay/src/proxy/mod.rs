@@ -13,7 +13,7 @@
 //! directions with the transport's flow control as back-pressure, and an
 //! `Upgrade: websocket` exchange becomes a raw byte pipe after the `101`.
 
-mod body;
+pub(crate) mod body;
 pub mod error;
 mod forward;
 mod headers;
@@ -136,8 +136,8 @@ async fn serve(
                 request_id: request_id.to_string(),
             };
             let client_upgrade = forward::client_upgrade(&mut req);
-            let resp = cluster.forward(routed, req, head, ctx.request_timeout).await?;
-            return forward::answer(ctx, resp, client_upgrade, admitted.slots, None);
+            let (resp, lease) = cluster.forward(routed, req, head, ctx.request_timeout).await?;
+            return forward::answer(ctx, resp, client_upgrade, admitted.slots, lease);
         }
         return Err(ProxyError::AgentOffline {
             site: routed.clone(),

@@ -136,6 +136,22 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
             assert!(r.headers.contains_key("x-request-id"));
         }
     }
+    // A client cannot speak for the forwarding node: its own forward
+    // headers are replaced, so the request still goes to its own site.
+    let spoofed = b
+        .api
+        .send(
+            b.api
+                .request(http::Method::GET, DOORS)
+                .header("keyway-forward-site", "branch-2")
+                .header("keyway-forward-client", "203.0.113.9:1")
+                .body(keyway_tests::stack::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status, 200);
+    assert_eq!(spoofed.json()["data"], direct.json()["data"]);
     // A request's body crosses both hops.
     let created = b
         .api
@@ -221,16 +237,16 @@ async fn an_agent_certificate_cannot_speak_as_a_node() {
         .unwrap()
         .await
         .expect("the TLS handshake itself succeeds: the CA is the same");
-    let head = keyway_relay::cluster::ForwardHead {
-        site: "hq".into(),
-        client: "127.0.0.1:1".parse().unwrap(),
-        request_id: "x".into(),
-    };
     let answered = async {
         let (mut send, mut recv) = conn.open_bi().await?;
-        head.write(&mut send).await?;
-        send.write_all(format!("GET {DOORS} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n").as_bytes())
-            .await?;
+        send.write_all(
+            format!(
+                "GET {DOORS} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+                 keyway-forward-site: hq\r\nkeyway-forward-client: 127.0.0.1:1\r\nkeyway-forward-id: x\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
         anyhow::Ok(recv.read_to_end(64 * 1024).await?)
     };
     let got = tokio::time::timeout(Duration::from_secs(5), answered).await.unwrap();
@@ -363,6 +379,8 @@ async fn an_agent_keeps_a_second_link_that_moves_when_its_node_stops() {
             while !stop.is_cancelled() {
                 let r = api.get(DOORS).await.unwrap();
                 made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A steady client, well inside the edge's per-client rate.
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 if r.status == 200 {
                     ok += 1;
                 } else {

@@ -15,7 +15,9 @@ use keyway_tests::stack::{free_port, Stack, SITE};
 fn code(stack: &Stack, ttl: Duration) -> String {
     let mut cfg = RelayConfig::load(&stack.relay_config).unwrap();
     cfg.pairing_code_ttl = ttl;
-    keyway_tests::stack::off_runtime(|| admin::new_code(&cfg, SITE)).unwrap().code
+    keyway_tests::stack::off_runtime(|| admin::new_code(&cfg, SITE))
+        .unwrap()
+        .code
 }
 
 /// Same code, secret part changed.

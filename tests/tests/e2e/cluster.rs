@@ -85,6 +85,32 @@ impl Node {
     }
 }
 
+/// A free port for a node-to-node listener.
+fn peer_port() -> u16 {
+    free_port("127.0.0.1".parse().unwrap()).unwrap()
+}
+
+/// A stack whose relay is cluster node `a`, on a new database of `pg`, its
+/// agent.toml with `agent_extra` (`links = 1` keeps the agent on node a).
+async fn cluster_stack(pg: &TempPostgres, peer_port: u16, agent_extra: &str) -> Stack {
+    Stack::builder()
+        .registry_url(&pg.database())
+        .relay_extra(&cluster_section("a", peer_port))
+        .agent_extra(agent_extra)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Stops `nodes`, then the stack.
+async fn stop_all(stack: Stack, nodes: Vec<Node>) {
+    for n in nodes {
+        n.stop.cancel();
+        n.task.await.unwrap().unwrap();
+    }
+    stack.shutdown().await.unwrap();
+}
+
 /// Polls `api` until `DOORS` answers `status` (bounded); returns how long.
 async fn until_status(api: &Api, status: u16, within: Duration) -> Duration {
     let start = Instant::now();
@@ -106,16 +132,8 @@ async fn until_status(api: &Api, status: u16, within: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_without_the_agent_forward_to_the_node_with_it() {
     let pg = TempPostgres::start();
-    let url = pg.database();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
     // One link: the agent stays on node a, so b and c must forward.
-    let mut stack = Stack::builder()
-        .registry_url(&url)
-        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
-        .agent_extra("links = 1\n")
-        .start()
-        .await
-        .unwrap();
+    let mut stack = cluster_stack(&pg, peer_port(), "links = 1\n").await;
     let b = start_node(&stack, "b").await;
     let c = start_node(&stack, "c").await;
     assert!(
@@ -202,11 +220,7 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
     assert_eq!(r.json()["code"], "CODE_KEYWAY_AGENT_OFFLINE");
     assert!(t.elapsed() < Duration::from_secs(1), "503 took {:?}", t.elapsed());
 
-    for n in [b, c] {
-        n.stop.cancel();
-        n.task.await.unwrap().unwrap();
-    }
-    stack.shutdown().await.unwrap();
+    stop_all(stack, vec![b, c]).await;
 }
 
 /// The node-to-node port wants a node's certificate: an agent's, from the
@@ -214,15 +228,8 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_certificate_cannot_speak_as_a_node() {
     let pg = TempPostgres::start();
-    let url = pg.database();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let peer_port = free_port(ip).unwrap();
-    let stack = Stack::builder()
-        .registry_url(&url)
-        .relay_extra(&cluster_section("a", peer_port))
-        .start()
-        .await
-        .unwrap();
+    let peer_port = peer_port();
+    let stack = cluster_stack(&pg, peer_port, "").await;
     let agent = keyway_agent::AgentConfig::load(&stack.agent_config).unwrap();
     let chain = keyway_certs::files::load_certs(&agent.cert).unwrap();
     let key = keyway_certs::files::load_key(&agent.key).unwrap();
@@ -338,14 +345,7 @@ async fn a_silent_node_leaves_routing_after_its_heartbeats_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_keeps_a_second_link_that_moves_when_its_node_stops() {
     let pg = TempPostgres::start();
-    let url = pg.database();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let stack = Stack::builder()
-        .registry_url(&url)
-        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
-        .start()
-        .await
-        .unwrap();
+    let stack = cluster_stack(&pg, peer_port(), "").await;
     let b = start_node(&stack, "b").await;
     let c = start_node(&stack, "c").await;
     let holds = |n: &Node| n.relay.get(keyway_tests::stack::SITE).is_some();
@@ -434,14 +434,7 @@ async fn until_no_node_holds(tables: &[&keyway_relay::AgentTable], within: Durat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_reaches_every_node_within_a_second() {
     let pg = TempPostgres::start();
-    let url = pg.database();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let stack = Stack::builder()
-        .registry_url(&url)
-        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
-        .start()
-        .await
-        .unwrap();
+    let stack = cluster_stack(&pg, peer_port(), "").await;
     let b = start_node(&stack, "b").await;
     let c = start_node(&stack, "c").await;
     let second = async {
@@ -465,11 +458,7 @@ async fn a_revocation_reaches_every_node_within_a_second() {
         let r = api.get(DOORS).await.unwrap();
         assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     }
-    for n in [b, c] {
-        n.stop.cancel();
-        n.task.await.unwrap().unwrap();
-    }
-    stack.shutdown().await.unwrap();
+    stop_all(stack, vec![b, c]).await;
 }
 
 /// PostgreSQL stops under a cluster: a node without the agent keeps
@@ -478,15 +467,7 @@ async fn a_revocation_reaches_every_node_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_keeps_every_node_serving() {
     let pg = TempPostgres::start();
-    let url = pg.database();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let stack = Stack::builder()
-        .registry_url(&url)
-        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
-        .agent_extra("links = 1\n")
-        .start()
-        .await
-        .unwrap();
+    let stack = cluster_stack(&pg, peer_port(), "links = 1\n").await;
     let b = start_node(&stack, "b").await;
     until_status(&b.api, 200, Duration::from_secs(5)).await;
 
@@ -534,14 +515,7 @@ async fn until_links(tables: &[&keyway_relay::AgentTable], n: usize, within: Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_fails_no_request() {
     let pg = TempPostgres::start();
-    let url = pg.database();
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let mut stack = Stack::builder()
-        .registry_url(&url)
-        .relay_extra(&cluster_section("a", free_port(ip).unwrap()))
-        .start()
-        .await
-        .unwrap();
+    let mut stack = cluster_stack(&pg, peer_port(), "").await;
     let mut b = start_node(&stack, "b").await;
     let mut c = start_node(&stack, "c").await;
     until_links(&[&stack.agents, &b.relay, &c.relay], 2, Duration::from_secs(5)).await;
@@ -591,9 +565,5 @@ async fn a_rolling_restart_of_every_node_fails_no_request() {
     );
     assert!(ok > 50, "only {ok} requests made");
     eprintln!("rolling restart: {ok} requests answered 200, {moved} connection attempts moved to another node");
-    for n in [b, c] {
-        n.stop.cancel();
-        n.task.await.unwrap().unwrap();
-    }
-    stack.shutdown().await.unwrap();
+    stop_all(stack, vec![b, c]).await;
 }

@@ -160,9 +160,16 @@ impl PgStore {
 /// database being unavailable, not a refusal.
 fn unavailable_if_gone(e: RegistryError) -> RegistryError {
     match e {
-        RegistryError::Postgres(pg) if pg.code().is_none() => RegistryError::Unavailable(pg.to_string()),
+        RegistryError::Postgres(pg) if gone(&pg) => RegistryError::Unavailable(pg.to_string()),
         other => other,
     }
+}
+
+/// The connection closed or broke (as opposed to the server refusing the
+/// statement, or our side failing to encode a parameter: a bug to report,
+/// not an outage to ride out).
+fn gone(pg: &tokio_postgres::Error) -> bool {
+    pg.is_closed() || std::error::Error::source(pg).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> RegistryError {

@@ -169,11 +169,6 @@ impl Relay {
         })
     }
 
-    /// Where this node's peers reach it, in a cluster.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.cluster.as_ref().map(|c| c.peer_addr())
-    }
-
     /// Calls `f` with each request head as it is sent into a tunnel (tests
     /// use it to check what crosses the tunnel).
     pub fn observe_forwarded(&mut self, f: proxy::Observer) {

@@ -319,15 +319,17 @@ async fn control_loop(
     takes_nodes: bool,
 ) -> anyhow::Result<()> {
     let registry = &ctx.registry;
-    let mut nodes = ctx
-        .cluster
-        .as_ref()
-        .filter(|_| takes_nodes)
-        .map(|c| c.agent_nodes_changes());
+    // In a cluster, an agent that takes them hears of every change of nodes.
+    let cluster = ctx.cluster.as_ref().filter(|_| takes_nodes);
+    let mut changes = cluster.map(|c| c.agent_nodes_changes());
+    let nodes_changed = async |rx: &mut Option<tokio::sync::watch::Receiver<Vec<String>>>| match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
-            Some(nodes) = async { match nodes.as_mut() { Some(rx) => rx.changed().await.ok().map(|()| rx.borrow_and_update().clone()), None => std::future::pending().await } } => {
-                let nodes = ctx.cluster.as_ref().map(|c| c.agent_nodes()).unwrap_or(nodes);
+            true = nodes_changed(&mut changes) => {
+                let nodes = cluster.map(|c| c.agent_nodes()).unwrap_or_default();
                 write_msg(send, &ControlMsg::Nodes { nodes }).await?;
             }
             _ = drain.cancelled() => {

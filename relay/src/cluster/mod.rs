@@ -28,7 +28,6 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyway_certs::PrivateCa;
-use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -51,8 +50,11 @@ use crate::streams::{Lease, StreamPool};
 const ROUTE_TTL: Duration = Duration::from_millis(250);
 /// Heartbeats a node may miss before it is out of routing.
 const MISSED_HEARTBEATS: u32 = 3;
-/// How long a node certificate is valid (issued again at every start).
-const NODE_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a node certificate is valid. It is issued at every start and
+/// its key never leaves the process, so this bounds only how long a node
+/// may run without a restart: 30 days would cut a node that had simply
+/// kept running off from its peers.
+const NODE_CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// A peer that does not complete its handshake in this long is skipped.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keep-alive on node-to-node connections: a peer silent for two of these
@@ -207,11 +209,6 @@ impl Cluster {
         })
     }
 
-    /// This node's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// Where agents reach each live node (for `Welcome`): as of the last
     /// heartbeat, and at least this node.
     pub fn agent_nodes(&self) -> Vec<String> {
@@ -225,11 +222,6 @@ impl Cluster {
     /// Changes whenever the live nodes do (for `Nodes` to connected agents).
     pub fn agent_nodes_changes(&self) -> watch::Receiver<Vec<String>> {
         self.agent_nodes.subscribe()
-    }
-
-    /// Where the node-to-node listener is bound.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.endpoint.local_addr().expect("bound endpoint has an address")
     }
 
     /// Heart-beats and serves peers until `stop`; then leaves the registry,
@@ -478,7 +470,10 @@ impl Cluster {
         };
         let count = conn.stats().udp_rx.datagrams;
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = heard.entry(peer.to_string()).or_insert((count, Instant::now()));
+        let Some(entry) = heard.get_mut(peer) else {
+            heard.insert(peer.to_string(), (count, Instant::now()));
+            return false;
+        };
         if entry.0 != count {
             *entry = (count, Instant::now());
         }
@@ -487,12 +482,11 @@ impl Cluster {
 
     /// The pool of idle keep-alive streams to `peer`.
     fn pool(&self, peer: &str) -> Arc<StreamPool<ForwardBody>> {
-        self.pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(peer.to_string())
-            .or_default()
-            .clone()
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(peer) {
+            return pool.clone();
+        }
+        pools.entry(peer.to_string()).or_default().clone()
     }
 
     /// The connection to `peer`, while it is open.
@@ -594,7 +588,6 @@ fn peer_node(conn: &quinn::Connection) -> anyhow::Result<String> {
     Ok(keyway_certs::identity::node_from_cert(first)?)
 }
 
-/// Sends `req` on `io` to the peer and reads its response head.
 /// What became of a request given to a peer's connection.
 enum Sent {
     /// The peer's response head.
@@ -603,6 +596,7 @@ enum Sent {
     Unsent(Request<ForwardBody>),
 }
 
+/// Sends `req` to the peer on `sender` and reads its response head.
 async fn send(
     sender: &mut Sender,
     head: ForwardHead,
@@ -615,23 +609,10 @@ async fn send(
         ProxyError::TunnelFailed(TunnelFailure::Stream { site: site.to_string() })
     };
     let (mut parts, body) = req.into_parts();
-    // The client's hop ends here; the peer sees an origin-form HTTP/1.1
-    // request with the client's host.
-    let host = parts.uri.authority().map(|a| a.as_str().to_string());
-    // An upgrade (a WebSocket) is asked of the peer again; its `101`
-    // makes the stream a byte pipe (see `proxy::forward::answer`).
-    if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
-        set_upgrade(&mut parts.headers, proto);
-    }
-    if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(&h).ok()) {
-        parts.headers.insert(http::header::HOST, h);
-    }
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| http::Uri::from(pq.clone()))
-        .unwrap_or_else(|| http::Uri::from_static("/"));
-    parts.version = http::Version::HTTP_11;
+    // The head as it would enter a tunnel (origin form, HTTP/1.1, the
+    // client's host, an upgrade asked again so its `101` makes the stream a
+    // byte pipe), then where it comes from.
+    crate::proxy::headers::for_tunnel(&mut parts, head.client, &head.request_id);
     head.set(&mut parts.headers);
     let req = Request::from_parts(parts, body);
     let exchange = async {

@@ -9,7 +9,7 @@ use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
 
 /// Rewrites `parts` for the tunnel; the protocol the client asked to
 /// upgrade to, if any, stays asked for.
-pub(super) fn for_tunnel(parts: &mut http::request::Parts, peer: SocketAddr, request_id: &str) -> Option<HeaderValue> {
+pub(crate) fn for_tunnel(parts: &mut http::request::Parts, peer: SocketAddr, request_id: &str) -> Option<HeaderValue> {
     let host = parts.uri.authority().map(|a| a.as_str().to_string());
     let upgrade = strip_hop_by_hop(&mut parts.headers);
     if let Some(proto) = &upgrade {

@@ -16,7 +16,7 @@
 pub(crate) mod body;
 pub mod error;
 mod forward;
-mod headers;
+pub(crate) mod headers;
 mod route;
 
 pub use route::is_for_relay;
@@ -182,5 +182,8 @@ pub async fn serve_forwarded(
         request_id: &head.request_id,
         limits: ctx.edge.body_limits(site),
     };
-    forward.send(req, Vec::new()).await.unwrap_or_else(respond)
+    let mut resp = forward.send(req, Vec::new()).await.unwrap_or_else(respond);
+    // Only this node says "not held"; a console's header of that name is not it.
+    resp.headers_mut().remove(crate::cluster::NOT_HELD);
+    resp
 }

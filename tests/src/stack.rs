@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -31,7 +32,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of the test client.
 pub type ClientBody = BoxBody<Bytes, BoxError>;
 /// An HTTPS client trusting the relay's development CA.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, ClientBody>;
+pub type HttpsClient = Client<HttpsConnector<HttpConnector<Resolver>>, ClientBody>;
 
 /// The site every stack serves.
 pub const SITE: &str = "hq";
@@ -453,12 +454,54 @@ pub fn pinned_client(fp: Fingerprint) -> HttpsClient {
     )
 }
 
+/// A pooled client trusting `ca` that connects to `ip` whatever the URL's
+/// host: a relay node on 127.0.0.2 is asked for by the names its
+/// certificate carries.
+pub fn https_client_at(ca: &CertificateDer<'static>, ip: IpAddr) -> HttpsClient {
+    connector_client_at(
+        keyway_certs::tls::https_client(ca).expect("CA is valid"),
+        false,
+        Resolver(Some(ip)),
+    )
+}
+
 fn build_client(ca: &CertificateDer<'static>, h2: bool) -> HttpsClient {
     connector_client(keyway_certs::tls::https_client(ca).expect("CA is valid"), h2)
 }
 
+/// Name resolution for test clients: the system's, or one fixed address.
+#[derive(Clone)]
+pub struct Resolver(Option<IpAddr>);
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let fixed = self.0;
+        Box::pin(async move {
+            match fixed {
+                Some(ip) => Ok(vec![SocketAddr::new(ip, 0)].into_iter()),
+                None => {
+                    let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
+                    Ok(addrs.collect::<Vec<_>>().into_iter())
+                }
+            }
+        })
+    }
+}
+
 fn connector_client(tls: rustls::ClientConfig, h2: bool) -> HttpsClient {
-    let mut http = HttpConnector::new();
+    connector_client_at(tls, h2, Resolver(None))
+}
+
+fn connector_client_at(tls: rustls::ClientConfig, h2: bool, resolver: Resolver) -> HttpsClient {
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_nodelay(true);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()

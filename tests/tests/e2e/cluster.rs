@@ -10,50 +10,79 @@ use std::time::{Duration, Instant};
 use keyway_relay::{Relay, RelayConfig};
 use keyway_tests::client::Api;
 use keyway_tests::postgres::TempPostgres;
-use keyway_tests::stack::{free_port, Stack, TOKEN};
+use keyway_tests::stack::{free_port, Stack, DOMAIN, TOKEN};
 use tokio_util::sync::CancellationToken;
 
 const DOORS: &str = "/api/v1/developer/doors";
 
-fn cluster_section(node: &str, peer_port: u16) -> String {
-    format!("\n[cluster]\nnode = {node:?}\npeer_listen = \"127.0.0.1:{peer_port}\"\nheartbeat = \"200ms\"\n")
+pub(crate) fn cluster_section(node: &str, peer: SocketAddr) -> String {
+    format!("\n[cluster]\nnode = {node:?}\npeer_listen = \"{peer}\"\nheartbeat = \"200ms\"\n")
+}
+
+/// Node b's and c's loopback addresses (node a, the stack's relay, is on
+/// 127.0.0.1), as three machines behind one name would be.
+pub(crate) fn node_ip(name: &str) -> IpAddr {
+    match name {
+        "a" => "127.0.0.1",
+        "b" => "127.0.0.2",
+        "c" => "127.0.0.3",
+        other => panic!("no address for node {other}"),
+    }
+    .parse()
+    .unwrap()
 }
 
 /// Another node beside the stack's relay: the same config (CA, registry,
-/// domain) with its own ports and name.
-struct Node {
-    config: std::path::PathBuf,
-    addr: SocketAddr,
-    api: Api,
-    relay: keyway_relay::AgentTable,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+/// domain) with its own address and name.
+pub(crate) struct Node {
+    pub config: std::path::PathBuf,
+    pub addr: SocketAddr,
+    pub api: Api,
+    pub relay: keyway_relay::AgentTable,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_node(stack: &Stack, name: &str) -> Node {
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+pub(crate) async fn start_node(stack: &Stack, name: &str) -> Node {
+    let ip = node_ip(name);
+    start_node_at(stack, name, SocketAddr::new(ip, free_port(ip).unwrap()), |t| t).await
+}
+
+/// A node at `addr` whose config is the stack's, renamed and re-addressed,
+/// then passed through `edit`.
+pub(crate) async fn start_node_at(
+    stack: &Stack,
+    name: &str,
+    addr: SocketAddr,
+    edit: impl FnOnce(String) -> String,
+) -> Node {
     let text = std::fs::read_to_string(&stack.relay_config).unwrap();
-    let (port, peer) = (free_port(ip).unwrap(), free_port(ip).unwrap());
     let a = stack.relay_addr.to_string();
     let text = text
         .replace(
             &format!("https_listen = \"{a}\""),
-            &format!("https_listen = \"127.0.0.1:{port}\""),
+            &format!("https_listen = \"{addr}\""),
         )
-        .replace(
-            &format!("quic_listen = \"{a}\""),
-            &format!("quic_listen = \"127.0.0.1:{port}\""),
-        );
+        .replace(&format!("quic_listen = \"{a}\""), &format!("quic_listen = \"{addr}\""));
     let start = text.find("\n[cluster]").expect("the stack's relay is a cluster node");
     let end = text[start + 1..].find("\n[").map_or(text.len(), |i| start + 1 + i);
-    let text = format!("{}{}{}", &text[..start], cluster_section(name, peer), &text[end..]);
+    let peer = SocketAddr::new(addr.ip(), free_port(addr.ip()).unwrap());
+    let text = edit(format!(
+        "{}{}{}",
+        &text[..start],
+        cluster_section(name, peer),
+        &text[end..]
+    ));
     let path = stack.relay_config.with_file_name(format!("relay-{name}.toml"));
     std::fs::write(&path, text).unwrap();
     let (agents, stop, task) = run_node(&path).await;
-    let api = Api::new(&format!("https://127.0.0.1:{port}"), &stack.https_ca_der, TOKEN);
+    // Asked for by the relay's own name (its certificate has no
+    // 127.0.0.2), connected to the node's address.
+    let client = keyway_tests::stack::https_client_at(&stack.https_ca_der, addr.ip());
+    let api = Api::with_client(client, &format!("https://{DOMAIN}:{}", addr.port()), TOKEN);
     Node {
         config: path,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        addr,
         api,
         relay: agents,
         stop,
@@ -85,17 +114,18 @@ impl Node {
     }
 }
 
-/// A free port for a node-to-node listener.
-fn peer_port() -> u16 {
-    free_port("127.0.0.1".parse().unwrap()).unwrap()
+/// A free address for node a's node-to-node listener.
+pub(crate) fn peer_port() -> SocketAddr {
+    let ip = node_ip("a");
+    SocketAddr::new(ip, free_port(ip).unwrap())
 }
 
 /// A stack whose relay is cluster node `a`, on a new database of `pg`, its
 /// agent.toml with `agent_extra` (`links = 1` keeps the agent on node a).
-async fn cluster_stack(pg: &TempPostgres, peer_port: u16, agent_extra: &str) -> Stack {
+pub(crate) async fn cluster_stack(pg: &TempPostgres, peer: SocketAddr, agent_extra: &str) -> Stack {
     Stack::builder()
         .registry_url(&pg.database())
-        .relay_extra(&cluster_section("a", peer_port))
+        .relay_extra(&cluster_section("a", peer))
         .agent_extra(agent_extra)
         .start()
         .await
@@ -103,7 +133,7 @@ async fn cluster_stack(pg: &TempPostgres, peer_port: u16, agent_extra: &str) -> 
 }
 
 /// Stops `nodes`, then the stack.
-async fn stop_all(stack: Stack, nodes: Vec<Node>) {
+pub(crate) async fn stop_all(stack: Stack, nodes: Vec<Node>) {
     for n in nodes {
         n.stop.cancel();
         n.task.await.unwrap().unwrap();
@@ -228,8 +258,8 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_certificate_cannot_speak_as_a_node() {
     let pg = TempPostgres::start();
-    let peer_port = peer_port();
-    let stack = cluster_stack(&pg, peer_port, "").await;
+    let peer = peer_port();
+    let stack = cluster_stack(&pg, peer, "").await;
     let agent = keyway_agent::AgentConfig::load(&stack.agent_config).unwrap();
     let chain = keyway_certs::files::load_certs(&agent.cert).unwrap();
     let key = keyway_certs::files::load_key(&agent.key).unwrap();
@@ -238,7 +268,6 @@ async fn an_agent_certificate_cannot_speak_as_a_node() {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let peer: SocketAddr = format!("127.0.0.1:{peer_port}").parse().unwrap();
     let conn = endpoint
         .connect(peer, &keyway_certs::identity::node_server_name("a"))
         .unwrap()

@@ -26,10 +26,14 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("temporary paths are UTF-8")
 }
 
-/// Three node configs from one `init`: same CA and domain, own ports.
+/// Three node configs from one `init`: same CA and domain, each node on
+/// its own loopback address (127.0.0.1, .2, .3), as three machines.
 async fn three_configs(dir: &Path, registry: &str) -> Vec<(std::path::PathBuf, SocketAddr)> {
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let first = SocketAddr::new(ip, free_port(ip).unwrap());
+    let ips: Vec<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    let first = SocketAddr::new(ips[0], free_port(ips[0]).unwrap());
     let relay_dir = dir.join("relay");
     let init = cli(
         "keyway-relay",
@@ -51,15 +55,15 @@ async fn three_configs(dir: &Path, registry: &str) -> Vec<(std::path::PathBuf, S
         .unwrap()
         .replace("registry = \"registry.db\"\n", "");
     let mut out = Vec::new();
-    for (i, node) in ["a", "b", "c"].into_iter().enumerate() {
-        let addr = if i == 0 {
+    for (node, ip) in ["a", "b", "c"].into_iter().zip(ips) {
+        let addr = if node == "a" {
             first
         } else {
             SocketAddr::new(ip, free_port(ip).unwrap())
         };
-        let peer = free_port(ip).unwrap();
+        let peer = SocketAddr::new(ip, free_port(ip).unwrap());
         let text = format!(
-            "{}default_site = {SITE:?}\n\n[registry]\nurl = {registry:?}\n\n[cluster]\nnode = {node:?}\npeer_listen = \"127.0.0.1:{peer}\"\n",
+            "{}default_site = {SITE:?}\n\n[registry]\nurl = {registry:?}\n\n[cluster]\nnode = {node:?}\npeer_listen = \"{peer}\"\n",
             base.replace(&first.to_string(), &addr.to_string())
         );
         let path = relay_dir.join(format!("relay-{node}.toml"));
@@ -155,7 +159,12 @@ async fn a_node_killed_under_load_costs_at_most_its_requests_in_flight() {
     let apis: Arc<Vec<Api>> = Arc::new(
         nodes
             .iter()
-            .map(|(_, addr)| Api::new(&format!("https://{addr}"), &ca, TOKEN))
+            .map(|(_, addr)| {
+                // By the relay's name, at the node's address (a resolver
+                // handing out one of three addresses).
+                let client = keyway_tests::stack::https_client_at(&ca, addr.ip());
+                Api::with_client(client, &format!("https://{DOMAIN}:{}", addr.port()), TOKEN)
+            })
             .collect(),
     );
     for api in apis.iter() {

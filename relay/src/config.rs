@@ -101,7 +101,20 @@ pub enum RegistryLocation {
     Database {
         /// The connection URL (or libpq `key=value` string).
         url: String,
+        /// TLS to the database, verifying its certificate against this CA
+        /// (PEM). Absent: a plain connection (a private network or a
+        /// local socket).
+        #[serde(default)]
+        tls_ca_file: Option<PathBuf>,
     },
+}
+
+impl RegistryLocation {
+    /// Whether several relays can share it (PostgreSQL): then it also
+    /// holds what a single relay keeps in files (the ACME state).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Database { .. })
+    }
 }
 
 impl std::fmt::Display for RegistryLocation {
@@ -110,7 +123,7 @@ impl std::fmt::Display for RegistryLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::File(p) => write!(f, "{}", p.display()),
-            Self::Database { url } => f.write_str(&redact_password(url)),
+            Self::Database { url, .. } => f.write_str(&redact_password(url)),
         }
     }
 }
@@ -188,7 +201,7 @@ impl RelayConfig {
         .chain(optional.into_iter().flatten())
         .chain(match &mut cfg.registry {
             RegistryLocation::File(p) => Some(p),
-            RegistryLocation::Database { .. } => None,
+            RegistryLocation::Database { tls_ca_file, .. } => tls_ca_file.as_mut(),
         }) {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -278,6 +291,20 @@ mod tests {
         assert_eq!(cfg.registry, RegistryLocation::File(dir.join("registry.db")));
         assert_eq!(cfg.pairing_code_ttl, Duration::from_secs(900));
         assert_eq!(cfg.request_timeout, Duration::from_secs(5));
+        // A database CA beside the config, like every other file.
+        std::fs::write(
+            &path,
+            format!("{MINIMAL}\n[registry]\nurl = \"postgres://k@db/k\"\ntls_ca_file = \"db-ca.pem\"\n"),
+        )
+        .unwrap();
+        let cfg = RelayConfig::load(&path).unwrap();
+        assert_eq!(
+            cfg.registry,
+            RegistryLocation::Database {
+                url: "postgres://k@db/k".into(),
+                tls_ca_file: Some(dir.join("db-ca.pem")),
+            }
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

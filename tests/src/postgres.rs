@@ -161,6 +161,50 @@ impl TempPostgres {
         );
     }
 
+    /// Turns TLS on and refuses plain TCP connections from then on (a
+    /// restart); returns the PEM of the CA that issued the server's
+    /// certificate (for 127.0.0.1 and localhost).
+    pub fn require_tls(&self) -> PathBuf {
+        let ca = keyway_certs::PrivateCa::generate("keyway test postgres ca").expect("a CA");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = ca
+            .issue_server(
+                &["127.0.0.1".to_string(), "localhost".to_string()],
+                &key,
+                std::time::Duration::from_secs(86400),
+            )
+            .expect("a server certificate");
+        let data = self.dir.path().join("data");
+        let write = |name: &str, text: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write into the data directory");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            if let Some(user) = &self.run_as {
+                chown(&path, user);
+            }
+        };
+        write("server.crt", &cert.pem, 0o644);
+        // PostgreSQL refuses a key others may read.
+        write("server.key", &key.serialize_pem(), 0o600);
+        let conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+        write(
+            "postgresql.conf",
+            &format!("{conf}\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"),
+            0o600,
+        );
+        write(
+            "pg_hba.conf",
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            0o600,
+        );
+        self.halt();
+        self.resume();
+        let path = self.dir.path().join("postgres-ca.pem");
+        std::fs::write(&path, ca.cert_pem()).expect("write the CA");
+        path
+    }
+
     /// A new, empty database on this server: its URL.
     pub fn database(&self) -> String {
         create_database(&self.bin, self.port)

@@ -3,7 +3,7 @@
 //! HTTPS, real TLS). Tests and the sandbox build it with [`StackBuilder`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,6 +55,7 @@ pub struct StackBuilder {
     console_token: bool,
     observer: Option<keyway_relay::proxy::Observer>,
     registry_url: Option<String>,
+    registry_tls_ca: Option<PathBuf>,
 }
 
 impl Default for StackBuilder {
@@ -72,6 +73,7 @@ impl Default for StackBuilder {
             console_token: true,
             observer: None,
             registry_url: None,
+            registry_tls_ca: None,
         }
     }
 }
@@ -136,6 +138,12 @@ impl StackBuilder {
         self
     }
 
+    /// Connects the registry with TLS, verified against this CA.
+    pub fn registry_tls_ca(mut self, ca: &Path) -> Self {
+        self.registry_tls_ca = Some(ca.to_path_buf());
+        self
+    }
+
     /// Have the relay call `f` with each request head it sends into a tunnel.
     pub fn observe_relay(mut self, f: keyway_relay::proxy::Observer) -> Self {
         self.observer = Some(f);
@@ -194,6 +202,9 @@ impl StackBuilder {
             anyhow::ensure!(text.contains(file), "relay config has no registry line to replace");
             std::fs::write(&report.config, text.replace(file, ""))?;
             extra.push_str(&format!("\n[registry]\nurl = {url:?}\n"));
+            if let Some(ca) = &self.registry_tls_ca {
+                extra.push_str(&format!("tls_ca_file = {ca:?}\n"));
+            }
         }
         append(&report.config, &extra)?;
         let quic_addr = if self.udp_blocked {

@@ -422,7 +422,11 @@ impl Cluster {
     /// The other nodes holding `site`: from the registry, read again once
     /// [`ROUTE_TTL`] old (or sooner, when one failed); while the registry
     /// cannot be reached, the last answer, however old, since sites already
-    /// connected keep being served through an outage.
+    /// connected keep being served through an outage. A holder whose
+    /// heartbeat is stale stays while this node's connection to it is
+    /// open and not quiet: right after a database outage every node's
+    /// heartbeat is stale until it writes again, and that is no sign of a
+    /// node gone.
     async fn holders(&self, site: &str) -> Vec<PeerNode> {
         let cached = self
             .routes
@@ -435,7 +439,11 @@ impl Cluster {
         }
         let (s, me, fresh) = (site.to_string(), self.node.clone(), self.heartbeat * MISSED_HEARTBEATS);
         match self.registry.call(move |st| st.nodes_for_site(&s, &me, fresh)).await {
-            Ok(holders) => {
+            Ok(listed) => {
+                let holders: Vec<PeerNode> = listed
+                    .into_iter()
+                    .filter(|h| h.fresh || (self.pooled_conn(&h.name).is_some() && !self.quiet(&h.name)))
+                    .collect();
                 let route = Route {
                     holders: holders.clone(),
                     read: Some(Instant::now()),

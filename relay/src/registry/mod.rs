@@ -27,7 +27,7 @@ pub enum RegistryError {
     #[error("registry database: {0}")]
     Db(#[from] rusqlite::Error),
     /// The PostgreSQL database failed.
-    #[error("registry database: {0}")]
+    #[error("registry database: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The PostgreSQL database cannot be reached now.
     #[error("the registry database is unavailable: {0}")]
@@ -150,6 +150,18 @@ pub enum AgentAdmission {
     Revoked,
 }
 
+/// What PostgreSQL said: its own message (`tokio_postgres::Error` shows
+/// only "db error" and keeps the server's words in its source).
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// Storage behind the registry. Blocking; call through [`Registry`].
 pub trait SiteStore: Send + Sync + 'static {
     /// Creates a site.
@@ -199,8 +211,9 @@ pub trait SiteStore: Send + Sync + 'static {
         let _ = (beat, fresh);
         Err(not_clustered())
     }
-    /// Cluster: the other nodes holding a link for `site` whose last
-    /// heartbeat is at most `fresh` old, freshest first.
+    /// Cluster: the other nodes holding a link for `site`, freshest first,
+    /// each marked fresh when its last heartbeat is at most `fresh` old
+    /// (stale ones are listed for [`STALE_LISTED`], then dropped).
     fn nodes_for_site(&self, site: &str, except: &str, fresh: Duration) -> Result<Vec<PeerNode>, RegistryError> {
         let _ = (site, except, fresh);
         Err(not_clustered())
@@ -210,7 +223,72 @@ pub trait SiteStore: Send + Sync + 'static {
         let _ = node;
         Err(not_clustered())
     }
+
+    /// Shared ACME state: the certificate's version and the TLS-ALPN-01
+    /// answers not yet expired at `now`, in one read (every node polls it).
+    fn acme_snapshot(&self, now: i64) -> Result<AcmeSnapshot, RegistryError> {
+        let _ = now;
+        Err(not_clustered())
+    }
+    /// Shared ACME state: the certificate every node serves, if one was issued.
+    fn acme_cert(&self) -> Result<Option<AcmeCert>, RegistryError> {
+        Err(not_clustered())
+    }
+    /// Shared ACME state: replaces the certificate (its version goes up).
+    fn acme_store_cert(&self, chain_pem: &str, key_pem: &str) -> Result<(), RegistryError> {
+        let _ = (chain_pem, key_pem);
+        Err(not_clustered())
+    }
+    /// Shared ACME state: the account credentials (JSON) for `directory`.
+    fn acme_account(&self, directory: &str) -> Result<Option<String>, RegistryError> {
+        let _ = directory;
+        Err(not_clustered())
+    }
+    /// Shared ACME state: stores the account credentials for `directory`.
+    fn acme_store_account(&self, directory: &str, credentials: &str) -> Result<(), RegistryError> {
+        let _ = (directory, credentials);
+        Err(not_clustered())
+    }
+    /// Shared ACME state: publishes challenge answers (name, key
+    /// authorization digest) until `expires_at`, or withdraws them (`None`).
+    fn acme_challenges(&self, names: &[(String, Vec<u8>)], expires_at: Option<i64>) -> Result<(), RegistryError> {
+        let _ = (names, expires_at);
+        Err(not_clustered())
+    }
+    /// Shared ACME state: the right to order certificates, held by one node
+    /// at a time until the guard drops (or the node dies); `None` while
+    /// another node holds it.
+    fn acme_leader(&self) -> Result<Option<LeaderGuard>, RegistryError> {
+        Err(not_clustered())
+    }
 }
+
+/// Held while one node orders certificates for the cluster.
+pub type LeaderGuard = Box<dyn Send + Sync>;
+
+/// What every node follows of the shared ACME state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcmeSnapshot {
+    /// Goes up with every new certificate (0: none yet).
+    pub cert_version: i64,
+    /// Live TLS-ALPN-01 answers: name and key authorization digest.
+    pub challenges: Vec<(String, Vec<u8>)>,
+}
+
+/// The shared certificate and its key, as PEM.
+#[derive(Clone)]
+pub struct AcmeCert {
+    /// The chain, leaf first.
+    pub chain_pem: String,
+    /// The private key.
+    pub key_pem: String,
+    /// See [`AcmeSnapshot::cert_version`].
+    pub version: i64,
+}
+
+/// How long a node that stopped heart-beating is still listed (stale) as
+/// holding its sites: a peer still connected to it may keep using it.
+pub const STALE_LISTED: Duration = Duration::from_secs(300);
 
 /// One node's heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +310,9 @@ pub struct PeerNode {
     pub name: String,
     /// Where its node-to-node listener is.
     pub peer_addr: String,
+    /// Whether its last heartbeat is within the freshness window. A stale
+    /// one may be dead, or only unable to write (the database was away).
+    pub fresh: bool,
 }
 
 fn not_clustered() -> RegistryError {
@@ -259,7 +340,9 @@ impl Registry {
         use crate::config::RegistryLocation;
         Ok(Self::with_store(match location {
             RegistryLocation::File(path) => Arc::new(sqlite::SqliteStore::open(path)?),
-            RegistryLocation::Database { url } => Arc::new(postgres::PgStore::connect(url)?),
+            RegistryLocation::Database { url, tls_ca_file } => {
+                Arc::new(postgres::PgStore::connect_with(url, tls_ca_file.as_deref())?)
+            }
         }))
     }
 

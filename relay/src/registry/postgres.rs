@@ -7,7 +7,9 @@
 //! relay's blocking pool or from the admin CLI waits on that runtime, and
 //! connections live there between calls. Schema changes are versioned
 //! migrations applied under an advisory lock, so nodes starting together
-//! migrate once.
+//! migrate once. TLS to the database is optional (`tls_ca_file`), with
+//! rustls (tokio-postgres-rustls: the connector glue, channel binding
+//! included, kept by the people who keep the driver's ecosystem).
 
 use std::time::Duration;
 
@@ -15,8 +17,12 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{AgentAdmission, CodeRefusal, Heartbeat, PeerNode, PendingCode, RegistryError, SiteRecord, SiteStore};
+use super::{
+    AcmeCert, AcmeSnapshot, AgentAdmission, CodeRefusal, Heartbeat, LeaderGuard, PeerNode, PendingCode, RegistryError,
+    SiteRecord, SiteStore,
+};
 
 /// Connections kept per relay.
 const POOL_SIZE: usize = 8;
@@ -87,11 +93,38 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (site, node)
      );
      CREATE INDEX node_links_by_node ON node_links (node);",
+    // 3: ACME state shared by the nodes: whichever node the CA reaches
+    // answers the challenge, and every node serves the certificate.
+    "CREATE TABLE acme_accounts (
+        directory TEXT PRIMARY KEY,
+        credentials TEXT NOT NULL
+     );
+     CREATE TABLE acme_cert (
+        id INT PRIMARY KEY CHECK (id = 1),
+        chain_pem TEXT NOT NULL,
+        key_pem TEXT NOT NULL,
+        version BIGINT NOT NULL
+     );
+     CREATE TABLE acme_challenges (
+        name TEXT PRIMARY KEY,
+        digest BYTEA NOT NULL,
+        expires_at BIGINT NOT NULL
+     );",
 ];
+
+/// How recent a node's heartbeat must be for its links to count a site
+/// online in `site list` (three of the slowest heartbeats, 1 s, and slack).
+const LINK_LIVE: Duration = Duration::from_secs(5);
+
+/// The advisory lock one node holds while it orders certificates.
+const ACME_LOCK: i64 = 0x6b65_7977_6163; // "keywac"
 
 /// The PostgreSQL implementation.
 pub struct PgStore {
     pool: Pool,
+    /// For connections of their own (the ACME leader's session lock).
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     /// Drives the connections; `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -110,18 +143,28 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or any
     /// libpq-style string) and applies the migrations it lacks.
     pub fn connect(url: &str) -> Result<Self, RegistryError> {
+        Self::connect_with(url, None)
+    }
+
+    /// [`PgStore::connect`], over TLS verified against `tls_ca` when given
+    /// (then required: never a silent fall-back to plain text).
+    pub fn connect_with(url: &str, tls_ca: Option<&std::path::Path>) -> Result<Self, RegistryError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| RegistryError::Config(format!("registry url: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("keyway-relay");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let tls = tls_ca.map(tls_connector).transpose()?;
+        if tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), recycling()),
+            None => Manager::from_config(config.clone(), NoTls, recycling()),
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("registry-pg")
@@ -135,7 +178,12 @@ impl PgStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| RegistryError::Config(format!("registry pool: {e}")))?;
-        let store = Self { pool, rt: Some(rt) };
+        let store = Self {
+            pool,
+            config,
+            tls,
+            rt: Some(rt),
+        };
         store.run(|mut c| async move { migrate(&mut c).await })?;
         Ok(store)
     }
@@ -154,6 +202,23 @@ impl PgStore {
             f(conn).await.map_err(unavailable_if_gone)
         })
     }
+}
+
+/// TLS toward the database, trusting only the CA in `ca` (PEM): the
+/// ring provider like every other TLS in the relay.
+fn tls_connector(ca: &std::path::Path) -> Result<MakeRustlsConnect, RegistryError> {
+    let config_error = |e: &dyn std::fmt::Display| RegistryError::Config(format!("registry tls_ca_file: {e}"));
+    let pem = std::fs::read(ca).map_err(|e| config_error(&format!("{}: {e}", ca.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in keyway_certs::files::certs_from_pem(&ca.display().to_string(), &pem).map_err(|e| config_error(&e))? {
+        roots.add(cert).map_err(|e| config_error(&e))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(keyway_certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| config_error(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// A connection-level failure (the server went away mid-call) is the
@@ -175,8 +240,24 @@ fn gone(pg: &tokio_postgres::Error) -> bool {
 fn pool_error(e: deadpool_postgres::PoolError) -> RegistryError {
     match e {
         deadpool_postgres::PoolError::Backend(e) if e.code().is_some() => e.into(),
-        other => RegistryError::Unavailable(other.to_string()),
+        other => RegistryError::Unavailable(with_causes(&other)),
     }
+}
+
+/// `e` and every cause under it ("error connecting to server: invalid
+/// peer certificate: UnknownIssuer"): the cause is what an operator needs.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 async fn migrate(c: &mut deadpool_postgres::Object) -> Result<(), RegistryError> {
@@ -333,11 +414,18 @@ impl SiteStore for PgStore {
         self.run(|c| async move {
             let rows = c
                 .query(
-                    "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
+                    // Online: as the last link's node recorded it, or
+                    // while a live node still holds a link (an agent keeps
+                    // two; one dropping leaves the site up).
+                    "SELECT s.name, s.cert_serial, s.last_seen,
+                            s.online OR EXISTS (
+                                SELECT 1 FROM node_links l JOIN nodes n ON n.name = l.node
+                                WHERE l.site = s.name AND n.seen_at > now() - make_interval(secs => $1::float8)),
+                            s.agent_version,
                             (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
                             s.console_ok, s.transport, s.console_problem, s.duplicate
                      FROM sites s ORDER BY s.name",
-                    &[],
+                    &[&(LINK_LIVE.as_secs() as f64)],
                 )
                 .await?;
             Ok(rows
@@ -477,11 +565,12 @@ impl SiteStore for PgStore {
         self.run(|c| async move {
             let rows = c
                 .query(
-                    "SELECT n.name, n.peer_addr FROM node_links l JOIN nodes n ON n.name = l.node
+                    "SELECT n.name, n.peer_addr, n.seen_at > now() - make_interval(secs => $3::float8 / 1000.0)
+                     FROM node_links l JOIN nodes n ON n.name = l.node
                      WHERE l.site = $1 AND l.node <> $2
-                       AND n.seen_at > now() - make_interval(secs => $3::float8 / 1000.0)
+                       AND n.seen_at > now() - make_interval(secs => $4::float8)
                      ORDER BY n.seen_at DESC",
-                    &[&site, &except, &fresh_ms],
+                    &[&site, &except, &fresh_ms, &(super::STALE_LISTED.as_secs() as f64)],
                 )
                 .await?;
             Ok(rows
@@ -489,6 +578,7 @@ impl SiteStore for PgStore {
                 .map(|r| PeerNode {
                     name: r.get(0),
                     peer_addr: r.get(1),
+                    fresh: r.get(2),
                 })
                 .collect())
         })
@@ -501,11 +591,156 @@ impl SiteStore for PgStore {
         })
     }
 
+    fn acme_snapshot(&self, now: i64) -> Result<AcmeSnapshot, RegistryError> {
+        self.run(|c| async move {
+            let row = c
+                .query_one(
+                    "SELECT COALESCE((SELECT version FROM acme_cert WHERE id = 1), 0),
+                            COALESCE(array_agg(name ORDER BY name), '{}'),
+                            COALESCE(array_agg(digest ORDER BY name), '{}')
+                     FROM acme_challenges WHERE expires_at > $1",
+                    &[&now],
+                )
+                .await?;
+            let (names, digests): (Vec<String>, Vec<Vec<u8>>) = (row.get(1), row.get(2));
+            Ok(AcmeSnapshot {
+                cert_version: row.get(0),
+                challenges: names.into_iter().zip(digests).collect(),
+            })
+        })
+    }
+
+    fn acme_cert(&self) -> Result<Option<AcmeCert>, RegistryError> {
+        self.run(|c| async move {
+            let row = c
+                .query_opt("SELECT chain_pem, key_pem, version FROM acme_cert WHERE id = 1", &[])
+                .await?;
+            Ok(row.map(|r| AcmeCert {
+                chain_pem: r.get(0),
+                key_pem: r.get(1),
+                version: r.get(2),
+            }))
+        })
+    }
+
+    fn acme_store_cert(&self, chain_pem: &str, key_pem: &str) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            c.execute(
+                "INSERT INTO acme_cert (id, chain_pem, key_pem, version) VALUES (1, $1, $2, 1)
+                 ON CONFLICT (id) DO UPDATE SET chain_pem = $1, key_pem = $2, version = acme_cert.version + 1",
+                &[&chain_pem, &key_pem],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn acme_account(&self, directory: &str) -> Result<Option<String>, RegistryError> {
+        self.run(|c| async move {
+            let row = c
+                .query_opt(
+                    "SELECT credentials FROM acme_accounts WHERE directory = $1",
+                    &[&directory],
+                )
+                .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn acme_store_account(&self, directory: &str, credentials: &str) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            c.execute(
+                "INSERT INTO acme_accounts (directory, credentials) VALUES ($1, $2)
+                 ON CONFLICT (directory) DO UPDATE SET credentials = $2",
+                &[&directory, &credentials],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn acme_challenges(&self, names: &[(String, Vec<u8>)], expires_at: Option<i64>) -> Result<(), RegistryError> {
+        self.run(|mut c| async move {
+            let tx = c.transaction().await?;
+            for (name, digest) in names {
+                match expires_at {
+                    Some(at) => {
+                        tx.execute(
+                            "INSERT INTO acme_challenges (name, digest, expires_at) VALUES ($1, $2, $3)
+                             ON CONFLICT (name) DO UPDATE SET digest = $2, expires_at = $3",
+                            &[name, digest, &at],
+                        )
+                        .await?
+                    }
+                    None => {
+                        tx.execute(
+                            "DELETE FROM acme_challenges WHERE name = $1 AND digest = $2",
+                            &[name, digest],
+                        )
+                        .await?
+                    }
+                };
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// A session-level advisory lock on a connection of its own (not a
+    /// pooled one, which would keep the lock after the guard goes): the
+    /// lock ends when the guard drops the connection, or when PostgreSQL
+    /// sees this node's connection die.
+    fn acme_leader(&self) -> Result<Option<LeaderGuard>, RegistryError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| RegistryError::Task("registry closed".into()))?;
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        rt.block_on(async move {
+            let unavailable = |e: tokio_postgres::Error| RegistryError::Unavailable(with_causes(&e));
+            let (client, driver) = match tls {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls).await.map_err(unavailable)?;
+                    (client, tokio::spawn(connection))
+                }
+                None => {
+                    let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
+                    (client, tokio::spawn(connection))
+                }
+            };
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&ACME_LOCK])
+                .await
+                .map_err(|e| unavailable_if_gone(e.into()))?
+                .get(0);
+            if !got {
+                return Ok(None);
+            }
+            let guard: LeaderGuard = Box::new(SessionLock {
+                _client: client,
+                driver,
+            });
+            Ok(Some(guard))
+        })
+    }
+
     fn data_version(&self) -> Result<i64, RegistryError> {
         self.run(|c| async move {
             Ok(c.query_one("SELECT version FROM registry_version WHERE id = 1", &[])
                 .await?
                 .get(0))
         })
+    }
+}
+
+/// A connection holding a session lock; dropping it closes the session.
+struct SessionLock {
+    _client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }

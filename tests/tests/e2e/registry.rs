@@ -216,3 +216,50 @@ async fn a_database_outage_keeps_connected_sites_serving() {
     }
     stack.shutdown().await.unwrap();
 }
+
+/// `[registry] tls_ca_file`: the relay reaches PostgreSQL over TLS that it
+/// verifies, never falls back to plain text, and names a wrong CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_over_tls_verifies_the_database_and_never_goes_plain() {
+    use keyway_relay::registry::postgres::PgStore;
+    use keyway_relay::registry::SiteStore;
+    let pg = TempPostgres::start();
+    let ca = pg.require_tls();
+    let url = pg.database();
+
+    // A whole stack with its registry over verified TLS: paired, serving.
+    let stack = keyway_tests::stack::Stack::builder()
+        .registry_url(&url)
+        .registry_tls_ca(&ca)
+        .start()
+        .await
+        .unwrap();
+    let r = stack.api().get("/api/v1/developer/doors").await.unwrap();
+    assert_eq!(r.status, 200);
+
+    let (plain_url, tls_url) = (url.clone(), url.clone());
+    let outcome = keyway_tests::stack::off_runtime(move || {
+        // The server refuses plain connections: what worked was TLS.
+        let plain = PgStore::connect(&plain_url).err().map(|e| e.to_string());
+        // Another CA: refused, naming the certificate.
+        let other = keyway_certs::PrivateCa::generate("not the database's ca").unwrap();
+        let wrong = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(wrong.path(), other.cert_pem()).unwrap();
+        let mistrusted = PgStore::connect_with(&tls_url, Some(wrong.path()))
+            .err()
+            .map(|e| e.to_string());
+        let sites = PgStore::connect_with(&tls_url, Some(&ca))
+            .unwrap()
+            .list_sites()
+            .unwrap();
+        (plain, mistrusted, sites.len())
+    });
+    let (plain, mistrusted, sites) = outcome;
+    let plain = plain.expect("a plain connection is refused");
+    assert!(plain.contains("no encryption") || plain.contains("pg_hba"), "{plain}");
+    let mistrusted = mistrusted.expect("a certificate from another CA is refused");
+    assert!(mistrusted.to_lowercase().contains("certificate"), "{mistrusted}");
+    assert_eq!(sites, 1);
+    eprintln!("plain: {plain}\nanother CA: {mistrusted}");
+    stack.shutdown().await.unwrap();
+}

@@ -81,17 +81,24 @@ pub struct Relay {
     admin: Option<TcpListener>,
     observer: Option<proxy::Observer>,
     public: PublicCert,
+    /// The stored ACME certificate's version (see `acme::follow`).
+    acme_version: i64,
     cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Relay {
     /// Loads certificates and binds the HTTPS (TCP) and QUIC (UDP) listeners.
     pub async fn bind(cfg: RelayConfig) -> anyhow::Result<Self> {
-        let public = match (&cfg.https_cert, &cfg.https_key, &cfg.acme) {
-            (Some(cert), Some(key), _) => {
-                PublicCert::new(load_certs(cert)?, load_key(key)?).context("public HTTPS certificate")?
-            }
-            (_, _, Some(acme)) => acme::initial_cert(acme, &cfg.domain)?,
+        let registry = Registry::open_at(&cfg.registry)
+            .await
+            .with_context(|| format!("registry {}", cfg.registry))?;
+        let shared = cfg.registry.is_shared().then(|| registry.clone());
+        let (public, acme_version) = match (&cfg.https_cert, &cfg.https_key, &cfg.acme) {
+            (Some(cert), Some(key), _) => (
+                PublicCert::new(load_certs(cert)?, load_key(key)?).context("public HTTPS certificate")?,
+                0,
+            ),
+            (_, _, Some(acme)) => acme::initial_cert(acme, &cfg.domain, shared.as_ref()).await?,
             _ => anyhow::bail!("no public certificate configured"),
         };
         let https_cfg =
@@ -111,9 +118,6 @@ impl Relay {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
         server.transport_config(Arc::new(tunnel::transport_config()));
 
-        let registry = Registry::open_at(&cfg.registry)
-            .await
-            .with_context(|| format!("registry {}", cfg.registry))?;
         let sites = SiteCache::default();
         sites.reload(&registry).await?;
         if let Some(d) = cfg.default_site.as_deref().filter(|d| !sites.contains(d)) {
@@ -165,6 +169,7 @@ impl Relay {
             pairing,
             observer: None,
             public,
+            acme_version,
             cluster,
         })
     }
@@ -226,16 +231,18 @@ impl Relay {
             admin,
             observer,
             public,
+            acme_version,
             cluster,
         } = self;
         if let Some(acme) = cfg.acme.clone() {
-            tokio::spawn(acme::maintain(
-                acme,
-                cfg.domain.clone(),
+            let shared = cfg.registry.is_shared().then(|| registry.clone());
+            let maintained = acme::Maintained {
                 public,
-                sites.clone(),
-                stop.clone(),
-            ));
+                version: acme_version,
+                sites: sites.clone(),
+                shared,
+            };
+            tokio::spawn(acme::maintain(acme, cfg.domain.clone(), maintained, stop.clone()));
         }
         if let Some(listener) = admin {
             tokio::spawn(admin_http::serve(listener, agents.clone(), sites.clone(), stop.clone()));

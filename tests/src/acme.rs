@@ -23,6 +23,7 @@ pub struct Pebble {
     /// pebble itself (its log names each validation).
     pub pebble: Proc,
     _dns: Proc,
+    dns_management: SocketAddr,
 }
 
 impl Pebble {
@@ -93,7 +94,12 @@ impl Pebble {
             ],
             // No artificial validation delays nor random bad-nonce replies:
             // the test measures the relay, not its retry of pebble's chaos.
-            &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+            // Every order validates again (no reuse of earlier authorizations).
+            &[
+                ("PEBBLE_VA_NOSLEEP", "1"),
+                ("PEBBLE_WFE_NONCEREJECT", "0"),
+                ("PEBBLE_AUTHZREUSE", "0"),
+            ],
         )?;
         wait_listening(listen).await.context("pebble")?;
         Ok(Self {
@@ -103,7 +109,24 @@ impl Pebble {
             management,
             pebble,
             _dns: dns_proc,
+            dns_management: dns_mgmt,
         })
+    }
+
+    /// Makes pebble's DNS answer `host` with `ip` (a loopback address):
+    /// the CA then validates that name at that address.
+    pub async fn resolve(&self, host: &str, ip: IpAddr) -> anyhow::Result<()> {
+        anyhow::ensure!(ip.is_loopback(), "tests only validate at loopback addresses");
+        let body = serde_json::json!({"host": host, "addresses": [ip.to_string()]});
+        let stream = tokio::net::TcpStream::connect(self.dns_management).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::post("/add-a")
+            .header(http::header::HOST, self.dns_management.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))?;
+        let resp = sender.send_request(req).await?;
+        anyhow::ensure!(resp.status().is_success(), "challtestsrv /add-a: {}", resp.status());
+        Ok(())
     }
 
     /// The root that pebble's issued chains lead to (generated per run).

@@ -3,37 +3,34 @@
 //! port 80, no DNS API, no restart.
 //!
 //! The relay asks for one certificate naming the domain and every site
-//! (`<site>.<domain>`), keeps it in `state_dir` (reused across restarts, so a
-//! restart never costs an issuance), renews it `renew_before` its expiry and
+//! (`<site>.<domain>`), keeps it (reused across restarts, so a restart
+//! never costs an issuance: in `state_dir` for a single relay, in the
+//! PostgreSQL registry for several nodes, see [`state`]), renews it `renew_before` its expiry and
 //! re-issues when a site is added. Until the first certificate arrives the
 //! front presents a self-signed placeholder. Failures are retried with
 //! backoff and logged; the certificate in use stays until a new one is in
 //! hand. The ACME client is `instant-acme` (RFC 8555 done by the rustls
 //! maintainers' crate; we only answer the challenge and store the result).
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+mod follow;
+mod http;
+mod state;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
-use http::Request;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, HttpClient,
-    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
-use keyway_certs::files::{certs_from_pem, key_from_pem, write_atomic};
+use keyway_certs::files::{certs_from_pem, key_from_pem};
 use keyway_certs::PublicCert;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::SiteCache;
+use crate::{Registry, SiteCache};
+use state::AcmeState;
 
 /// `[acme]` in `relay.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,27 +90,30 @@ impl AcmeConfig {
         }
         Ok(())
     }
-
-    fn cert_path(&self) -> PathBuf {
-        self.state_dir.join("cert.pem")
-    }
-    fn key_path(&self) -> PathBuf {
-        self.state_dir.join("key.pem")
-    }
-    fn account_path(&self) -> PathBuf {
-        self.state_dir.join("account.json")
-    }
 }
 
 /// The front's starting certificate: the stored one if there is one, else
-/// a self-signed placeholder until the first issuance.
-pub fn initial_cert(cfg: &AcmeConfig, domain: &str) -> anyhow::Result<PublicCert> {
-    if let Some((chain, key)) = load_stored(cfg)? {
-        return Ok(PublicCert::new(chain, key)?);
+/// a self-signed placeholder until the first issuance; and the stored
+/// version (see [`follow`]).
+pub async fn initial_cert(
+    cfg: &AcmeConfig,
+    domain: &str,
+    shared: Option<&Registry>,
+) -> anyhow::Result<(PublicCert, i64)> {
+    let state = AcmeState::new(cfg, shared.cloned());
+    if let Some(((chain, key), version)) = state.load_cert().await? {
+        return Ok((PublicCert::new(chain, key)?, version));
+    }
+    if shared.is_some() {
+        // A relay moving from SQLite to PostgreSQL brings its certificate
+        // along rather than ordering another.
+        if let Some(imported) = state.import_files(&cfg.state_dir).await? {
+            return Ok(imported);
+        }
     }
     let (der, key) = keyway_certs::self_signed(&[domain.to_string()])?;
     let key = rustls_pki_types::PrivatePkcs8KeyDer::from(key).into();
-    Ok(PublicCert::new(vec![der], key)?)
+    Ok((PublicCert::new(vec![der], key)?, 0))
 }
 
 type Pair = (
@@ -121,59 +121,52 @@ type Pair = (
     rustls_pki_types::PrivateKeyDer<'static>,
 );
 
-fn load_stored(cfg: &AcmeConfig) -> anyhow::Result<Option<Pair>> {
-    let (cert, key) = (cfg.cert_path(), cfg.key_path());
-    if !cert.exists() || !key.exists() {
-        return Ok(None);
-    }
-    let chain = certs_from_pem(&cert.display().to_string(), &std::fs::read(&cert)?)?;
-    let key = key_from_pem(&key.display().to_string(), &std::fs::read(&key)?)?;
-    Ok(Some((chain, key)))
+/// What [`maintain`] works with.
+pub struct Maintained {
+    /// The front's certificate.
+    pub public: PublicCert,
+    /// The version [`initial_cert`] installed.
+    pub version: i64,
+    /// The sites, whose names the certificate covers.
+    pub sites: SiteCache,
+    /// `Some` when the registry is shared (PostgreSQL): the ACME state lives
+    /// there and every node follows it.
+    pub shared: Option<Registry>,
 }
 
 /// Keeps `public` holding a valid certificate for the wanted names until
 /// `stop`.
-pub async fn maintain(cfg: AcmeConfig, domain: String, public: PublicCert, sites: SiteCache, stop: CancellationToken) {
-    let mut issued = load_stored(&cfg).ok().flatten().is_some();
+pub async fn maintain(cfg: AcmeConfig, domain: String, m: Maintained, stop: CancellationToken) {
+    let Maintained {
+        public,
+        version,
+        sites,
+        shared,
+    } = m;
+    let state = AcmeState::new(&cfg, shared.clone());
+    if let Some(registry) = shared {
+        tokio::spawn(follow::follow(registry, public.clone(), version, stop.clone()));
+    }
     let mut backoff = Duration::from_secs(30);
     let mut sites_changed = sites.names_changed();
     loop {
         sites_changed.mark_unchanged();
-        let wanted = wanted_names(&cfg, &domain, &sites);
-        let reason = if issued {
-            due(&cfg, &public, &wanted)
-        } else {
-            Some("no certificate yet".into())
-        };
-        let wait = match reason {
-            None => {
-                if let Ok(s) = public.summary() {
-                    info!(names = ?s.names, expires = s.not_after, "ACME certificate current; next check in an hour or when a site is added");
-                }
+        let wait = match round(&cfg, &domain, &public, &sites, &state, &stop).await {
+            Ok(Round::Current) | Ok(Round::Installed) => {
+                backoff = Duration::from_secs(30);
                 Duration::from_secs(3600)
             }
-            Some(why) => {
-                info!(names = ?wanted, "requesting a certificate from {} ({why})", cfg.directory);
-                match tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = issue(&cfg, &public, &wanted) => r,
-                } {
-                    Ok(summary) => {
-                        issued = true;
-                        backoff = Duration::from_secs(30);
-                        info!(names = ?summary.names, expires = summary.not_after, "ACME certificate installed");
-                        Duration::from_secs(3600)
-                    }
-                    Err(e) => {
-                        warn!(
-                            "could not get a certificate from {}: {e:#}; retrying in {backoff:?}",
-                            cfg.directory
-                        );
-                        let wait = backoff;
-                        backoff = (backoff * 2).min(Duration::from_secs(3600));
-                        wait
-                    }
-                }
+            // Look again soon: the leader may die before it is done.
+            Ok(Round::OtherNodeLeads) => Duration::from_secs(60),
+            Ok(Round::Stopped) => return,
+            Err(e) => {
+                warn!(
+                    "could not get a certificate from {}: {e:#}; retrying in {backoff:?}",
+                    cfg.directory
+                );
+                let wait = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(3600));
+                wait
             }
         };
         // A new site is certified at once; otherwise look again hourly
@@ -184,6 +177,65 @@ pub async fn maintain(cfg: AcmeConfig, domain: String, public: PublicCert, sites
             _ = sites_changed.changed(), if backoff == Duration::from_secs(30) => {}
         }
     }
+}
+
+enum Round {
+    Current,
+    Installed,
+    OtherNodeLeads,
+    Stopped,
+}
+
+/// One look: is a certificate due, and if so, order it (as the leader).
+async fn round(
+    cfg: &AcmeConfig,
+    domain: &str,
+    public: &PublicCert,
+    sites: &SiteCache,
+    state: &AcmeState,
+    stop: &CancellationToken,
+) -> anyhow::Result<Round> {
+    let wanted = wanted_names(cfg, domain, sites);
+    let Some(why) = due_now(cfg, public, state, &wanted).await? else {
+        if let Ok(s) = public.summary() {
+            info!(names = ?s.names, expires = s.not_after, "ACME certificate current; next check in an hour or when a site is added");
+        }
+        return Ok(Round::Current);
+    };
+    let Some(_lead) = state.lead().await? else {
+        info!("another relay node is ordering the certificate; this one follows it");
+        return Ok(Round::OtherNodeLeads);
+    };
+    // Another node may have finished while this one waited for the lock.
+    let Some(why) = (match state.load_cert().await? {
+        Some(((chain, key), _)) if matches!(state, AcmeState::Shared(_)) => {
+            public.replace(chain, key)?;
+            due_now(cfg, public, state, &wanted).await?
+        }
+        _ => Some(why),
+    }) else {
+        return Ok(Round::Current);
+    };
+    info!(names = ?wanted, "requesting a certificate from {} ({why})", cfg.directory);
+    let summary = tokio::select! {
+        _ = stop.cancelled() => return Ok(Round::Stopped),
+        r = issue(cfg, public, state, &wanted) => r?,
+    };
+    info!(names = ?summary.names, expires = summary.not_after, "ACME certificate installed");
+    Ok(Round::Installed)
+}
+
+/// Why a new certificate is needed now, if it is.
+async fn due_now(
+    cfg: &AcmeConfig,
+    public: &PublicCert,
+    state: &AcmeState,
+    wanted: &[String],
+) -> anyhow::Result<Option<String>> {
+    if state.load_cert().await?.is_none() {
+        return Ok(Some("no certificate yet".into()));
+    }
+    Ok(due(cfg, public, wanted))
 }
 
 fn wanted_names(cfg: &AcmeConfig, domain: &str, sites: &SiteCache) -> Vec<String> {
@@ -212,15 +264,13 @@ fn due(cfg: &AcmeConfig, public: &PublicCert, wanted: &[String]) -> Option<Strin
 async fn issue(
     cfg: &AcmeConfig,
     public: &PublicCert,
+    state: &AcmeState,
     names: &[String],
 ) -> anyhow::Result<keyway_certs::public::CertSummary> {
-    let account = account(cfg).await?;
+    let account = account(cfg, state).await?;
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await.context("new order")?;
-    let mut answering = Challenges {
-        public,
-        names: Vec::new(),
-    };
+    let mut answers = Vec::new();
     let mut authzs = order.authorizations();
     while let Some(authz) = authzs.next().await {
         let mut authz = authz.context("authorization")?;
@@ -229,17 +279,34 @@ async fn issue(
             AuthorizationStatus::Valid => continue,
             other => bail!("an authorization is {other:?}"),
         }
-        let mut challenge = authz
+        let challenge = authz
             .challenge(ChallengeType::TlsAlpn01)
             .ok_or_else(|| anyhow!("the ACME server offers no tls-alpn-01 challenge"))?;
-        let name = challenge.identifier().to_string();
-        public.set_challenge(&name, challenge.key_authorization().digest().as_ref())?;
-        answering.names.push(name);
-        challenge.set_ready().await.context("challenge ready")?;
+        answers.push((
+            challenge.identifier().to_string(),
+            challenge.key_authorization().digest().as_ref().to_vec(),
+        ));
     }
-    let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
-    let status = order.poll_ready(&retries).await.context("waiting for validation")?;
-    drop(answering);
+    // Every answer is up (on every node) before the CA is told to look.
+    let validated = async {
+        state.publish(public, &answers).await?;
+        // Authorizations were fetched above: this pass only says "ready".
+        let mut authzs = order.authorizations();
+        while let Some(authz) = authzs.next().await {
+            let mut authz = authz.context("authorization")?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            if let Some(mut challenge) = authz.challenge(ChallengeType::TlsAlpn01) {
+                challenge.set_ready().await.context("challenge ready")?;
+            }
+        }
+        let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
+        order.poll_ready(&retries).await.context("waiting for validation")
+    }
+    .await;
+    state.withdraw(public, &answers).await;
+    let status = validated?;
     if status != OrderStatus::Ready {
         bail!(
             "the order is {status:?}: the CA could not reach this relay's HTTPS port at {} with TLS-ALPN-01 \
@@ -247,53 +314,26 @@ async fn issue(
             names.join(", ")
         );
     }
+    let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
     let key_pem = order.finalize().await.context("finalize")?;
     let chain_pem = order.poll_certificate(&retries).await.context("certificate")?;
     let chain = certs_from_pem("issued certificate", chain_pem.as_bytes())?;
     let key = key_from_pem("issued key", key_pem.as_bytes())?;
     let summary = public.replace(chain, key)?;
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("{}", cfg.state_dir.display()))?;
-    write_atomic(&cfg.key_path(), key_pem.as_bytes(), true)?;
-    write_atomic(&cfg.cert_path(), chain_pem.as_bytes(), false)?;
+    state.store_cert(chain_pem, key_pem).await?;
     Ok(summary)
 }
 
-/// Withdraws the challenge certificates however the issuance ends.
-struct Challenges<'a> {
-    public: &'a PublicCert,
-    names: Vec<String>,
-}
-
-impl Drop for Challenges<'_> {
-    fn drop(&mut self) {
-        for n in &self.names {
-            self.public.clear_challenge(n);
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredAccount {
-    directory: String,
-    credentials: AccountCredentials,
-}
-
-/// The stored account for this directory, or a new one (then stored, 0600:
-/// it holds the account key).
-async fn account(cfg: &AcmeConfig) -> anyhow::Result<Account> {
-    let path = cfg.account_path();
-    if let Ok(text) = std::fs::read(&path) {
-        let stored: StoredAccount =
-            serde_json::from_slice(&text).with_context(|| format!("unreadable {}", path.display()))?;
-        if stored.directory == cfg.directory {
-            return Account::builder_with_http(Box::new(http_client(cfg)?))
-                .from_credentials(stored.credentials)
-                .await
-                .context("ACME account");
-        }
+/// The stored account for this directory, or a new one (then stored).
+async fn account(cfg: &AcmeConfig, state: &AcmeState) -> anyhow::Result<Account> {
+    if let Some(credentials) = state.load_account(&cfg.directory).await? {
+        return Account::builder_with_http(Box::new(http::http_client(cfg)?))
+            .from_credentials(credentials)
+            .await
+            .context("ACME account");
     }
     let contact: Vec<&str> = cfg.contact.iter().map(String::as_str).collect();
-    let (account, credentials) = Account::builder_with_http(Box::new(http_client(cfg)?))
+    let (account, credentials) = Account::builder_with_http(Box::new(http::http_client(cfg)?))
         .create(
             &NewAccount {
                 contact: &contact,
@@ -305,54 +345,8 @@ async fn account(cfg: &AcmeConfig) -> anyhow::Result<Account> {
         )
         .await
         .context("creating the ACME account")?;
-    let stored = StoredAccount {
-        directory: cfg.directory.clone(),
-        credentials,
-    };
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("{}", cfg.state_dir.display()))?;
-    write_atomic(&path, &serde_json::to_vec(&stored)?, true)?;
+    state.store_account(&cfg.directory, credentials).await?;
     Ok(account)
-}
-
-/// hyper + rustls (ring) toward the directory, trusting the web PKI and
-/// `ca_file`.
-struct AcmeHttp(Client<HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>);
-
-fn http_client(cfg: &AcmeConfig) -> anyhow::Result<AcmeHttp> {
-    let mut roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &cfg.ca_file {
-        for cert in certs_from_pem(&ca.display().to_string(), &read(ca)?)? {
-            roots.add(cert).with_context(|| format!("{}", ca.display()))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(keyway_certs::provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    Ok(AcmeHttp(Client::builder(TokioExecutor::new()).build(connector)))
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("could not read {}", path.display()))
-}
-
-impl HttpClient for AcmeHttp {
-    fn request(
-        &self,
-        req: Request<BodyWrapper<Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
-        let fut = self.0.request(req);
-        Box::pin(async move {
-            fut.await
-                .map(BytesResponse::from)
-                .map_err(|e| instant_acme::Error::Other(Box::new(e)))
-        })
-    }
 }
 
 #[cfg(test)]
@@ -399,7 +393,15 @@ mod tests {
             ["annex.relay.example.com", "hq.relay.example.com", "relay.example.com"]
         );
 
-        let public = initial_cert(&cfg("state_dir = \"/nonexistent/keyway\""), "relay.example.com").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (public, version) = rt
+            .block_on(initial_cert(
+                &cfg("state_dir = \"/nonexistent/keyway\""),
+                "relay.example.com",
+                None,
+            ))
+            .unwrap();
+        assert_eq!(version, 0);
         let why = due(&c, &public, &wanted).unwrap();
         assert!(why.contains("not covered"), "{why}");
         assert_eq!(due(&c, &public, &["relay.example.com".to_string()]), None);

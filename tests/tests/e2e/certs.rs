@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// A TLS connection to `addr` for `name`, trusting only `roots`.
-async fn tls(
+pub(crate) async fn tls(
     addr: SocketAddr,
     name: &str,
     roots: &[CertificateDer<'static>],
@@ -39,7 +39,11 @@ async fn tls(
 }
 
 /// The leaf a new handshake for `name` is shown.
-async fn presented(addr: SocketAddr, name: &str, roots: &[CertificateDer<'static>]) -> anyhow::Result<Vec<u8>> {
+pub(crate) async fn presented(
+    addr: SocketAddr,
+    name: &str,
+    roots: &[CertificateDer<'static>],
+) -> anyhow::Result<Vec<u8>> {
     let s = tls(addr, name, roots).await?;
     Ok(s.get_ref().1.peer_certificates().context("no certificate")?[0].to_vec())
 }

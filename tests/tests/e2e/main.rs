@@ -7,6 +7,7 @@ mod api;
 mod apt;
 mod certs;
 mod cluster;
+mod cluster_acme;
 mod cluster_faults;
 mod conformance;
 mod doctor;

@@ -297,6 +297,62 @@ async fn an_agent_certificate_cannot_speak_as_a_node() {
     stack.shutdown().await.unwrap();
 }
 
+/// What a node's peer port answers a genuine node that sends something
+/// odd: a request without the forward head that names the site is a 400;
+/// one for a site this node holds no link for is the 503 envelope, marked
+/// "not held" so the sender may try another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_request_without_a_forward_head_is_refused() {
+    let pg = TempPostgres::start();
+    let peer = peer_port();
+    let stack = cluster_stack(&pg, peer, "links = 1\n").await;
+    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
+    let ca = keyway_certs::PrivateCa::from_pem(
+        &std::fs::read_to_string(&cfg.tunnel_ca).unwrap(),
+        &std::fs::read_to_string(&cfg.tunnel_ca_key).unwrap(),
+    )
+    .unwrap();
+    let (chain, key) = ca.node_identity("z", Duration::from_secs(3600)).unwrap();
+    let tls = keyway_certs::tls::node_client(chain, key, ca.cert_der()).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(peer, &keyway_certs::identity::node_server_name("a"))
+        .unwrap()
+        .await
+        .unwrap();
+    let ask = |extra: &'static str| {
+        let conn = conn.clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let req = format!(
+                "GET {DOORS} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\nconnection: close\r\n{extra}\r\n"
+            );
+            // Not finished: a peer's hyper client keeps its side open (a
+            // half-close ends the exchange before the answer), and
+            // `connection: close` ends it after.
+            send.write_all(req.as_bytes()).await.unwrap();
+            let bytes = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&bytes).to_string()
+        }
+    };
+    let bare = ask("").await;
+    assert!(bare.starts_with("HTTP/1.1 400"), "{bare}");
+    let elsewhere =
+        ask("keyway-forward-site: branch-9\r\nkeyway-forward-client: 127.0.0.1:1\r\nkeyway-forward-id: x1\r\n").await;
+    assert!(elsewhere.starts_with("HTTP/1.1 503"), "{elsewhere}");
+    assert!(elsewhere.contains("keyway-not-held"), "{elsewhere}");
+    assert!(elsewhere.contains("CODE_KEYWAY_AGENT_OFFLINE"), "{elsewhere}");
+    // The site it holds is answered.
+    let held = ask("keyway-forward-site: hq\r\nkeyway-forward-client: 127.0.0.1:1\r\nkeyway-forward-id: x2\r\n").await;
+    assert!(held.starts_with("HTTP/1.1 200"), "{held}");
+    stack.shutdown().await.unwrap();
+}
+
 /// A node that stops heart-beating (a crash, a cut cable) leaves routing
 /// once its last heartbeat is older than the freshness window, and not
 /// before; one that leaves cleanly is gone at once.

@@ -33,16 +33,25 @@ fn open(cfg: &RelayConfig) -> anyhow::Result<Registry> {
 
 /// `site add NAME`: creates the site and its first code.
 pub fn add_site(cfg: &RelayConfig, name: &str) -> anyhow::Result<CodeIssued> {
+    add_site_in(cfg, &open(cfg)?, name)
+}
+
+/// [`add_site`] on an open registry (the relay's web console).
+pub fn add_site_in(cfg: &RelayConfig, reg: &Registry, name: &str) -> anyhow::Result<CodeIssued> {
     let name = name.to_ascii_lowercase();
     validate_site_name(&name).with_context(|| format!("site name {name:?}"))?;
-    let reg = open(cfg)?;
     reg.blocking().add_site(&name, now())?;
-    issue_code(cfg, &reg, &name)
+    issue_code(cfg, reg, &name)
 }
 
 /// `site code NAME`: a fresh code; the previous one dies.
 pub fn new_code(cfg: &RelayConfig, name: &str) -> anyhow::Result<CodeIssued> {
-    issue_code(cfg, &open(cfg)?, &name.to_ascii_lowercase())
+    new_code_in(cfg, &open(cfg)?, name)
+}
+
+/// [`new_code`] on an open registry.
+pub fn new_code_in(cfg: &RelayConfig, reg: &Registry, name: &str) -> anyhow::Result<CodeIssued> {
+    issue_code(cfg, reg, &name.to_ascii_lowercase())
 }
 
 fn issue_code(cfg: &RelayConfig, reg: &Registry, site: &str) -> anyhow::Result<CodeIssued> {
@@ -75,7 +84,56 @@ pub fn list(cfg: &RelayConfig) -> anyhow::Result<Vec<SiteRecord>> {
 
 /// `site revoke NAME`: the agent's certificate is refused from now on.
 pub fn revoke(cfg: &RelayConfig, name: &str) -> anyhow::Result<Option<String>> {
-    Ok(open(cfg)?.blocking().revoke(&name.to_ascii_lowercase(), now())?)
+    revoke_in(&open(cfg)?, name)
+}
+
+/// [`revoke`] on an open registry.
+pub fn revoke_in(reg: &Registry, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(reg.blocking().revoke(&name.to_ascii_lowercase(), now())?)
+}
+
+/// `operator add NAME` (`replace`: `operator password NAME`): sets the
+/// operator's password, the one given or a generated one; returns the
+/// password when it was generated (shown once, stored only as a hash).
+pub fn set_operator(
+    cfg: &RelayConfig,
+    name: &str,
+    password: Option<String>,
+    replace: bool,
+) -> anyhow::Result<Option<String>> {
+    use crate::operator::accounts;
+    let name = name.trim().to_ascii_lowercase();
+    accounts::validate_name(&name)?;
+    let reg = open(cfg)?;
+    let exists = reg.blocking().operator(&name)?.is_some();
+    if exists && !replace {
+        anyhow::bail!("operator {name} exists; to set a new password: keyway-relay operator password {name}");
+    }
+    if !exists && replace {
+        anyhow::bail!("no operator {name}; to create one: keyway-relay operator add {name}");
+    }
+    let (password, generated) = match password {
+        Some(p) => {
+            accounts::validate_password(&p)?;
+            (p, false)
+        }
+        None => (accounts::generate_password()?, true),
+    };
+    reg.blocking()
+        .operator_set(&name, &accounts::hash_password(&password)?, now())?;
+    Ok(generated.then_some(password))
+}
+
+/// `operator list`.
+pub fn operators(cfg: &RelayConfig) -> anyhow::Result<Vec<crate::registry::OperatorRecord>> {
+    Ok(open(cfg)?.blocking().operators()?)
+}
+
+/// `operator remove NAME`: whether there was one.
+pub fn remove_operator(cfg: &RelayConfig, name: &str) -> anyhow::Result<bool> {
+    Ok(open(cfg)?
+        .blocking()
+        .operator_remove(&name.trim().to_ascii_lowercase())?)
 }
 
 /// The command the site owner runs on the Pi.

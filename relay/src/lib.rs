@@ -43,6 +43,7 @@ pub mod duplicates;
 pub mod init;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod pairing;
 pub mod proxy;
 pub mod registry;
@@ -245,7 +246,20 @@ impl Relay {
             tokio::spawn(acme::maintain(acme, cfg.domain.clone(), maintained, stop.clone()));
         }
         if let Some(listener) = admin {
-            tokio::spawn(admin_http::serve(listener, agents.clone(), sites.clone(), stop.clone()));
+            let console = operator::Console::new(
+                cfg.clone(),
+                registry.clone(),
+                agents.clone(),
+                sites.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(admin_http::serve(
+                listener,
+                agents.clone(),
+                sites.clone(),
+                console,
+                stop.clone(),
+            ));
         }
         let tracker = TaskTracker::new();
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {

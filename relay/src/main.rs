@@ -77,6 +77,36 @@ enum Cmd {
     /// Manage sites: add, new pairing code, list, revoke.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// Manage the operators who sign in to the web console
+    /// (http://ADMIN_LISTEN/console/).
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+}
+
+#[derive(Subcommand)]
+enum OperatorCmd {
+    /// Create an operator; prints a generated password (shown once, kept
+    /// only as an argon2 hash) unless --password-stdin gives one.
+    Add(OperatorArgs),
+    /// Set a new password (generated, or --password-stdin); unlocks the
+    /// account and signs its sessions out at the relay's next restart.
+    Password(OperatorArgs),
+    /// List operators: failed sign-ins in a row, locked until, last sign-in.
+    List(CommonArgs),
+    /// Remove an operator.
+    Remove(OperatorArgs),
+}
+
+#[derive(clap::Args)]
+struct OperatorArgs {
+    /// Sign-in name: 1-64 of a-z, 0-9, '.', '_', '-', '@'.
+    name: String,
+    /// Read the password from the first line of stdin (at least 12
+    /// characters) instead of generating one.
+    #[arg(long)]
+    password_stdin: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Subcommand)]
@@ -130,6 +160,7 @@ fn main() -> ExitCode {
             rt.block_on(keyway_relay::serve_until_signal(cfg))
         }
         Cmd::Site(cmd) => site(cmd),
+        Cmd::Operator(cmd) => operator(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +198,64 @@ fn run_init(opts: InitOptions) -> anyhow::Result<()> {
     }
     say!("Next: keyway-relay serve --config {}", report.config.display());
     say!("Then: keyway-relay site add NAME --config {}", report.config.display());
+    Ok(())
+}
+
+fn operator(cmd: OperatorCmd) -> anyhow::Result<()> {
+    let common = match &cmd {
+        OperatorCmd::Add(a) | OperatorCmd::Password(a) | OperatorCmd::Remove(a) => &a.common,
+        OperatorCmd::List(c) => c,
+    };
+    let cfg = RelayConfig::load(&common.config)?;
+    let json = common.json;
+    match &cmd {
+        OperatorCmd::Add(a) | OperatorCmd::Password(a) => {
+            let given = if a.password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\r', '\n']).to_string())
+            } else {
+                None
+            };
+            let replace = matches!(cmd, OperatorCmd::Password(_));
+            let generated = admin::set_operator(&cfg, &a.name, given, replace)?;
+            if json {
+                say!("{}", serde_json::json!({"operator": a.name, "password": generated}));
+            } else {
+                match generated {
+                    Some(p) => say!(
+                        "Operator {}: password {p}\n(shown once; sign in at http://{}/console/)",
+                        a.name,
+                        cfg.admin_listen.map_or("ADMIN_LISTEN".to_string(), |l| l.to_string())
+                    ),
+                    None => say!("Operator {}: password set.", a.name),
+                }
+            }
+        }
+        OperatorCmd::List(_) => {
+            let all = admin::operators(&cfg)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                say!("No operators yet: keyway-relay operator add NAME");
+            } else {
+                for o in all {
+                    let locked = if o.locked_until > keyway_relay::registry::now() {
+                        " (locked)"
+                    } else {
+                        ""
+                    };
+                    say!("{}\tfailed sign-ins: {}{locked}", o.name, o.failures);
+                }
+            }
+        }
+        OperatorCmd::Remove(a) => {
+            if !admin::remove_operator(&cfg, &a.name)? {
+                anyhow::bail!("no operator {}", a.name);
+            }
+            say!("Removed operator {}.", a.name);
+        }
+    }
     Ok(())
 }
 

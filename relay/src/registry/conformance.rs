@@ -145,7 +145,41 @@ pub fn agent_reports_read_back(open: Open) {
 pub type Case = fn(Open);
 
 /// Every case, by name, for a test that runs them all on one store kind.
+/// Operators: set, read back, failures lock at the threshold, a sign-in
+/// or a new password clears them, removal.
+pub fn operators_lock_after_failures_and_unlock(open: Open) {
+    let s = open();
+    assert_eq!(s.operator("ada").unwrap(), None);
+    s.operator_set("ada", "$argon2id$one", 10).unwrap();
+    let ada = s.operator("ada").unwrap().unwrap();
+    assert_eq!((ada.failures, ada.locked_until, ada.last_sign_in), (0, 0, None));
+    s.operator_failed("ada", 3, 500).unwrap();
+    s.operator_failed("ada", 3, 500).unwrap();
+    assert_eq!(s.operator("ada").unwrap().unwrap().locked_until, 0, "two of three");
+    // Another connection counts into the same row.
+    open().operator_failed("ada", 3, 500).unwrap();
+    let locked = s.operator("ada").unwrap().unwrap();
+    assert_eq!((locked.failures, locked.locked_until), (3, 500));
+    s.operator_signed_in("ada", 600).unwrap();
+    let back = s.operator("ada").unwrap().unwrap();
+    assert_eq!((back.failures, back.locked_until, back.last_sign_in), (0, 0, Some(600)));
+    s.operator_failed("ada", 1, 900).unwrap();
+    s.operator_set("ada", "$argon2id$two", 700).unwrap();
+    let reset = s.operator("ada").unwrap().unwrap();
+    assert_eq!((reset.password_hash.as_str(), reset.locked_until), ("$argon2id$two", 0));
+    s.operator_set("bob", "$argon2id$b", 10).unwrap();
+    let names: Vec<String> = s.operators().unwrap().into_iter().map(|o| o.name).collect();
+    assert_eq!(names, ["ada", "bob"]);
+    assert!(s.operator_remove("bob").unwrap());
+    assert!(!s.operator_remove("bob").unwrap());
+    assert_eq!(s.operator("bob").unwrap(), None);
+}
+
 pub const CASES: &[(&str, Case)] = &[
+    (
+        "operators_lock_after_failures_and_unlock",
+        operators_lock_after_failures_and_unlock,
+    ),
     ("a_code_pairs_once_then_is_used", a_code_pairs_once_then_is_used),
     (
         "codes_expire_burn_and_die_when_replaced",

@@ -139,6 +139,22 @@ pub struct SiteRecord {
     pub transport: Option<String>,
 }
 
+/// An operator of the web console, as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperatorRecord {
+    /// The sign-in name.
+    pub name: String,
+    /// The argon2 hash (PHC string) of the password.
+    #[serde(skip)]
+    pub password_hash: String,
+    /// Failed sign-ins in a row.
+    pub failures: u32,
+    /// Unix seconds until which sign-in is refused (0: not locked).
+    pub locked_until: i64,
+    /// Unix seconds of the last successful sign-in.
+    pub last_sign_in: Option<i64>,
+}
+
 /// Whether a certificate may open a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentAdmission {
@@ -203,6 +219,21 @@ pub trait SiteStore: Send + Sync + 'static {
     fn record_duplicate(&self, site: &str, duplicate: Option<&str>) -> Result<(), RegistryError>;
     /// Changes whenever another process commits (for cache refresh).
     fn data_version(&self) -> Result<i64, RegistryError>;
+
+    /// Operators (the web console): creates `name`, or sets its password
+    /// and unlocks it when it exists.
+    fn operator_set(&self, name: &str, password_hash: &str, now: i64) -> Result<(), RegistryError>;
+    /// Operators: the sign-in record of `name`.
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, RegistryError>;
+    /// Operators: all of them, by name.
+    fn operators(&self) -> Result<Vec<OperatorRecord>, RegistryError>;
+    /// Operators: removes `name`; whether it existed.
+    fn operator_remove(&self, name: &str) -> Result<bool, RegistryError>;
+    /// Operators: counts a failed sign-in, and locks the account until
+    /// `lock_until` when that makes `lock_after` failures in a row.
+    fn operator_failed(&self, name: &str, lock_after: u32, lock_until: i64) -> Result<(), RegistryError>;
+    /// Operators: a sign-in succeeded: the failure count starts again.
+    fn operator_signed_in(&self, name: &str, now: i64) -> Result<(), RegistryError>;
 
     /// Cluster: records `beat.node` alive now, holding agent links for
     /// exactly `beat.sites`; answers where agents reach every node whose

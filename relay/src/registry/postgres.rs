@@ -20,8 +20,8 @@ use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    AcmeCert, AcmeSnapshot, AgentAdmission, CodeRefusal, Heartbeat, LeaderGuard, PeerNode, PendingCode, RegistryError,
-    SiteRecord, SiteStore,
+    AcmeCert, AcmeSnapshot, AgentAdmission, CodeRefusal, Heartbeat, LeaderGuard, OperatorRecord, PeerNode, PendingCode,
+    RegistryError, SiteRecord, SiteStore,
 };
 
 /// Connections kept per relay.
@@ -109,6 +109,15 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         digest BYTEA NOT NULL,
         expires_at BIGINT NOT NULL
+     );",
+    // 4: operators of the web console.
+    "CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        failures BIGINT NOT NULL DEFAULT 0,
+        locked_until BIGINT NOT NULL DEFAULT 0,
+        last_sign_in BIGINT
      );",
 ];
 
@@ -724,12 +733,87 @@ impl SiteStore for PgStore {
         })
     }
 
+    fn operator_set(&self, name: &str, password_hash: &str, now: i64) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            c.execute(
+                "INSERT INTO operators (name, password_hash, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET password_hash = $2, failures = 0, locked_until = 0",
+                &[&name, &password_hash, &now],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, RegistryError> {
+        self.run(|c| async move {
+            let row = c
+                .query_opt(
+                    "SELECT name, password_hash, failures, locked_until, last_sign_in FROM operators WHERE name = $1",
+                    &[&name],
+                )
+                .await?;
+            Ok(row.as_ref().map(operator_row))
+        })
+    }
+
+    fn operators(&self) -> Result<Vec<OperatorRecord>, RegistryError> {
+        self.run(|c| async move {
+            let rows = c
+                .query(
+                    "SELECT name, password_hash, failures, locked_until, last_sign_in FROM operators ORDER BY name",
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().map(operator_row).collect())
+        })
+    }
+
+    fn operator_remove(&self, name: &str) -> Result<bool, RegistryError> {
+        self.run(|c| async move { Ok(c.execute("DELETE FROM operators WHERE name = $1", &[&name]).await? > 0) })
+    }
+
+    fn operator_failed(&self, name: &str, lock_after: u32, lock_until: i64) -> Result<(), RegistryError> {
+        let lock_after = i64::from(lock_after);
+        self.run(|c| async move {
+            c.execute(
+                "UPDATE operators SET failures = failures + 1,
+                    locked_until = CASE WHEN failures + 1 >= $2 THEN $3 ELSE locked_until END
+                 WHERE name = $1",
+                &[&name, &lock_after, &lock_until],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn operator_signed_in(&self, name: &str, now: i64) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            c.execute(
+                "UPDATE operators SET failures = 0, locked_until = 0, last_sign_in = $2 WHERE name = $1",
+                &[&name, &now],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
     fn data_version(&self) -> Result<i64, RegistryError> {
         self.run(|c| async move {
             Ok(c.query_one("SELECT version FROM registry_version WHERE id = 1", &[])
                 .await?
                 .get(0))
         })
+    }
+}
+
+fn operator_row(r: &tokio_postgres::Row) -> OperatorRecord {
+    OperatorRecord {
+        name: r.get(0),
+        password_hash: r.get(1),
+        failures: u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
+        locked_until: r.get(3),
+        last_sign_in: r.get(4),
     }
 }
 

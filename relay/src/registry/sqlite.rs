@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{AgentAdmission, CodeRefusal, PendingCode, RegistryError, SiteRecord, SiteStore};
+use super::{AgentAdmission, CodeRefusal, OperatorRecord, PendingCode, RegistryError, SiteRecord, SiteStore};
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -41,6 +41,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sites ADD COLUMN console_problem TEXT;",
     // 5: two agents seen with one identity.
     "ALTER TABLE sites ADD COLUMN duplicate TEXT;",
+    // 6: operators of the web console.
+    "CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        locked_until INTEGER NOT NULL DEFAULT 0,
+        last_sign_in INTEGER
+     );",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -297,4 +306,72 @@ impl SiteStore for SqliteStore {
     fn data_version(&self) -> Result<i64, RegistryError> {
         self.with(|c| Ok(c.query_row("PRAGMA data_version", [], |r| r.get(0))?))
     }
+
+    fn operator_set(&self, name: &str, password_hash: &str, now: i64) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO operators (name, password_hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET password_hash = ?2, failures = 0, locked_until = 0",
+                params![name, password_hash, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn operator(&self, name: &str) -> Result<Option<OperatorRecord>, RegistryError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, password_hash, failures, locked_until, last_sign_in FROM operators WHERE name = ?1",
+                params![name],
+                operator_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn operators(&self) -> Result<Vec<OperatorRecord>, RegistryError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, password_hash, failures, locked_until, last_sign_in FROM operators ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], operator_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn operator_remove(&self, name: &str) -> Result<bool, RegistryError> {
+        self.with(|c| Ok(c.execute("DELETE FROM operators WHERE name = ?1", params![name])? > 0))
+    }
+
+    fn operator_failed(&self, name: &str, lock_after: u32, lock_until: i64) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE operators SET failures = failures + 1,
+                    locked_until = CASE WHEN failures + 1 >= ?2 THEN ?3 ELSE locked_until END
+                 WHERE name = ?1",
+                params![name, lock_after, lock_until],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn operator_signed_in(&self, name: &str, now: i64) -> Result<(), RegistryError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE operators SET failures = 0, locked_until = 0, last_sign_in = ?2 WHERE name = ?1",
+                params![name, now],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+fn operator_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OperatorRecord> {
+    Ok(OperatorRecord {
+        name: r.get(0)?,
+        password_hash: r.get(1)?,
+        failures: r.get(2)?,
+        locked_until: r.get(3)?,
+        last_sign_in: r.get(4)?,
+    })
 }

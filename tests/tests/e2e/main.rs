@@ -24,6 +24,7 @@ mod impaired;
 mod keepalive;
 mod memory;
 mod metrics;
+mod operator;
 mod pair_exits;
 mod pairing;
 mod paths;

@@ -46,6 +46,7 @@ on_both!(
     concurrent_completions_have_exactly_one_winner,
     revoke_refuses_the_certificate_and_survives_reopen,
     agent_reports_read_back,
+    operators_lock_after_failures_and_unlock,
 );
 
 /// Every case of the suite is run above (a case added there and not here

@@ -13,6 +13,7 @@ pub mod accounts;
 mod live;
 mod pages;
 pub mod session;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -273,19 +274,25 @@ impl Console {
     /// Every site's row, online as the registry or this node's links say.
     async fn rows(&self) -> Result<Vec<SiteRow>, crate::registry::RegistryError> {
         let records = self.registry.call(|s| s.list_sites()).await?;
+        let t = now();
         Ok(records
             .into_iter()
-            .map(|r| SiteRow {
-                online: r.online || self.agents.get(&r.name).is_some(),
-                name: r.name,
-                last_seen: r.last_seen,
-                transport: r.transport,
-                agent_version: r.agent_version,
-                console_ok: r.console_ok,
-                console_problem: r.console_problem,
-                paired: r.paired,
-                code_expires: r.code_expires,
-                duplicate: r.duplicate,
+            .map(|r| {
+                let (requests_hour, errors_hour) = traffic::TRAFFIC.last_hour(&r.name, t);
+                SiteRow {
+                    requests_hour,
+                    errors_hour,
+                    online: r.online || self.agents.get(&r.name).is_some(),
+                    name: r.name,
+                    last_seen: r.last_seen,
+                    transport: r.transport,
+                    agent_version: r.agent_version,
+                    console_ok: r.console_ok,
+                    console_problem: r.console_problem,
+                    paired: r.paired,
+                    code_expires: r.code_expires,
+                    duplicate: r.duplicate,
+                }
             })
             .collect())
     }
@@ -328,7 +335,9 @@ impl Console {
                 )]
             })
             .unwrap_or_default();
-        page(StatusCode::OK, pages::site(viewer, row, &links))
+        let day = traffic::TRAFFIC.day(name, now());
+        let errors = traffic::TRAFFIC.recent_errors(name);
+        page(StatusCode::OK, pages::site(viewer, row, &links, &day, &errors))
     }
 
     /// `site add` (`new`) or `site code`, as the CLI does them.
@@ -448,7 +457,10 @@ fn secured(mut resp: Response<AdminBody>) -> Response<AdminBody> {
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not no-referrer: with it a browser sends `Origin: null` on a form's
+    // POST, and the same-origin check could not tell the console's own
+    // forms from a sandboxed page's.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::traffic::{Bucket, RecentError};
 use crate::admin::CodeIssued;
 
 /// `s` safe inside HTML text and double-quoted attributes.
@@ -100,6 +101,10 @@ pub struct SiteRow {
     pub code_expires: Option<i64>,
     /// Two agents seen with one identity.
     pub duplicate: Option<String>,
+    /// Requests answered in the last hour (on this node).
+    pub requests_hour: u64,
+    /// Of which 5xx.
+    pub errors_hour: u64,
 }
 
 fn when(secs: Option<i64>) -> String {
@@ -138,7 +143,7 @@ pub fn site_rows(rows: &[SiteRow]) -> String {
         let state = if r.online { "online" } else { "offline" };
         let _ = write!(
             out,
-            r#"<tr data-site="{name}" class="{state}"><td><a href="/console/sites/{name}">{name}</a></td><td class="state">{state}{dup}</td><td>{seen}</td><td>{transport}</td><td>{version}</td><td>{console}</td><td>{pairing}</td></tr>"#,
+            r#"<tr data-site="{name}" class="{state}"><td><a href="/console/sites/{name}">{name}</a></td><td class="state">{state}{dup}</td><td>{seen}</td><td>{transport}</td><td>{version}</td><td>{console}</td><td>{pairing}</td><td class="num">{requests}</td><td class="num{bad}">{errors}</td></tr>"#,
             name = esc(&r.name),
             dup = if r.duplicate.is_some() {
                 " · duplicate agent"
@@ -150,6 +155,9 @@ pub fn site_rows(rows: &[SiteRow]) -> String {
             version = esc(r.agent_version.as_deref().unwrap_or("—")),
             console = esc(&console_cell(r)),
             pairing = esc(&pairing_cell(r)),
+            requests = r.requests_hour,
+            errors = r.errors_hour,
+            bad = if r.errors_hour > 0 { " bad" } else { "" },
         );
     }
     out
@@ -169,7 +177,7 @@ pub fn sites(viewer: &Viewer, rows: &[SiteRow], problem: Option<&str>) -> String
 <div class="bar"><input id="filter" type="search" placeholder="Filter sites" aria-label="Filter sites">
 <form method="post" action="/console/sites" class="add"><input type="hidden" name="csrf" value="{csrf}">
 <input name="name" placeholder="new-site" required pattern="[a-z0-9-]{{1,63}}" aria-label="New site name"><button>Add site</button></form></div>
-<table id="sites" data-live="/console/live"><thead><tr><th>Site</th><th>State</th><th>Last seen</th><th>Transport</th><th>Agent</th><th>Console</th><th>Pairing</th></tr></thead>
+<table id="sites" data-live="/console/live"><thead><tr><th>Site</th><th>State</th><th>Last seen</th><th>Transport</th><th>Agent</th><th>Console</th><th>Pairing</th><th class="num">Requests 1 h</th><th class="num">5xx 1 h</th></tr></thead>
 <tbody>{rows}</tbody></table></section>"#,
             total = rows.len(),
             csrf = esc(viewer.csrf),
@@ -178,8 +186,77 @@ pub fn sites(viewer: &Viewer, rows: &[SiteRow], problem: Option<&str>) -> String
     )
 }
 
-/// One site: its state, a new code, revocation.
-pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String]) -> String {
+/// Requests (bars, 5xx in red) and mean latency (line) per 15 minutes
+/// over 24 hours, as an SVG drawn here.
+pub fn chart(day: &[Bucket]) -> String {
+    let (w, h, pad) = (960.0_f64, 180.0_f64, 28.0_f64);
+    let max_req = day.iter().map(|b| b.requests).max().unwrap_or(0).max(1) as f64;
+    let mean = |b: &Bucket| {
+        if b.requests == 0 {
+            0.0
+        } else {
+            b.latency_ms_sum as f64 / b.requests as f64
+        }
+    };
+    let max_ms = day.iter().map(mean).fold(0.0_f64, f64::max).max(1.0);
+    let step = (w - 2.0 * pad) / day.len().max(1) as f64;
+    let y = |v: f64, max: f64| h - pad - v / max * (h - 2.0 * pad);
+    let mut svg = format!(
+        r#"<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="Requests and latency, last 24 hours">"#
+    );
+    let _ = write!(
+        svg,
+        r##"<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#d9dee3"/>"##,
+        b = h - pad,
+        r = w - pad
+    );
+    for (i, b) in day.iter().enumerate() {
+        let x = pad + i as f64 * step;
+        if b.requests > 0 {
+            let top = y(b.requests as f64, max_req);
+            let _ = write!(
+                svg,
+                r##"<rect x="{x:.1}" y="{top:.1}" width="{bw:.1}" height="{bh:.1}" fill="#9fb3c8"><title>{n} requests</title></rect>"##,
+                bw = (step - 1.0).max(1.0),
+                bh = h - pad - top,
+                n = b.requests
+            );
+        }
+        if b.errors > 0 {
+            let top = y(b.errors as f64, max_req);
+            let _ = write!(
+                svg,
+                r##"<rect x="{x:.1}" y="{top:.1}" width="{bw:.1}" height="{bh:.1}" fill="#b42318"><title>{n} 5xx</title></rect>"##,
+                bw = (step - 1.0).max(1.0),
+                bh = h - pad - top,
+                n = b.errors
+            );
+        }
+    }
+    let points: Vec<String> = day
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.requests > 0)
+        .map(|(i, b)| format!("{:.1},{:.1}", pad + (i as f64 + 0.5) * step, y(mean(b), max_ms)))
+        .collect();
+    if points.len() > 1 {
+        let _ = write!(
+            svg,
+            r##"<polyline points="{}" fill="none" stroke="#1d2125" stroke-width="1.5"/>"##,
+            points.join(" ")
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{pad}" y="14" font-size="12" fill="#5f6b76">max {max_req} requests / 15 min · mean latency up to {max_ms:.0} ms</text><text x="{pad}" y="{ly}" font-size="11" fill="#5f6b76">24 h ago</text><text x="{rx}" y="{ly}" font-size="11" fill="#5f6b76" text-anchor="end">now</text></svg>"##,
+        ly = h - 8.0,
+        rx = w - pad
+    );
+    svg
+}
+
+/// One site: its state, traffic, recent errors, a new code, revocation.
+pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], errors: &[RecentError]) -> String {
     let links = if links.is_empty() {
         "none on this node".to_string()
     } else {
@@ -198,7 +275,10 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String]) -> String {
 <tr><th>Agent version</th><td>{version}</td></tr>
 <tr><th>Console</th><td>{console}</td></tr>
 <tr><th>Pairing</th><td>{pairing}</td></tr>
+<tr><th>Last hour</th><td>{requests} requests, {errors_hour} 5xx (this node)</td></tr>
 </table>
+<h3>Last 24 hours</h3>{chart}
+<h3>Recent errors</h3>{errors}
 <form method="post" action="/console/sites/{name}/code"><input type="hidden" name="csrf" value="{csrf}">
 <button>New pairing code</button> <span class="hint">The previous code stops working.</span></form>
 <form method="post" action="/console/sites/{name}/revoke" class="danger"><input type="hidden" name="csrf" value="{csrf}">
@@ -212,8 +292,32 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String]) -> String {
             console = esc(&console_cell(row)),
             pairing = esc(&pairing_cell(row)),
             csrf = esc(viewer.csrf),
+            requests = row.requests_hour,
+            errors_hour = row.errors_hour,
+            chart = chart(day),
+            errors = recent_errors(errors),
         ),
     )
+}
+
+fn recent_errors(errors: &[RecentError]) -> String {
+    if errors.is_empty() {
+        return r#"<p class="hint">None since this relay started.</p>"#.into();
+    }
+    let mut out = String::from(
+        r#"<table class="errors"><thead><tr><th>When</th><th>Status</th><th>Code</th></tr></thead><tbody>"#,
+    );
+    for e in errors {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&when(Some(e.at))),
+            e.status,
+            esc(&e.code)
+        );
+    }
+    out.push_str("</tbody></table>");
+    out
 }
 
 /// A pairing code just issued: the command to run on the Pi, and its QR code.
@@ -271,8 +375,32 @@ mod tests {
             paired: true,
             code_expires: None,
             duplicate: None,
+            requests_hour: 0,
+            errors_hour: 0,
         };
         let html = site_rows(&[row]);
         assert!(!html.contains("<script>") && !html.contains("<img"), "{html}");
+    }
+
+    #[test]
+    fn the_chart_draws_requests_errors_and_latency() {
+        let mut day = vec![Bucket::default(); 96];
+        day[90] = Bucket {
+            start: 0,
+            requests: 40,
+            errors: 4,
+            latency_ms_sum: 400,
+        };
+        day[95] = Bucket {
+            start: 0,
+            requests: 10,
+            errors: 0,
+            latency_ms_sum: 300,
+        };
+        let svg = chart(&day);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect").count(), 3, "two request bars, one 5xx bar");
+        assert!(svg.contains("<polyline") && svg.contains("max 40 requests"), "{svg}");
+        assert!(chart(&vec![Bucket::default(); 96]).contains("max 1 requests"));
     }
 }

@@ -85,12 +85,25 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut site = None;
+    let mut code = None;
     let mut resp = serve(req, &ctx, peer, &request_id, &mut site)
         .instrument(span)
         .await
-        .unwrap_or_else(respond);
+        .unwrap_or_else(|e| {
+            code = Some(e.code().as_str());
+            respond(e)
+        });
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if let Some(site) = site.as_deref() {
+        crate::operator::traffic::TRAFFIC.record(
+            site,
+            resp.status().as_u16(),
+            started.elapsed(),
+            code,
+            crate::registry::now(),
+        );
     }
     let label = crate::metrics::site(site.as_deref());
     METRICS

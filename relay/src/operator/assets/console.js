@@ -50,6 +50,8 @@
       cell(tr, r.agent_version || "—");
       cell(tr, consoleCell(r));
       cell(tr, pairingCell(r));
+      cell(tr, String(r.requests_hour)).className = "num";
+      cell(tr, String(r.errors_hour)).className = r.errors_hour > 0 ? "num bad" : "num";
       body.appendChild(tr);
     }
     table.replaceChild(body, table.tBodies[0]);

@@ -3,6 +3,7 @@
 //! Nothing here ships in a package.
 
 pub mod acme;
+pub mod browser;
 pub mod client;
 pub mod conformance;
 pub mod console;

@@ -25,6 +25,7 @@ mod keepalive;
 mod memory;
 mod metrics;
 mod operator;
+mod operator_browser;
 mod pair_exits;
 mod pairing;
 mod paths;

@@ -171,6 +171,35 @@ impl Live {
     }
 }
 
+/// Pairs a new agent with `code` as `keyway-agent pair` does, and runs it
+/// until the token is cancelled.
+pub(crate) async fn pair_and_run(
+    stack: &Stack,
+    code: &str,
+) -> (CancellationToken, tokio::task::JoinHandle<()>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = keyway_agent::pair::PairOptions {
+        code: code.to_string(),
+        relay: stack.relay_addr.to_string(),
+        relay_ca: Some(stack.https_ca.clone()),
+        console_url: stack.console.url.clone(),
+        console: keyway_agent::pair::ConsolePin::Expect(stack.console.fingerprint()),
+        config: dir.path().join("agent.toml"),
+        state_dir: dir.path().to_path_buf(),
+        force: true,
+    };
+    keyway_agent::pair::pair(&options).await.unwrap();
+    let mut text = std::fs::read_to_string(&options.config).unwrap();
+    if let Ok(t) = std::env::var("KEYWAY_TEST_TRANSPORT") {
+        text.push_str(&format!("\ntransport = {t:?}\n"));
+        std::fs::write(&options.config, text).unwrap();
+    }
+    let cfg = keyway_agent::AgentConfig::load(&options.config).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(keyway_agent::Agent::new(&cfg).unwrap().run(stop.clone()));
+    (stop, task, dir)
+}
+
 fn row<'a>(rows: &'a [serde_json::Value], site: &str) -> Option<&'a serde_json::Value> {
     rows.iter().find(|r| r["name"] == site)
 }
@@ -284,21 +313,7 @@ async fn an_operator_signs_in_pairs_a_site_from_the_page_and_revokes_it() {
 
     // Pair a real agent with the code the page showed: the stream sees it
     // come online without a reload.
-    let dir = tempfile::tempdir().unwrap();
-    let options = keyway_agent::pair::PairOptions {
-        code,
-        relay: stack.relay_addr.to_string(),
-        relay_ca: Some(stack.https_ca.clone()),
-        console_url: stack.console.url.clone(),
-        console: keyway_agent::pair::ConsolePin::Expect(stack.console.fingerprint()),
-        config: dir.path().join("agent.toml"),
-        state_dir: dir.path().to_path_buf(),
-        force: true,
-    };
-    keyway_agent::pair::pair(&options).await.unwrap();
-    let agent_cfg = keyway_agent::AgentConfig::load(&options.config).unwrap();
-    let agent_stop = CancellationToken::new();
-    let agent = tokio::spawn(keyway_agent::Agent::new(&agent_cfg).unwrap().run(agent_stop.clone()));
+    let (agent_stop, agent, _dir) = pair_and_run(&stack, &code).await;
     let took = live
         .until("annex online", |rows| {
             row(rows, "annex").is_some_and(|r| r["online"] == true)

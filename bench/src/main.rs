@@ -5,6 +5,7 @@
 
 mod client;
 mod cluster;
+mod console;
 mod docs;
 mod procs;
 mod report;
@@ -71,6 +72,16 @@ enum Cmd {
         /// Requests per node per round.
         #[arg(long, default_value_t = 200)]
         per_round: usize,
+    },
+    /// The operator console (set up by bench/console): the sites page with
+    /// 1,000 sites, and while 1,000 agents come online at once.
+    Console {
+        /// Targets (JSON, written by bench/console).
+        #[arg(long)]
+        targets: PathBuf,
+        /// Where to write the results (JSON).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Regenerate BENCHMARKS.md and the latency plot from a results file.
     Report {
@@ -183,6 +194,16 @@ async fn main() -> anyhow::Result<()> {
                 &std::fs::read_to_string(&targets).with_context(|| format!("{}", targets.display()))?,
             )?;
             let mut results = cluster::run(&t, rounds, per_round).await?;
+            results["date"] = utc_date().into();
+            std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+            eprintln!("bench: wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Console { targets, out } => {
+            let t: console::ConsoleTargets = serde_json::from_str(
+                &std::fs::read_to_string(&targets).with_context(|| format!("{}", targets.display()))?,
+            )?;
+            let mut results = console::run(&t).await?;
             results["date"] = utc_date().into();
             std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
             eprintln!("bench: wrote {}", out.display());

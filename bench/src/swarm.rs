@@ -24,6 +24,15 @@ pub struct Idle {
     _control: (quinn::SendStream, quinn::RecvStream),
 }
 
+/// A registered site's agent identity, ready to dial.
+pub struct Identity {
+    site: String,
+    issued: keyway_certs::ca::Issued,
+    key: rcgen::KeyPair,
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    name: String,
+}
+
 /// Registers sites `{prefix}{from..to}` and connects an idle agent for each.
 pub async fn connect(
     cfg: &RelayConfig,
@@ -32,6 +41,13 @@ pub async fn connect(
     prefix: &str,
     range: std::ops::Range<usize>,
 ) -> anyhow::Result<Vec<Idle>> {
+    let identities = register(cfg, prefix, range).await?;
+    dial(endpoint, quic, identities).await
+}
+
+/// Registers sites `{prefix}{from..to}`, each paired with a certificate
+/// from the relay's CA.
+pub async fn register(cfg: &RelayConfig, prefix: &str, range: std::ops::Range<usize>) -> anyhow::Result<Vec<Identity>> {
     let ca = PrivateCa::from_pem(
         &std::fs::read_to_string(&cfg.tunnel_ca)?,
         &std::fs::read_to_string(&cfg.tunnel_ca_key)?,
@@ -64,29 +80,53 @@ pub async fn connect(
     })
     .await??;
     let ca_der = ca.cert_der().clone();
-    let name = cfg.domain.clone();
-    let conns = stream::iter(identities)
-        .map(|(site, issued, key)| {
-            let (ca_der, name) = (ca_der.clone(), name.clone());
-            async move {
-                let key = keyway_certs::files::key_from_pem("key", key.serialize_pem().as_bytes())?;
-                let tls = keyway_certs::tls::tunnel_client(vec![issued.der], key, &ca_der, &[ALPN_TUNNEL])?;
-                let mut client =
-                    quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-                client.transport_config(Arc::new(keyway_agent::uplink::transport_config()));
-                // The relay picks new sites up from the registry within a
-                // second; until then it answers "unknown site".
-                let mut last = None;
-                for _ in 0..20 {
-                    match hello(endpoint, client.clone(), quic, &name).await {
-                        Ok(idle) => return Ok(idle),
-                        Err(e) => last = Some(e),
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(last.expect("tried").context(format!("site {site}")))
-            }
+    Ok(identities
+        .into_iter()
+        .map(|(site, issued, key)| Identity {
+            site,
+            issued,
+            key,
+            ca_der: ca_der.clone(),
+            name: cfg.domain.clone(),
         })
+        .collect())
+}
+
+/// Connects an idle agent for each identity, 32 at a time.
+pub async fn dial(
+    endpoint: &quinn::Endpoint,
+    quic: SocketAddr,
+    identities: Vec<Identity>,
+) -> anyhow::Result<Vec<Idle>> {
+    let conns = stream::iter(identities)
+        .map(
+            |Identity {
+                 site,
+                 issued,
+                 key,
+                 ca_der,
+                 name,
+             }| {
+                async move {
+                    let key = keyway_certs::files::key_from_pem("key", key.serialize_pem().as_bytes())?;
+                    let tls = keyway_certs::tls::tunnel_client(vec![issued.der], key, &ca_der, &[ALPN_TUNNEL])?;
+                    let mut client =
+                        quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+                    client.transport_config(Arc::new(keyway_agent::uplink::transport_config()));
+                    // The relay picks new sites up from the registry within a
+                    // second; until then it answers "unknown site".
+                    let mut last = None;
+                    for _ in 0..20 {
+                        match hello(endpoint, client.clone(), quic, &name).await {
+                            Ok(idle) => return Ok(idle),
+                            Err(e) => last = Some(e),
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err(last.expect("tried").context(format!("site {site}")))
+                }
+            },
+        )
         .buffer_unordered(32)
         .collect::<Vec<anyhow::Result<Idle>>>()
         .await;

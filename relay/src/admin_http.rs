@@ -1,8 +1,9 @@
 //! The admin listener: `/healthz` and `/readyz` for load balancers and
 //! supervisors, `/metrics` for Prometheus, and the operator's web console
 //! under `/console/` ([`crate::operator`]), on a separate address that
-//! defaults to loopback (`admin_listen`). Plain HTTP: keep it on loopback
-//! (reach it through an SSH tunnel) or behind a TLS-terminating proxy.
+//! defaults to loopback (`admin_listen`). Plain HTTP there (reach it
+//! through an SSH tunnel), or TLS with the relay's public certificate
+//! (`admin_tls`) to reach it from elsewhere.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,14 +23,19 @@ use crate::agents::AgentTable;
 use crate::operator::{AdminBody, Console};
 use crate::sites::SiteCache;
 
-/// Serves the admin endpoints until `stop`.
+/// How long a TLS client of the admin listener may take to say hello.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the admin endpoints until `stop`; over TLS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     agents: AgentTable,
     sites: SiteCache,
     console: Arc<Console>,
     stop: CancellationToken,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -39,7 +45,16 @@ pub async fn serve(
             },
         };
         let (agents, sites, console) = (agents.clone(), sites.clone(), console.clone());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let io = match acceptor {
+                None => Io::Plain(tcp),
+                Some(a) => match tokio::time::timeout(TLS_HANDSHAKE, a.accept(tcp)).await {
+                    Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
+                    Ok(Err(e)) => return debug!(%peer, "admin TLS handshake: {e}"),
+                    Err(_) => return debug!(%peer, "admin TLS handshake timed out"),
+                },
+            };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (agents, sites, console) = (agents.clone(), sites.clone(), console.clone());
                 async move {
@@ -52,10 +67,19 @@ pub async fn serve(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await
-            {
+            let served = match io {
+                Io::Plain(tcp) => {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await
+                }
+                Io::Tls(tls) => {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 debug!(%peer, "admin connection: {e}");
             }
         });
@@ -87,6 +111,19 @@ fn handle(req: &Request<Incoming>, agents: &AgentTable, sites: &SiteCache) -> Re
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// An admin connection, plain or TLS.
+enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// The admin listener's TLS: the public front's certificate, HTTP/1.1.
+pub fn tls_config(public: keyway_certs::PublicCert) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut cfg = keyway_certs::tls::https_server(public, false)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// Binds the admin listener.

@@ -22,9 +22,15 @@ pub struct RelayConfig {
     /// QUIC listener for agents (UDP).
     #[serde(default = "default_listen")]
     pub quic_listen: SocketAddr,
-    /// Admin listener (`/healthz`); off when absent. Keep it on loopback.
+    /// Admin listener (`/healthz`, `/metrics`, the operator's console);
+    /// off when absent. Keep it on loopback, or set `admin_tls`.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// Serve the admin listener over TLS with the relay's public
+    /// certificate (files or ACME), to reach the console from elsewhere
+    /// than the relay itself.
+    #[serde(default)]
+    pub admin_tls: bool,
     /// PEM certificate chain of the public HTTPS front; re-read on SIGHUP
     /// (`systemctl reload keyway-relay`). Absent with `[acme]`.
     #[serde(default)]

@@ -118,8 +118,11 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<InitReport> {
          # default_site = \"hq\"      # serve this site on the bare domain or an IP\n\
          # apt_repository = \"apt\"   # serve packaging/build-repo.sh's output at https://<domain>/apt/\n",
         admin = match opts.admin_listen {
-            Some(a) => format!("admin_listen = \"{a}\"  # /healthz, plain HTTP: keep on loopback\n"),
-            None => "# admin_listen = \"127.0.0.1:9090\"  # /healthz, plain HTTP: keep on loopback\n".to_string(),
+            Some(a) => format!(
+                "admin_listen = \"{a}\"  # /healthz, /metrics, /console/; plain HTTP: keep on loopback (or admin_tls = true)\n"
+            ),
+            None => "# admin_listen = \"127.0.0.1:9090\"  # /healthz, /metrics, /console/; plain HTTP: keep on loopback\n"
+                .to_string(),
         },
         listen = opts.listen,
         https = if opts.self_signed {

@@ -238,7 +238,7 @@ impl Relay {
         if let Some(acme) = cfg.acme.clone() {
             let shared = cfg.registry.is_shared().then(|| registry.clone());
             let maintained = acme::Maintained {
-                public,
+                public: public.clone(),
                 version: acme_version,
                 sites: sites.clone(),
                 shared,
@@ -253,8 +253,20 @@ impl Relay {
                 sites.clone(),
                 stop.clone(),
             );
+            let tls = if cfg.admin_tls {
+                Some(admin_http::tls_config(public.clone())?)
+            } else {
+                if !listener.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+                    tracing::warn!(
+                        "the admin listener is plain HTTP on a non-loopback address: set admin_tls = true, \
+                         or keep it on 127.0.0.1 and reach the console through an SSH tunnel"
+                    );
+                }
+                None
+            };
             tokio::spawn(admin_http::serve(
                 listener,
+                tls,
                 agents.clone(),
                 sites.clone(),
                 console,

@@ -363,3 +363,37 @@ async fn an_operator_signs_in_pairs_a_site_from_the_page_and_revokes_it() {
     assert_eq!(browser.sign_in("ada", &fresh).await.status, StatusCode::SEE_OTHER);
     stack.shutdown().await.unwrap();
 }
+
+/// `admin_tls = true`: the console (and /healthz) over TLS with the
+/// relay's own certificate, for operators who reach it from elsewhere;
+/// plain HTTP to that port gets no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_over_tls_with_the_relays_certificate() {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let admin = SocketAddr::new(ip, free_port(ip).unwrap());
+    let stack = Stack::builder()
+        .relay_extra(&format!("admin_listen = \"{admin}\"\nadmin_tls = true\n"))
+        .start()
+        .await
+        .unwrap();
+    let api = keyway_tests::client::Api::new(&format!("https://{admin}"), &stack.https_ca_der, "unused");
+    let login = api.get("/console/login").await.unwrap();
+    assert_eq!(login.status, 200);
+    assert!(String::from_utf8_lossy(&login.body).contains("Sign in"));
+    assert!(login.headers.contains_key(header::SET_COOKIE));
+    assert_eq!(api.get("/healthz").await.unwrap().status, 200);
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/console/login")
+            .header(header::HOST, admin.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        sender.send_request(req).await
+    })
+    .await
+    .unwrap();
+    assert!(refused.is_err(), "plain HTTP got an answer: {refused:?}");
+    stack.shutdown().await.unwrap();
+}

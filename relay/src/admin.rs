@@ -247,6 +247,7 @@ mod tests {
             duplicate: Some("two machines use this identity".into()),
             code_expires: None,
             transport: Some("tcp".into()),
+            cert_expires: None,
         };
         let table = sites_table(&[site]);
         let lines: Vec<&str> = table.lines().collect();

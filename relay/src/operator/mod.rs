@@ -292,6 +292,7 @@ impl Console {
                     paired: r.paired,
                     code_expires: r.code_expires,
                     duplicate: r.duplicate,
+                    cert_expires: r.cert_expires,
                 }
             })
             .collect())

@@ -101,6 +101,8 @@ pub struct SiteRow {
     pub code_expires: Option<i64>,
     /// Two agents seen with one identity.
     pub duplicate: Option<String>,
+    /// When the agent's certificate expires (unix seconds).
+    pub cert_expires: Option<i64>,
     /// Requests answered in the last hour (on this node).
     pub requests_hour: u64,
     /// Of which 5xx.
@@ -117,6 +119,12 @@ fn when(secs: Option<i64>) -> String {
         }
         _ => "—".into(),
     }
+}
+
+/// The day of `secs` (`2031-12-06`), or a dash.
+fn day_of(secs: Option<i64>) -> String {
+    let full = when(secs);
+    full.split(' ').next().unwrap_or("—").to_string()
 }
 
 fn console_cell(r: &SiteRow) -> String {
@@ -143,7 +151,7 @@ pub fn site_rows(rows: &[SiteRow]) -> String {
         let state = if r.online { "online" } else { "offline" };
         let _ = write!(
             out,
-            r#"<tr data-site="{name}" class="{state}"><td><a href="/console/sites/{name}">{name}</a></td><td class="state">{state}{dup}</td><td>{seen}</td><td>{transport}</td><td>{version}</td><td>{console}</td><td>{pairing}</td><td class="num">{requests}</td><td class="num{bad}">{errors}</td></tr>"#,
+            r#"<tr data-site="{name}" class="{state}"><td><a href="/console/sites/{name}">{name}</a></td><td class="state">{state}{dup}</td><td>{seen}</td><td>{transport}</td><td>{version}</td><td>{console}</td><td>{pairing}</td><td>{cert}</td><td class="num">{requests}</td><td class="num{bad}">{errors}</td></tr>"#,
             name = esc(&r.name),
             dup = if r.duplicate.is_some() {
                 " · duplicate agent"
@@ -155,6 +163,7 @@ pub fn site_rows(rows: &[SiteRow]) -> String {
             version = esc(r.agent_version.as_deref().unwrap_or("—")),
             console = esc(&console_cell(r)),
             pairing = esc(&pairing_cell(r)),
+            cert = esc(&day_of(r.cert_expires)),
             requests = r.requests_hour,
             errors = r.errors_hour,
             bad = if r.errors_hour > 0 { " bad" } else { "" },
@@ -177,7 +186,7 @@ pub fn sites(viewer: &Viewer, rows: &[SiteRow], problem: Option<&str>) -> String
 <div class="bar"><input id="filter" type="search" placeholder="Filter sites" aria-label="Filter sites">
 <form method="post" action="/console/sites" class="add"><input type="hidden" name="csrf" value="{csrf}">
 <input name="name" placeholder="new-site" required pattern="[a-z0-9-]{{1,63}}" aria-label="New site name"><button>Add site</button></form></div>
-<table id="sites" data-live="/console/live"><thead><tr><th>Site</th><th>State</th><th>Last seen</th><th>Transport</th><th>Agent</th><th>Console</th><th>Pairing</th><th class="num">Requests 1 h</th><th class="num">5xx 1 h</th></tr></thead>
+<table id="sites" data-live="/console/live"><thead><tr><th>Site</th><th>State</th><th>Last seen</th><th>Transport</th><th>Agent</th><th>Console</th><th>Pairing</th><th>Certificate until</th><th class="num">Requests 1 h</th><th class="num">5xx 1 h</th></tr></thead>
 <tbody>{rows}</tbody></table></section>"#,
             total = rows.len(),
             csrf = esc(viewer.csrf),
@@ -275,6 +284,7 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], er
 <tr><th>Agent version</th><td>{version}</td></tr>
 <tr><th>Console</th><td>{console}</td></tr>
 <tr><th>Pairing</th><td>{pairing}</td></tr>
+<tr><th>Agent certificate until</th><td>{cert}</td></tr>
 <tr><th>Last hour</th><td>{requests} requests, {errors_hour} 5xx (this node)</td></tr>
 </table>
 <h3>Last 24 hours</h3>{chart}
@@ -292,6 +302,7 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], er
             console = esc(&console_cell(row)),
             pairing = esc(&pairing_cell(row)),
             csrf = esc(viewer.csrf),
+            cert = esc(&day_of(row.cert_expires)),
             requests = row.requests_hour,
             errors_hour = row.errors_hour,
             chart = chart(day),
@@ -375,6 +386,7 @@ mod tests {
             paired: true,
             code_expires: None,
             duplicate: None,
+            cert_expires: None,
             requests_hour: 0,
             errors_hour: 0,
         };

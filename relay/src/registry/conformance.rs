@@ -36,6 +36,8 @@ pub fn a_code_pairs_once_then_is_used(open: Open) {
     let list = s.list_sites().unwrap();
     assert!(list[0].paired && list[0].code_expires.is_none());
     assert_eq!(list[0].cert_serial.as_deref(), Some("serial-1"));
+    assert_eq!(list[0].cert_expires, super::cert_expiry(true, Some(11)));
+    assert!(list[0].cert_expires.is_some());
 }
 
 /// Codes expire, burn after `max_tries`, and die when replaced; a live

@@ -137,6 +137,16 @@ pub struct SiteRecord {
     pub code_expires: Option<i64>,
     /// `quic` or `tcp` while the agent is connected.
     pub transport: Option<String>,
+    /// When the agent's current certificate expires (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires: Option<i64>,
+}
+
+/// When a certificate issued at `paired_at` expires (pairing issues them
+/// for [`keyway_certs::ca::AGENT_VALIDITY`]).
+pub fn cert_expiry(paired: bool, paired_at: Option<i64>) -> Option<i64> {
+    let validity = keyway_certs::ca::AGENT_VALIDITY.as_secs() as i64;
+    paired_at.filter(|_| paired).map(|t| t + validity)
 }
 
 /// An operator of the web console, as the registry keeps it.

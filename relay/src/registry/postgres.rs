@@ -432,7 +432,7 @@ impl SiteStore for PgStore {
                                 WHERE l.site = s.name AND n.seen_at > now() - make_interval(secs => $1::float8)),
                             s.agent_version,
                             (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                            s.console_ok, s.transport, s.console_problem, s.duplicate
+                            s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at
                      FROM sites s ORDER BY s.name",
                     &[&(LINK_LIVE.as_secs() as f64)],
                 )
@@ -441,9 +441,10 @@ impl SiteStore for PgStore {
                 .iter()
                 .map(|r| {
                     let serial: Option<String> = r.get(1);
+                    let paired = serial.is_some();
                     SiteRecord {
                         name: r.get(0),
-                        paired: serial.is_some(),
+                        paired,
                         cert_serial: serial,
                         last_seen: r.get(2),
                         online: r.get(3),
@@ -453,6 +454,7 @@ impl SiteStore for PgStore {
                         transport: r.get(7),
                         console_problem: r.get(8),
                         duplicate: r.get(9),
+                        cert_expires: super::cert_expiry(paired, r.get(10)),
                     }
                 })
                 .collect())

@@ -209,14 +209,15 @@ impl SiteStore for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
                         (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                        s.console_ok, s.transport, s.console_problem, s.duplicate
+                        s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
                 let serial: Option<String> = r.get(1)?;
+                let paired = serial.is_some();
                 Ok(SiteRecord {
                     name: r.get(0)?,
-                    paired: serial.is_some(),
+                    paired,
                     cert_serial: serial,
                     last_seen: r.get(2)?,
                     online: r.get::<_, i64>(3)? != 0,
@@ -226,6 +227,7 @@ impl SiteStore for SqliteStore {
                     transport: r.get(7)?,
                     console_problem: r.get(8)?,
                     duplicate: r.get(9)?,
+                    cert_expires: super::cert_expiry(paired, r.get(10)?),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

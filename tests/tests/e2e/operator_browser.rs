@@ -190,7 +190,7 @@ async fn the_console_in_a_real_browser() {
         "{errors}"
     );
     tab.wait_for(
-        "Number(document.querySelector('#sites tr[data-site=hq] td:nth-child(8)').textContent) >= 20",
+        "Number(document.querySelector('#sites tr[data-site=hq] td:nth-child(9)').textContent) >= 20",
         wait,
     )
     .await

@@ -50,6 +50,7 @@
       cell(tr, r.agent_version || "—");
       cell(tr, consoleCell(r));
       cell(tr, pairingCell(r));
+      cell(tr, r.cert_expires ? when(r.cert_expires).split(" ")[0] : "—");
       cell(tr, String(r.requests_hour)).className = "num";
       cell(tr, String(r.errors_hour)).className = r.errors_hour > 0 ? "num bad" : "num";
       body.appendChild(tr);

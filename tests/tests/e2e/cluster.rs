@@ -253,6 +253,18 @@ async fn nodes_without_the_agent_forward_to_the_node_with_it() {
     stop_all(stack, vec![b, c]).await;
 }
 
+/// A QUIC connection to node a's peer port at `peer`, presenting `tls`'s
+/// client certificate.
+async fn dial_node_a(tls: rustls::ClientConfig, peer: SocketAddr) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+        .connect(peer, &keyway_certs::identity::node_server_name("a"))
+        .unwrap()
+        .await
+}
+
 /// The node-to-node port wants a node's certificate: an agent's, from the
 /// same CA, gets the connection closed before any request is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,12 +277,7 @@ async fn an_agent_certificate_cannot_speak_as_a_node() {
     let key = keyway_certs::files::load_key(&agent.key).unwrap();
     let ca = keyway_certs::files::load_certs(&agent.relay_ca).unwrap().remove(0);
     let tls = keyway_certs::tls::node_client(chain, key, &ca).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint
-        .connect(peer, &keyway_certs::identity::node_server_name("a"))
-        .unwrap()
+    let conn = dial_node_a(tls, peer)
         .await
         .expect("the TLS handshake itself succeeds: the CA is the same");
     let answered = async {
@@ -314,14 +321,7 @@ async fn a_peer_request_without_a_forward_head_is_refused() {
     .unwrap();
     let (chain, key) = ca.node_identity("z", Duration::from_secs(3600)).unwrap();
     let tls = keyway_certs::tls::node_client(chain, key, ca.cert_der()).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint
-        .connect(peer, &keyway_certs::identity::node_server_name("a"))
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = dial_node_a(tls, peer).await.unwrap();
     let ask = |extra: &'static str| {
         let conn = conn.clone();
         async move {

@@ -200,26 +200,37 @@ pub(crate) async fn pair_and_run(
     (stop, task, dir)
 }
 
+/// A stack whose relay serves the console on its own admin address
+/// (`extra`: more top-level settings), with its config.
+pub(crate) async fn console_stack(extra: &str) -> (Stack, SocketAddr, RelayConfig) {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let admin = SocketAddr::new(ip, free_port(ip).unwrap());
+    let stack = Stack::builder()
+        .relay_extra(&format!("admin_listen = \"{admin}\"\n{extra}"))
+        .start()
+        .await
+        .unwrap();
+    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
+    (stack, admin, cfg)
+}
+
+/// Creates operator `name` as `keyway-relay operator add` does: its
+/// generated password.
+pub(crate) fn add_operator(cfg: &RelayConfig, name: &str) -> String {
+    let cfg = cfg.clone();
+    off_runtime(move || keyway_relay::admin::set_operator(&cfg, name, None, false))
+        .unwrap()
+        .expect("a generated password")
+}
+
 fn row<'a>(rows: &'a [serde_json::Value], site: &str) -> Option<&'a serde_json::Value> {
     rows.iter().find(|r| r["name"] == site)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_signs_in_pairs_a_site_from_the_page_and_revokes_it() {
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let admin = SocketAddr::new(ip, free_port(ip).unwrap());
-    let stack = Stack::builder()
-        .relay_extra(&format!("admin_listen = \"{admin}\"\n"))
-        .start()
-        .await
-        .unwrap();
-    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
-    let password = {
-        let cfg = cfg.clone();
-        off_runtime(move || keyway_relay::admin::set_operator(&cfg, "ada", None, false))
-            .unwrap()
-            .expect("a generated password")
-    };
+    let (stack, admin, cfg) = console_stack("").await;
+    let password = add_operator(&cfg, "ada");
     let sites = |cfg: &RelayConfig| {
         let cfg = cfg.clone();
         off_runtime(move || keyway_relay::admin::list(&cfg)).unwrap()
@@ -369,13 +380,7 @@ async fn an_operator_signs_in_pairs_a_site_from_the_page_and_revokes_it() {
 /// plain HTTP to that port gets no page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_over_tls_with_the_relays_certificate() {
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let admin = SocketAddr::new(ip, free_port(ip).unwrap());
-    let stack = Stack::builder()
-        .relay_extra(&format!("admin_listen = \"{admin}\"\nadmin_tls = true\n"))
-        .start()
-        .await
-        .unwrap();
+    let (stack, admin, _) = console_stack("admin_tls = true\n").await;
     let api = keyway_tests::client::Api::new(&format!("https://{admin}"), &stack.https_ca_der, "unused");
     let login = api.get("/console/login").await.unwrap();
     assert_eq!(login.status, 200);

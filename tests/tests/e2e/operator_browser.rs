@@ -6,15 +6,13 @@
 //! CSRF token changes nothing. Screenshots of the main pages are saved
 //! (`target/tmp/screenshots/`, or `$KEYWAY_SCREENSHOTS`).
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use keyway_relay::RelayConfig;
 use keyway_tests::browser::Browser;
-use keyway_tests::stack::{free_port, off_runtime, Stack};
+use keyway_tests::stack::off_runtime;
 
-use crate::operator::pair_and_run;
+use crate::operator::{add_operator, console_stack, pair_and_run};
 
 fn screenshots() -> PathBuf {
     std::env::var_os("KEYWAY_SCREENSHOTS")
@@ -24,14 +22,7 @@ fn screenshots() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
-    let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let admin = SocketAddr::new(ip, free_port(ip).unwrap());
-    let stack = Stack::builder()
-        .relay_extra(&format!("admin_listen = \"{admin}\"\n"))
-        .start()
-        .await
-        .unwrap();
-    let cfg = RelayConfig::load(&stack.relay_config).unwrap();
+    let (stack, admin, cfg) = console_stack("").await;
     // A second site online before the operator looks.
     let annex = {
         let cfg = cfg.clone();
@@ -40,12 +31,7 @@ async fn the_console_in_a_real_browser() {
             .code
     };
     let (annex_stop, annex_agent, _annex_dir) = pair_and_run(&stack, &annex).await;
-    let password = {
-        let cfg = cfg.clone();
-        off_runtime(move || keyway_relay::admin::set_operator(&cfg, "ada", None, false))
-            .unwrap()
-            .unwrap()
-    };
+    let password = add_operator(&cfg, "ada");
     let wait = Duration::from_secs(15);
     let browser = Browser::start().await.unwrap();
     let base = format!("http://{admin}");

@@ -198,13 +198,25 @@ async fn handle_tunnel(
             anyhow::bail!("expected Hello, got {other:?}");
         }
     };
+    // Subscribed before the nodes are read for the Welcome: a change
+    // between the two (a heartbeat while this handshake runs) is then sent
+    // as `Nodes`, not lost until the next one.
+    let mut node_changes = ctx
+        .cluster
+        .as_ref()
+        .filter(|_| takes_nodes)
+        .map(|c| c.agent_nodes_changes());
+    let nodes = match &mut node_changes {
+        Some(rx) => rx.borrow_and_update().clone(),
+        None => ctx.cluster.as_ref().map(|c| c.agent_nodes()).unwrap_or_default(),
+    };
     write_msg(
         &mut send,
         &ControlMsg::Welcome {
             version: PROTOCOL_VERSION,
             relay_version: env!("CARGO_PKG_VERSION").into(),
             site: site.clone(),
-            nodes: ctx.cluster.as_ref().map(|c| c.agent_nodes()).unwrap_or_default(),
+            nodes,
         },
     )
     .await?;
@@ -267,7 +279,7 @@ async fn handle_tunnel(
     };
     let result = tokio::select! {
         never = settle => match never {},
-        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site, takes_nodes) => r,
+        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site, node_changes) => r,
         silent = watch_silence(&*tunnel) => {
             // Requests waiting on it fail now with a 503, not at the idle timeout.
             warn!(site, "agent silent for {silent:?}: dropping its tunnel");
@@ -316,12 +328,11 @@ async fn control_loop(
     drain: &CancellationToken,
     ctx: &TunnelCtx,
     site: &str,
-    takes_nodes: bool,
+    mut changes: Option<tokio::sync::watch::Receiver<Vec<String>>>,
 ) -> anyhow::Result<()> {
     let registry = &ctx.registry;
     // In a cluster, an agent that takes them hears of every change of nodes.
-    let cluster = ctx.cluster.as_ref().filter(|_| takes_nodes);
-    let mut changes = cluster.map(|c| c.agent_nodes_changes());
+    let cluster = ctx.cluster.as_ref().filter(|_| changes.is_some());
     let nodes_changed = async |rx: &mut Option<tokio::sync::watch::Receiver<Vec<String>>>| match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,

@@ -153,7 +153,10 @@ async fn a_node_killed_under_load_costs_at_most_its_requests_in_flight() {
     }
     let mut agent = Proc::spawn("keyway-agent", &["run", "--config", s(&agent_config)]).unwrap();
     // Two links: one to a (the relay it was paired with), one to b or c.
-    agent.wait_for_logs("tunnel up", 2).await.unwrap();
+    if let Err(e) = agent.wait_for_logs("tunnel up", 2).await {
+        let nodes: Vec<_> = procs.iter().map(|p| p.log()).collect();
+        panic!("{e}\nagent: {:#?}\nnodes: {nodes:#?}", agent.log());
+    }
 
     let ca = keyway_certs::files::load_certs(&https_ca).unwrap().remove(0);
     let apis: Arc<Vec<Api>> = Arc::new(

@@ -31,9 +31,10 @@ impl Body for Events {
     }
 }
 
-/// Starts the stream for one browser tab; it stops when the tab goes or
-/// the relay stops.
-pub fn stream(console: Arc<Console>) -> Events {
+/// Starts the stream for one browser tab of session `token`; it stops when
+/// the tab goes, the session ends (signed out, or idle too long) or the
+/// relay stops.
+pub fn stream(console: Arc<Console>, token: String) -> Events {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut agents = console.agents.subscribe();
@@ -41,6 +42,9 @@ pub fn stream(console: Arc<Console>) -> Events {
         let mut last = String::new();
         let mut quiet = tokio::time::Instant::now();
         loop {
+            if !console.sessions.alive(&token) {
+                return;
+            }
             if let Ok(rows) = console.rows().await {
                 let json = serde_json::to_string(&rows).unwrap_or_default();
                 if json != last {
@@ -64,6 +68,7 @@ pub fn stream(console: Arc<Console>) -> Events {
             tokio::select! {
                 _ = tx.closed() => return,
                 _ = console.stop.cancelled() => return,
+                _ = console.sessions.some_ended() => {}
                 _ = agents.changed() => {}
                 _ = names.changed() => {}
                 _ = tokio::time::sleep(LOOK_AGAIN) => {}

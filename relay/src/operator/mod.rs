@@ -139,7 +139,7 @@ impl Console {
         match (&parts.method, path.as_str(), site_path.as_deref()) {
             (&Method::GET, "/console/", _) => self.sites_page(&viewer, None).await,
             (&Method::GET, "/console/live", _) => {
-                let mut resp = Response::new(live::stream(self.clone()).boxed_unsync());
+                let mut resp = Response::new(live::stream(self.clone(), token.clone()).boxed_unsync());
                 let h = resp.headers_mut();
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -35,6 +35,8 @@ pub struct Session {
 #[derive(Default)]
 pub struct Sessions {
     by_token: Mutex<HashMap<String, Session>>,
+    /// Woken whenever sessions end (open live streams check theirs).
+    ended: tokio::sync::Notify,
 }
 
 impl Sessions {
@@ -73,6 +75,7 @@ impl Sessions {
     /// Ends the session of `token`.
     pub fn end(&self, token: &str) {
         self.by_token.lock().unwrap_or_else(|p| p.into_inner()).remove(token);
+        self.ended.notify_waiters();
     }
 
     /// Ends every session of `operator` (removed, or a new password).
@@ -81,6 +84,21 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, s| s.operator != operator);
+        self.ended.notify_waiters();
+    }
+
+    /// Whether the session of `token` is still live (without using it).
+    pub fn alive(&self, token: &str) -> bool {
+        self.by_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .is_some_and(|s| s.last_used.elapsed() < IDLE)
+    }
+
+    /// Resolves when some session ends.
+    pub async fn some_ended(&self) {
+        self.ended.notified().await
     }
 }
 

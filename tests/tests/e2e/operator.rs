@@ -144,6 +144,19 @@ impl Live {
         }
     }
 
+    /// Waits (bounded) until the server ends the stream.
+    async fn until_closed(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.body.frame()).await {
+                Ok(None) | Ok(Some(Err(_))) => return,
+                Ok(Some(Ok(_))) => {}
+                Err(_) => panic!("the live stream still runs 10 s after its session ended"),
+            }
+        }
+    }
+
     /// Waits (bounded) for a `sites` event whose rows satisfy `want`.
     async fn until(&mut self, what: &str, want: impl Fn(&[serde_json::Value]) -> bool) -> Duration {
         let start = Instant::now();
@@ -354,6 +367,8 @@ async fn an_operator_signs_in_pairs_a_site_from_the_page_and_revokes_it() {
     let old = browser.cookies.clone();
     let out = browser.post("/console/logout", &[("csrf", &csrf)]).await;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
+    // The page left open stops receiving rows.
+    live.until_closed().await;
     browser.cookies = old;
     assert_eq!(browser.get("/console/").await.status, StatusCode::SEE_OTHER);
 

@@ -252,9 +252,12 @@ impl Console {
                 self.sign_in_page(StatusCode::TOO_MANY_REQUESTS, Some(&text)).await
             }
             Err(e) => {
+                // The cause goes to the log, not to a visitor who has not
+                // signed in.
+                tracing::warn!(%peer, "sign-in could not be checked: {e}");
                 self.sign_in_page(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Some(&format!("Cannot sign in now: {e}")),
+                    Some("Cannot sign in now: the registry is unavailable. Try again shortly."),
                 )
                 .await
             }

@@ -92,6 +92,109 @@ pub fn revoke_in(reg: &Registry, name: &str) -> anyhow::Result<Option<String>> {
     Ok(reg.blocking().revoke(&name.to_ascii_lowercase(), now())?)
 }
 
+/// One of a site's limits, as `site limits` and the console show it.
+#[derive(Debug, Serialize)]
+pub struct LimitRow {
+    /// The limit's name (as in `[limits]`).
+    pub field: &'static str,
+    /// What it bounds.
+    pub about: &'static str,
+    /// The value in force.
+    pub value: String,
+    /// Where it comes from: `site` (the registry), `relay.toml`, `default`.
+    pub source: &'static str,
+    /// The value set for this site in the registry, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+}
+
+/// A site's limits.
+#[derive(Debug, Serialize)]
+pub struct SiteLimits {
+    /// The site.
+    pub site: String,
+    /// Every limit, in [`crate::limits::FIELDS`] order.
+    pub limits: Vec<LimitRow>,
+}
+
+/// `site limits NAME`: the limits in force and where each comes from.
+pub fn site_limits(cfg: &RelayConfig, name: &str) -> anyhow::Result<SiteLimits> {
+    site_limits_in(cfg, &open(cfg)?, name)
+}
+
+/// [`site_limits`] on an open registry.
+pub fn site_limits_in(cfg: &RelayConfig, reg: &Registry, name: &str) -> anyhow::Result<SiteLimits> {
+    let site = find_site(reg, name)?;
+    Ok(limits_view(cfg, &site.name, &site.limits))
+}
+
+/// `site limits NAME FIELD=VALUE…`: sets (an empty value: unsets) some of
+/// the site's limits in the registry, after checking the result as the
+/// relay checks `relay.toml`. Every running relay applies them within a
+/// second; requests under way keep their slots.
+pub fn set_site_limits(cfg: &RelayConfig, name: &str, changes: &[(String, String)]) -> anyhow::Result<SiteLimits> {
+    set_site_limits_in(cfg, &open(cfg)?, name, changes)
+}
+
+/// [`set_site_limits`] on an open registry.
+pub fn set_site_limits_in(
+    cfg: &RelayConfig,
+    reg: &Registry,
+    name: &str,
+    changes: &[(String, String)],
+) -> anyhow::Result<SiteLimits> {
+    let site = find_site(reg, name)?;
+    let mut limits = site.limits.clone();
+    for (field, value) in changes {
+        limits.set(field, value)?;
+    }
+    cfg.limits.validate_with(&site.name, &limits)?;
+    reg.blocking()
+        .set_limits(&site.name, crate::registry::limits_json(&limits).as_deref())?;
+    Ok(limits_view(cfg, &site.name, &limits))
+}
+
+fn find_site(reg: &Registry, name: &str) -> anyhow::Result<SiteRecord> {
+    let name = name.to_ascii_lowercase();
+    reg.blocking()
+        .list_sites()?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| RegistryError::NoSuchSite(name).into())
+}
+
+/// A site's limits in force, given those set for it in the registry.
+pub fn limits_view(cfg: &RelayConfig, site: &str, set: &crate::limits::Overrides) -> SiteLimits {
+    let effective = cfg.limits.for_site_with(site, set);
+    let limits = crate::limits::FIELDS
+        .iter()
+        .map(|&(field, about)| LimitRow {
+            field,
+            about,
+            value: effective.get(field).unwrap_or_default(),
+            source: cfg.limits.source(site, set, field),
+            set: set.get(field),
+        })
+        .collect();
+    SiteLimits {
+        site: site.to_string(),
+        limits,
+    }
+}
+
+/// The table `site limits` prints.
+pub fn limits_table(limits: &SiteLimits) -> String {
+    let mut out = format!("{:<26} {:<20} FROM\n", "LIMIT", "VALUE");
+    for row in &limits.limits {
+        out.push_str(&format!("{:<26} {:<20} {}\n", row.field, row.value, row.source));
+    }
+    out.push_str(&format!(
+        "\nSet one: keyway-relay site limits {} FIELD=VALUE (FIELD= goes back to relay.toml's)",
+        limits.site
+    ));
+    out
+}
+
 /// `operator add NAME` (`replace`: `operator password NAME`): sets the
 /// operator's password, the one given or a generated one; returns the
 /// password when it was generated (shown once, stored only as a hash).
@@ -202,6 +305,13 @@ pub fn sites_table(sites: &[SiteRecord]) -> String {
         if let Some(d) = &s.duplicate {
             out.push_str(&format!("  {}: DUPLICATE: {d}\n", s.name));
         }
+        let set: Vec<String> = crate::limits::FIELDS
+            .iter()
+            .filter_map(|(f, _)| s.limits.get(f).map(|v| format!("{f}={v}")))
+            .collect();
+        if !set.is_empty() {
+            out.push_str(&format!("  {}: limits {}\n", s.name, set.join(" ")));
+        }
     }
     out.trim_end().to_string()
 }
@@ -248,6 +358,7 @@ mod tests {
             code_expires: None,
             transport: Some("tcp".into()),
             cert_expires: None,
+            limits: toml::from_str("site_rate = 5").unwrap(),
         };
         let table = sites_table(&[site]);
         let lines: Vec<&str> = table.lines().collect();
@@ -259,6 +370,7 @@ mod tests {
             "  hq: console certificate changed: pinned A, the console presents B"
         );
         assert_eq!(lines[3], "  hq: DUPLICATE: two machines use this identity");
+        assert_eq!(lines[4], "  hq: limits site_rate=5");
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
     }

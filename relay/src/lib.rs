@@ -302,6 +302,7 @@ impl Relay {
             agents.clone(),
             watch_stop.clone(),
         ));
+        let edge = Arc::new(limits::Edge::new(cfg.limits.clone()).following(sites.clone()));
         let proxy_ctx = Arc::new(proxy::ProxyCtx {
             domain: cfg.domain.clone(),
             sites,
@@ -309,7 +310,7 @@ impl Relay {
             agents: agents.clone(),
             request_timeout: cfg.request_timeout,
             upgrades: upgrades.clone(),
-            edge: Arc::new(limits::Edge::new(cfg.limits.clone())),
+            edge,
             observer,
             apt: cfg.apt_repository.clone().map(apt::AptRepository::new),
             cluster: cluster.clone(),

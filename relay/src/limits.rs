@@ -2,7 +2,9 @@
 //! it reaches a tunnel.
 //!
 //! `[limits]` in `relay.toml` sets them for every site; `[limits.sites.NAME]`
-//! overrides any of them for one site. Each refusal is the console's
+//! overrides any of them for one site, and the registry's per-site values
+//! (`keyway-relay site limits`, or the console) override both, taking
+//! effect on every running relay within a second. Each refusal is the console's
 //! envelope with its own code: 403 (client address not allowed), 413 (body),
 //! 429 with `Retry-After` (rate or concurrency), 431 (headers).
 //!
@@ -20,7 +22,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::sites::SiteCache;
 
 /// `[limits]`: every field optional; unset ones take the defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -35,34 +39,46 @@ pub struct LimitsConfig {
 }
 
 /// One set of (partial) limit values.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     /// Total bytes of request header names and values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
     /// Request header fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_headers: Option<usize>,
     /// Request body bytes (uploads). Responses are not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
     /// Bytes of a body sent without a declared length (chunked) that the
     /// relay reads whole before forwarding; a longer one gets 411.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_chunked_body_bytes: Option<u64>,
     /// Requests under way at once for a site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<usize>,
     /// WebSockets open at once for a site (their own budget: they never
     /// spend `max_concurrent_requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_websockets: Option<usize>,
     /// WebSockets open at once for a site from one client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_websockets_per_client: Option<usize>,
     /// Requests per second for a site (refill), and its burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_rate: Option<u32>,
     /// See `site_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_burst: Option<u32>,
     /// Requests per second from one client address, and its burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_rate: Option<u32>,
     /// See `client_rate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_burst: Option<u32>,
     /// Client addresses allowed (CIDRs); empty or unset: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<Vec<IpNet>>,
 }
 
@@ -118,12 +134,11 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    fn with(mut self, o: &Overrides) -> Self {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = o.$f.clone() { self.$f = v; } )* };
-        }
-        set!(
+/// Calls `$m!` with every limit's name: one list for merging, reading and
+/// setting them by name.
+macro_rules! each_limit {
+    ($m:ident) => {
+        $m!(
             max_header_bytes,
             max_headers,
             max_body_bytes,
@@ -136,8 +151,140 @@ impl Limits {
             client_rate,
             client_burst,
             allow
-        );
+        )
+    };
+}
+
+/// Every limit's name and what it bounds, in the order the console and
+/// `site limits` show them.
+pub const FIELDS: &[(&str, &str)] = &[
+    ("max_header_bytes", "bytes of request header names and values"),
+    ("max_headers", "request header fields"),
+    ("max_body_bytes", "request body bytes"),
+    (
+        "max_chunked_body_bytes",
+        "bytes of a body without a declared length, read whole",
+    ),
+    ("max_concurrent_requests", "requests under way at once"),
+    ("max_websockets", "WebSockets open at once"),
+    (
+        "max_websockets_per_client",
+        "WebSockets open at once from one client address",
+    ),
+    ("site_rate", "requests per second for the site"),
+    ("site_burst", "requests at once above the site's rate"),
+    ("client_rate", "requests per second from one client address"),
+    ("client_burst", "requests at once above a client's rate"),
+    ("allow", "client addresses allowed (CIDRs, comma-separated; empty: any)"),
+];
+
+/// A limit's value as text, and back.
+trait LimitValue: Sized {
+    fn parse_limit(text: &str) -> anyhow::Result<Self>;
+    fn show(&self) -> String;
+}
+
+macro_rules! number_limit {
+    ($($t:ty),*) => {$(
+        impl LimitValue for $t {
+            fn parse_limit(text: &str) -> anyhow::Result<Self> {
+                text.replace('_', "")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{text:?} is not a whole number from 0 to {}", <$t>::MAX))
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+number_limit!(usize, u64, u32);
+
+impl LimitValue for Vec<IpNet> {
+    fn parse_limit(text: &str) -> anyhow::Result<Self> {
+        text.split([',', ' ', '\n'])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<IpNet>()
+                    .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| anyhow::anyhow!("{t:?} is not an address or a CIDR (203.0.113.0/24, 2001:db8::/32)"))
+            })
+            .collect()
+    }
+    fn show(&self) -> String {
+        if self.is_empty() {
+            return "any".into();
+        }
+        self.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Overrides {
+    /// Whether no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// These values with `over`'s set ones on top.
+    pub fn merged(&self, over: &Overrides) -> Overrides {
+        let mut out = self.clone();
+        macro_rules! merge {
+            ($($f:ident),*) => { $( if over.$f.is_some() { out.$f = over.$f.clone(); } )* };
+        }
+        each_limit!(merge);
+        out
+    }
+
+    /// The value set for `field`, as text (`None`: not set here).
+    pub fn get(&self, field: &str) -> Option<String> {
+        macro_rules! get {
+            ($($f:ident),*) => { match field { $( stringify!($f) => self.$f.as_ref().map(LimitValue::show), )* _ => None } };
+        }
+        each_limit!(get)
+    }
+
+    /// Sets `field` from text; an empty value unsets it (the relay's value
+    /// applies again). The error names the field and what it takes.
+    pub fn set(&mut self, field: &str, value: &str) -> anyhow::Result<()> {
+        let value = value.trim();
+        macro_rules! set {
+            ($($f:ident),*) => {
+                match field {
+                    $( stringify!($f) => {
+                        self.$f = if value.is_empty() {
+                            None
+                        } else {
+                            Some(LimitValue::parse_limit(value).map_err(|e| anyhow::anyhow!("{field}: {e}"))?)
+                        };
+                    } )*
+                    _ => {
+                        let names: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+                        anyhow::bail!("no limit called {field:?}; the limits are {}", names.join(", "))
+                    }
+                }
+            };
+        }
+        each_limit!(set);
+        Ok(())
+    }
+}
+
+impl Limits {
+    fn with(mut self, o: &Overrides) -> Self {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f.clone() { self.$f = v; } )* };
+        }
+        each_limit!(set);
         self
+    }
+
+    /// The value of `field`, as text.
+    pub fn get(&self, field: &str) -> Option<String> {
+        macro_rules! get {
+            ($($f:ident),*) => { match field { $( stringify!($f) => Some(self.$f.show()), )* _ => None } };
+        }
+        each_limit!(get)
     }
 }
 
@@ -170,13 +317,39 @@ impl LimitsConfig {
         Ok(())
     }
 
-    /// The limits of `site`.
+    /// The limits of `site` as `relay.toml` sets them.
     pub fn for_site(&self, site: &str) -> Limits {
+        self.for_site_with(site, &Overrides::default())
+    }
+
+    /// The limits of `site` with the registry's values for it on top.
+    pub fn for_site_with(&self, site: &str, registry: &Overrides) -> Limits {
         let base = Limits::default().with(&self.all);
-        match self.sites.get(site) {
+        let base = match self.sites.get(site) {
             Some(o) => base.with(o),
             None => base,
+        };
+        base.with(registry)
+    }
+
+    /// Where `site`'s value of `field` comes from: `site` (the registry),
+    /// `relay.toml`, or `default`.
+    pub fn source(&self, site: &str, registry: &Overrides, field: &str) -> &'static str {
+        if registry.get(field).is_some() {
+            "site"
+        } else if self.sites.get(site).and_then(|o| o.get(field)).is_some() || self.all.get(field).is_some() {
+            "relay.toml"
+        } else {
+            "default"
         }
+    }
+
+    /// Checks `site`'s limits with `registry` on top of this file's.
+    pub fn validate_with(&self, site: &str, registry: &Overrides) -> anyhow::Result<()> {
+        let mut check = self.clone();
+        let file = check.sites.remove(site).unwrap_or_default();
+        check.sites.insert(site.to_string(), file.merged(registry));
+        check.validate()
     }
 }
 
@@ -227,6 +400,8 @@ pub struct Admitted {
 /// The live state behind the limits: buckets and counters.
 pub struct Edge {
     config: LimitsConfig,
+    /// The registry's per-site values, when this edge follows them.
+    registry: Option<SiteCache>,
     sites: Mutex<HashMap<String, Arc<SiteState>>>,
     /// Memory held by bodies being read whole, all sites.
     pub held: crate::whole::Held,
@@ -234,11 +409,13 @@ pub struct Edge {
 
 struct SiteState {
     limits: Limits,
-    bucket: DefaultDirectRateLimiter,
-    clients: DefaultKeyedRateLimiter<IpAddr>,
+    /// The registry limits version these limits were computed at.
+    version: u64,
+    bucket: Arc<DefaultDirectRateLimiter>,
+    clients: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     requests: Arc<AtomicUsize>,
     websockets: Arc<AtomicUsize>,
-    websockets_by_client: Mutex<HashMap<IpAddr, Arc<AtomicUsize>>>,
+    websockets_by_client: Arc<Mutex<HashMap<IpAddr, Arc<AtomicUsize>>>>,
 }
 
 /// Held while a request (or WebSocket) is under way; frees its slot on drop.
@@ -262,27 +439,63 @@ impl Edge {
     pub fn new(config: LimitsConfig) -> Self {
         Self {
             config,
+            registry: None,
             sites: Mutex::new(HashMap::new()),
             held: Default::default(),
         }
     }
 
+    /// Also applies the registry's per-site limits as `sites` holds them,
+    /// from the first request after they change.
+    pub fn following(mut self, sites: SiteCache) -> Self {
+        self.registry = Some(sites);
+        self
+    }
+
     fn site(&self, site: &str) -> Arc<SiteState> {
+        let version = self.registry.as_ref().map_or(0, SiteCache::limits_version);
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
-        sites
-            .entry(site.to_string())
-            .or_insert_with(|| {
-                let limits = self.config.for_site(site);
-                Arc::new(SiteState {
-                    bucket: RateLimiter::direct(quota(limits.site_rate, limits.site_burst)),
-                    clients: RateLimiter::keyed(quota(limits.client_rate, limits.client_burst)),
-                    requests: Arc::default(),
-                    websockets: Arc::default(),
-                    websockets_by_client: Mutex::default(),
-                    limits,
-                })
-            })
-            .clone()
+        let old = sites.get(site);
+        if let Some(s) = old.filter(|s| s.version == version) {
+            return s.clone();
+        }
+        let overrides = self.registry.as_ref().map(|c| c.limits(site)).unwrap_or_default();
+        let limits = self.config.for_site_with(site, &overrides);
+        // A change keeps what is under way: the counters of open requests
+        // and WebSockets, and the buckets whose rate did not change.
+        let state = match old {
+            Some(old) => SiteState {
+                bucket: if (old.limits.site_rate, old.limits.site_burst) == (limits.site_rate, limits.site_burst) {
+                    old.bucket.clone()
+                } else {
+                    Arc::new(RateLimiter::direct(quota(limits.site_rate, limits.site_burst)))
+                },
+                clients: if (old.limits.client_rate, old.limits.client_burst)
+                    == (limits.client_rate, limits.client_burst)
+                {
+                    old.clients.clone()
+                } else {
+                    Arc::new(RateLimiter::keyed(quota(limits.client_rate, limits.client_burst)))
+                },
+                requests: old.requests.clone(),
+                websockets: old.websockets.clone(),
+                websockets_by_client: old.websockets_by_client.clone(),
+                limits,
+                version,
+            },
+            None => SiteState {
+                bucket: Arc::new(RateLimiter::direct(quota(limits.site_rate, limits.site_burst))),
+                clients: Arc::new(RateLimiter::keyed(quota(limits.client_rate, limits.client_burst))),
+                requests: Arc::default(),
+                websockets: Arc::default(),
+                websockets_by_client: Arc::default(),
+                limits,
+                version,
+            },
+        };
+        let state = Arc::new(state);
+        sites.insert(site.to_string(), state.clone());
+        state
     }
 
     /// The checks before a request is forwarded to `site`: allow-list,
@@ -468,5 +681,96 @@ mod tests {
             .admit_request("hq", "::ffff:127.0.0.1".parse().unwrap(), &h, false)
             .is_ok());
         assert_eq!(e.admit_request("hq", IP, &h, false).unwrap_err(), Refusal::NotAllowed);
+    }
+
+    #[test]
+    fn limits_are_set_by_name_from_text() {
+        let mut o = Overrides::default();
+        o.set("site_rate", " 1_000 ").unwrap();
+        o.set("allow", "203.0.113.0/24, 2001:db8::1 10.0.0.0/8").unwrap();
+        assert_eq!(o.site_rate, Some(1000));
+        assert_eq!(o.get("allow").unwrap(), "203.0.113.0/24, 2001:db8::1/128, 10.0.0.0/8");
+        for (field, value, says) in [
+            ("site_rate", "-1", "site_rate: \"-1\" is not a whole number"),
+            ("max_body_bytes", "lots", "max_body_bytes:"),
+            ("allow", "example.com", "\"example.com\" is not an address or a CIDR"),
+            (
+                "speed",
+                "1",
+                "no limit called \"speed\"; the limits are max_header_bytes,",
+            ),
+        ] {
+            let err = o.clone().set(field, value).unwrap_err().to_string();
+            assert!(err.contains(says), "{field}={value}: {err}");
+        }
+        o.set("site_rate", "").unwrap();
+        assert_eq!((o.site_rate, o.get("site_rate")), (None, None));
+        assert_eq!(FIELDS.len(), 12);
+        for (field, _) in FIELDS {
+            assert!(Limits::default().get(field).is_some(), "{field}");
+            assert!(Overrides::default().set(field, "").is_ok(), "{field}");
+        }
+        let merged = Overrides {
+            site_burst: Some(3),
+            ..Default::default()
+        }
+        .merged(&o);
+        assert_eq!(
+            (merged.site_burst, merged.allow.as_ref().map(Vec::len)),
+            (Some(3), Some(3))
+        );
+    }
+
+    #[test]
+    fn registry_values_win_and_say_where_they_come_from() {
+        let c: LimitsConfig = toml::from_str("site_rate = 10\n[sites.hq]\nsite_burst = 20\n").unwrap();
+        let mut reg = Overrides::default();
+        reg.set("client_rate", "5").unwrap();
+        let l = c.for_site_with("hq", &reg);
+        assert_eq!((l.site_rate, l.site_burst, l.client_rate), (10, 20, 5));
+        assert_eq!(c.source("hq", &reg, "client_rate"), "site");
+        assert_eq!(c.source("hq", &reg, "site_burst"), "relay.toml");
+        assert_eq!(c.source("hq", &reg, "site_rate"), "relay.toml");
+        assert_eq!(c.source("hq", &reg, "max_headers"), "default");
+        reg.set("site_rate", "0").unwrap();
+        assert!(c
+            .validate_with("hq", &reg)
+            .unwrap_err()
+            .to_string()
+            .contains("[hq] site_rate"));
+    }
+
+    /// A change in the registry reaches a live edge on the next request,
+    /// and what is under way keeps its slot.
+    #[tokio::test]
+    async fn an_edge_follows_the_registry_without_losing_open_slots() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = crate::registry::Registry::open(&dir.path().join("r.db")).unwrap();
+        registry.blocking().add_site("hq", 0).unwrap();
+        let sites = SiteCache::default();
+        sites.reload(&registry).await.unwrap();
+        let e = Edge::new(toml::from_str("max_concurrent_requests = 2").unwrap()).following(sites.clone());
+        let h = HeaderMap::new();
+        let held = e.admit_request("hq", IP, &h, false).unwrap();
+
+        let mut o = Overrides::default();
+        o.set("max_concurrent_requests", "1").unwrap();
+        o.set("allow", "127.0.0.8").unwrap();
+        let json = crate::registry::limits_json(&o);
+        registry.blocking().set_limits("hq", json.as_deref()).unwrap();
+        sites.reload(&registry).await.unwrap();
+        assert_eq!(e.admit_request("hq", IP, &h, false).unwrap_err(), Refusal::NotAllowed);
+        let other: IpAddr = "127.0.0.8".parse().unwrap();
+        assert_eq!(
+            e.admit_request("hq", other, &h, false).unwrap_err(),
+            Refusal::Busy("requests"),
+            "the open request still counts"
+        );
+        drop(held);
+        assert!(e.admit_request("hq", other, &h, false).is_ok());
+
+        registry.blocking().set_limits("hq", None).unwrap();
+        sites.reload(&registry).await.unwrap();
+        assert!(e.admit_request("hq", IP, &h, false).is_ok(), "back to relay.toml's");
     }
 }

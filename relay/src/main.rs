@@ -120,6 +120,27 @@ enum SiteCmd {
     /// Revoke a site's agent certificate: its tunnel closes within a second
     /// and it cannot reconnect until paired again (`site code`).
     Revoke(SiteArgs),
+    /// Show a site's limits, or set some: `site limits hq site_rate=50
+    /// allow=203.0.113.0/24`. An empty value (`site_rate=`) goes back to
+    /// relay.toml's; `--reset` clears them all. Running relays apply a
+    /// change within a second.
+    Limits(LimitsArgs),
+}
+
+#[derive(clap::Args)]
+struct LimitsArgs {
+    /// Site name.
+    name: String,
+    /// FIELD=VALUE pairs: max_header_bytes, max_headers, max_body_bytes,
+    /// max_chunked_body_bytes, max_concurrent_requests, max_websockets,
+    /// max_websockets_per_client, site_rate, site_burst, client_rate,
+    /// client_burst, allow (comma-separated CIDRs).
+    settings: Vec<String>,
+    /// Clear every limit set for this site (before applying SETTINGS).
+    #[arg(long)]
+    reset: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(clap::Args)]
@@ -263,6 +284,7 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
     let common = match &cmd {
         SiteCmd::Add(a) | SiteCmd::Code(a) | SiteCmd::Revoke(a) => &a.common,
         SiteCmd::List(c) => c,
+        SiteCmd::Limits(a) => &a.common,
     };
     let cfg = RelayConfig::load(&common.config)?;
     let json = common.json;
@@ -288,6 +310,32 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                 say!("{}", serde_json::to_string_pretty(&sites)?);
             } else {
                 say!("{}", admin::sites_table(&sites));
+            }
+        }
+        SiteCmd::Limits(a) => {
+            let mut changes = Vec::new();
+            if a.reset {
+                changes.extend(
+                    keyway_relay::limits::FIELDS
+                        .iter()
+                        .map(|(f, _)| (f.to_string(), String::new())),
+                );
+            }
+            for s in &a.settings {
+                let Some((field, value)) = s.split_once('=') else {
+                    anyhow::bail!("{s:?}: expected FIELD=VALUE (e.g. site_rate=50), or FIELD= to unset");
+                };
+                changes.push((field.trim().to_string(), value.to_string()));
+            }
+            let limits = if changes.is_empty() {
+                admin::site_limits(&cfg, &a.name)?
+            } else {
+                admin::set_site_limits(&cfg, &a.name, &changes)?
+            };
+            if json {
+                say!("{}", serde_json::to_string_pretty(&limits)?);
+            } else {
+                say!("{}", admin::limits_table(&limits));
             }
         }
         SiteCmd::Revoke(a) => {

@@ -7,6 +7,7 @@
 //! how `site revoke` takes effect on a running relay within a second.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,15 +16,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agents::AgentTable;
+use crate::limits::Overrides;
 use crate::registry::Registry;
 
 /// How often the registry is checked for outside changes.
 pub const POLL: Duration = Duration::from_millis(500);
 
-/// Site name → serial of its current certificate (if paired).
+/// What the relay keeps of one site.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entry {
+    /// Serial of its current certificate (if paired).
+    serial: Option<String>,
+    /// Its limits set in the registry (`site limits`).
+    limits: Overrides,
+}
+
+/// Every site by name, as the registry last said.
 #[derive(Clone, Default)]
 pub struct SiteCache {
-    inner: Arc<RwLock<HashMap<String, Option<String>>>>,
+    inner: Arc<RwLock<HashMap<String, Entry>>>,
+    /// Bumped when any site's registry limits change (the edge follows it).
+    limits_version: Arc<AtomicU64>,
     /// Bumped when the set of names changes (the ACME task follows it).
     names_version: Arc<tokio::sync::watch::Sender<u64>>,
     /// One reload at a time, read and write together: two racing reloads
@@ -68,17 +81,30 @@ impl SiteCache {
             .read()
             .expect("site cache lock poisoned")
             .get(site)
-            .cloned()
-            .flatten()
+            .and_then(|e| e.serial.clone())
+    }
+
+    /// The site's limits set in the registry (none set: empty).
+    pub fn limits(&self, site: &str) -> Overrides {
+        self.inner
+            .read()
+            .expect("site cache lock poisoned")
+            .get(site)
+            .map(|e| e.limits.clone())
+            .unwrap_or_default()
+    }
+
+    /// Changes whenever some site's registry limits change.
+    pub fn limits_version(&self) -> u64 {
+        self.limits_version.load(Ordering::Acquire)
     }
 
     /// A cache holding these unpaired sites (tests).
     pub fn with_sites<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let map = names.into_iter().map(|n| (n.to_string(), None)).collect();
+        let map = names.into_iter().map(|n| (n.to_string(), Entry::default())).collect();
         Self {
             inner: Arc::new(RwLock::new(map)),
-            names_version: Arc::default(),
-            reloading: Arc::default(),
+            ..Default::default()
         }
     }
 
@@ -91,13 +117,29 @@ impl SiteCache {
     pub async fn reload(&self, registry: &Registry) -> Result<(), crate::registry::RegistryError> {
         let _one_at_a_time = self.reloading.lock().await;
         let sites = registry.call(|s| s.list_sites()).await?;
-        let map: HashMap<_, _> = sites.into_iter().map(|s| (s.name, s.cert_serial)).collect();
-        let renamed = {
+        let map: HashMap<_, _> = sites
+            .into_iter()
+            .map(|s| {
+                let entry = Entry {
+                    serial: s.cert_serial,
+                    limits: s.limits,
+                };
+                (s.name, entry)
+            })
+            .collect();
+        let (renamed, limits_changed) = {
             let mut inner = self.inner.write().expect("site cache lock poisoned");
             let renamed = inner.len() != map.len() || map.keys().any(|k| !inner.contains_key(k));
+            let limits_changed = renamed
+                || map
+                    .iter()
+                    .any(|(k, e)| inner.get(k).map_or(!e.limits.is_empty(), |old| old.limits != e.limits));
             *inner = map;
-            renamed
+            (renamed, limits_changed)
         };
+        if limits_changed {
+            self.limits_version.fetch_add(1, Ordering::AcqRel);
+        }
         if renamed {
             self.names_version.send_modify(|v| *v += 1);
         }

@@ -177,7 +177,37 @@ pub fn operators_lock_after_failures_and_unlock(open: Open) {
     assert_eq!(s.operator("bob").unwrap(), None);
 }
 
+/// A site's limits: stored, read back by another connection (with a
+/// change the relays can see), cleared; an unknown site is an error, and a
+/// stored value that no longer reads is ignored rather than fatal.
+pub fn site_limits_read_back_and_clear(open: Open) {
+    let s = open();
+    s.add_site("hq", 0).unwrap();
+    s.add_site("annex", 0).unwrap();
+    let mut limits = crate::limits::Overrides::default();
+    limits.set("site_rate", "7").unwrap();
+    limits.set("allow", "203.0.113.0/24, 2001:db8::1").unwrap();
+    let json = super::limits_json(&limits).unwrap();
+    let before = s.data_version().unwrap();
+    let other = open();
+    other.set_limits("hq", Some(&json)).unwrap();
+    assert_ne!(s.data_version().unwrap(), before, "a change the relays see");
+    let list = s.list_sites().unwrap();
+    assert_eq!(list[1].name, "hq");
+    assert_eq!(list[1].limits, limits);
+    assert!(list[0].limits.is_empty(), "annex has none");
+    assert!(matches!(
+        s.set_limits("ghost", Some(&json)),
+        Err(RegistryError::NoSuchSite(_))
+    ));
+    s.set_limits("hq", Some("{\"site_rate\": \"many\"}")).unwrap();
+    assert!(s.list_sites().unwrap()[1].limits.is_empty(), "unreadable: ignored");
+    s.set_limits("hq", None).unwrap();
+    assert!(s.list_sites().unwrap()[1].limits.is_empty());
+}
+
 pub const CASES: &[(&str, Case)] = &[
+    ("site_limits_read_back_and_clear", site_limits_read_back_and_clear),
     (
         "operators_lock_after_failures_and_unlock",
         operators_lock_after_failures_and_unlock,

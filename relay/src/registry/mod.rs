@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::limits::Overrides;
 use thiserror::Error;
 
 use keyway_proto::pair::PairErrorKind;
@@ -140,6 +142,28 @@ pub struct SiteRecord {
     /// When the agent's current certificate expires (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires: Option<i64>,
+    /// Limits set for this site in the registry (`site limits`), over
+    /// `relay.toml`'s.
+    #[serde(default, skip_serializing_if = "Overrides::is_empty")]
+    pub limits: Overrides,
+}
+
+/// A site's stored limits (JSON); unreadable ones are reported and ignored
+/// rather than taking the site list down with them.
+pub fn parse_limits(site: &str, json: Option<&str>) -> Overrides {
+    match json.map(serde_json::from_str::<Overrides>) {
+        None => Overrides::default(),
+        Some(Ok(o)) => o,
+        Some(Err(e)) => {
+            tracing::warn!(site, "ignoring the site's stored limits: {e}");
+            Overrides::default()
+        }
+    }
+}
+
+/// A site's limits as stored (`None`: none set).
+pub fn limits_json(limits: &Overrides) -> Option<String> {
+    (!limits.is_empty()).then(|| serde_json::to_string(limits).unwrap_or_default())
 }
 
 /// When a certificate issued at `paired_at` expires (pairing issues them
@@ -211,6 +235,8 @@ pub trait SiteStore: Send + Sync + 'static {
     fn list_sites(&self) -> Result<Vec<SiteRecord>, RegistryError>;
     /// Revokes the site's certificate; returns its serial if it had one.
     fn revoke(&self, site: &str, now: i64) -> Result<Option<String>, RegistryError>;
+    /// Replaces the site's registry limits (`None`: back to `relay.toml`'s).
+    fn set_limits(&self, site: &str, limits_json: Option<&str>) -> Result<(), RegistryError>;
     /// Whether this site's certificate `serial` may connect.
     fn agent_admission(&self, site: &str, serial: &str) -> Result<AgentAdmission, RegistryError>;
     /// Records an agent's connection state.

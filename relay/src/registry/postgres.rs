@@ -119,6 +119,8 @@ const MIGRATIONS: &[&str] = &[
         locked_until BIGINT NOT NULL DEFAULT 0,
         last_sign_in BIGINT
      );",
+    // 5: per-site limits over relay.toml's (JSON).
+    "ALTER TABLE sites ADD COLUMN limits TEXT;",
 ];
 
 /// How recent a node's heartbeat must be for its links to count a site
@@ -432,7 +434,8 @@ impl SiteStore for PgStore {
                                 WHERE l.site = s.name AND n.seen_at > now() - make_interval(secs => $1::float8)),
                             s.agent_version,
                             (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                            s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at
+                            s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at,
+                            s.limits
                      FROM sites s ORDER BY s.name",
                     &[&(LINK_LIVE.as_secs() as f64)],
                 )
@@ -442,8 +445,11 @@ impl SiteStore for PgStore {
                 .map(|r| {
                     let serial: Option<String> = r.get(1);
                     let paired = serial.is_some();
+                    let name: String = r.get(0);
+                    let limits = super::parse_limits(&name, r.get::<_, Option<String>>(11).as_deref());
                     SiteRecord {
-                        name: r.get(0),
+                        limits,
+                        name,
                         paired,
                         cert_serial: serial,
                         last_seen: r.get(2),
@@ -484,6 +490,18 @@ impl SiteStore for PgStore {
             tx.execute("DELETE FROM codes WHERE site = $1", &[&site]).await?;
             tx.commit().await?;
             Ok(serial)
+        })
+    }
+
+    fn set_limits(&self, site: &str, limits_json: Option<&str>) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            match c
+                .execute("UPDATE sites SET limits = $2 WHERE name = $1", &[&site, &limits_json])
+                .await?
+            {
+                0 => Err(RegistryError::NoSuchSite(site.into())),
+                _ => Ok(()),
+            }
         })
     }
 

@@ -50,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
         locked_until INTEGER NOT NULL DEFAULT 0,
         last_sign_in INTEGER
      );",
+    // 7: per-site limits over relay.toml's (JSON).
+    "ALTER TABLE sites ADD COLUMN limits TEXT;",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -209,14 +211,18 @@ impl SiteStore for SqliteStore {
             let mut stmt = c.prepare(
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
                         (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
-                        s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at
+                        s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at,
+                        s.limits
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
                 let serial: Option<String> = r.get(1)?;
                 let paired = serial.is_some();
+                let name: String = r.get(0)?;
+                let limits = super::parse_limits(&name, r.get::<_, Option<String>>(11)?.as_deref());
                 Ok(SiteRecord {
-                    name: r.get(0)?,
+                    limits,
+                    name,
                     paired,
                     cert_serial: serial,
                     last_seen: r.get(2)?,
@@ -253,6 +259,18 @@ impl SiteStore for SqliteStore {
             tx.execute("DELETE FROM codes WHERE site = ?1", [site])?;
             tx.commit()?;
             Ok(serial)
+        })
+    }
+
+    fn set_limits(&self, site: &str, limits_json: Option<&str>) -> Result<(), RegistryError> {
+        self.with(|c| {
+            match c.execute(
+                "UPDATE sites SET limits = ?2 WHERE name = ?1",
+                params![site, limits_json],
+            )? {
+                0 => Err(RegistryError::NoSuchSite(site.into())),
+                _ => Ok(()),
+            }
         })
     }
 

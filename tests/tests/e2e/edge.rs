@@ -304,3 +304,69 @@ async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     );
     stack.shutdown().await.unwrap();
 }
+
+/// `keyway-relay site limits` changes a running relay's limits for one
+/// site, from another process (the registry), within a second; an empty
+/// value goes back to relay.toml's, and a bad one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_limits_set_from_the_cli_apply_to_a_running_relay() {
+    let stack = with_limits("site_rate = 1000").await;
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    let set = |changes: &[(&str, &str)]| {
+        let (cfg, changes): (_, Vec<(String, String)>) = (
+            cfg.clone(),
+            changes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        );
+        keyway_tests::stack::off_runtime(move || keyway_relay::admin::set_site_limits(&cfg, "hq", &changes))
+    };
+    let api = stack.api();
+    assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
+
+    // Only a documentation address may call: the test's 127.0.0.1 is refused.
+    let shown = set(&[("allow", "192.0.2.1"), ("max_headers", "50")]).unwrap();
+    let allow = shown.limits.iter().find(|r| r.field == "allow").unwrap();
+    assert_eq!((allow.value.as_str(), allow.source), ("192.0.2.1/32", "site"));
+    let rate = shown.limits.iter().find(|r| r.field == "site_rate").unwrap();
+    assert_eq!((rate.value.as_str(), rate.source), ("1000", "relay.toml"));
+    let changed = std::time::Instant::now();
+    let deadline = changed + Duration::from_secs(5);
+    loop {
+        let r = api.get(DOORS).await.unwrap();
+        if r.status == StatusCode::FORBIDDEN {
+            assert_refused(&r, 403, "CODE_KEYWAY_CLIENT_NOT_ALLOWED");
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never applied the limits"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("applied {:?} after the change", changed.elapsed());
+
+    // A bad value is refused whole: the allow-list stays.
+    let err = set(&[("allow", ""), ("site_rate", "0")]).unwrap_err().to_string();
+    assert!(err.contains("site_rate: must be at least 1"), "{err}");
+    let err = set(&[("sped", "1")]).unwrap_err().to_string();
+    assert!(err.contains("no limit called \"sped\""), "{err}");
+    let cfg2 = cfg.clone();
+    let listed = keyway_tests::stack::off_runtime(move || keyway_relay::admin::list(&cfg2)).unwrap();
+    assert_eq!(listed[0].limits.get("allow").as_deref(), Some("192.0.2.1/32"));
+
+    // Unset: relay.toml's (anyone) again.
+    set(&[("allow", "")]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while api.get(DOORS).await.unwrap().status != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "the allow-list stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = {
+        let cfg = cfg.clone();
+        keyway_tests::stack::off_runtime(move || keyway_relay::admin::site_limits(&cfg, "ghost"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err.contains("ghost"), "{err}");
+    stack.shutdown().await.unwrap();
+}

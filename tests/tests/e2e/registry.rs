@@ -47,6 +47,7 @@ on_both!(
     revoke_refuses_the_certificate_and_survives_reopen,
     agent_reports_read_back,
     operators_lock_after_failures_and_unlock,
+    site_limits_read_back_and_clear,
 );
 
 /// Every case of the suite is run above (a case added there and not here

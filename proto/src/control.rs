@@ -21,6 +21,17 @@ pub const LEN_PREFIX: usize = 4;
 /// The largest control message accepted; a longer one is a broken peer.
 pub const MAX_CONTROL_MSG_BYTES: usize = 64 * 1024;
 
+/// An agent's event hub as it reports it (`Status`), for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubReport {
+    /// Whether the hub's WebSocket to the console's notifications is up.
+    pub upstream: bool,
+    /// Door-event subscribers connected now.
+    pub subscribers: u32,
+    /// Sequence number of the newest event (0: none yet).
+    pub last_seq: u64,
+}
+
 /// Messages on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -82,13 +93,18 @@ pub enum ControlMsg {
         /// Why, for the logs.
         reason: String,
     },
-    /// Agent → relay: the console's reachability changed.
+    /// Agent → relay: the console's reachability, or its event hub's
+    /// state, changed.
     Status {
         /// Whether the console answers.
         console_ok: bool,
         /// What is wrong with it, when something is (see `Hello`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         console_problem: Option<String>,
+        /// The agent's event hub, when it runs one (older relays ignore
+        /// the field; older agents never send it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hub: Option<HubReport>,
     },
     /// Relay → agent (one that said `nodes` in `Hello`): the cluster's live
     /// nodes changed; where agents reach each, as in `Welcome`.
@@ -259,6 +275,16 @@ mod tests {
             ControlMsg::Status {
                 console_ok: false,
                 console_problem: Some("certificate changed".into()),
+                hub: None,
+            },
+            ControlMsg::Status {
+                console_ok: true,
+                console_problem: None,
+                hub: Some(HubReport {
+                    upstream: true,
+                    subscribers: 3,
+                    last_seq: 42,
+                }),
             },
             ControlMsg::Unpair,
             ControlMsg::TimeQuery,

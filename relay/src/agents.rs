@@ -29,6 +29,16 @@ pub struct AgentLink {
     pub drain: CancellationToken,
     /// Idle request streams to this agent, ready for the next request.
     pub pool: Arc<crate::streams::StreamPool>,
+    /// The agent's event hub as it last reported it (none: no hub, or an
+    /// agent too old to say).
+    pub hub: Arc<std::sync::Mutex<Option<keyway_proto::control::HubReport>>>,
+}
+
+impl AgentLink {
+    /// The event hub's last report.
+    pub fn hub_report(&self) -> Option<keyway_proto::control::HubReport> {
+        self.hub.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Live agents by site, with a change counter to wait on.

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::agents::{AgentLink, AgentTable};
 use crate::pairing::PairingCtx;
@@ -222,7 +222,9 @@ async fn handle_tunnel(
     .await?;
 
     let drain = stop.child_token();
+    let hub = Arc::<std::sync::Mutex<Option<keyway_proto::control::HubReport>>>::default();
     let link = AgentLink {
+        hub: hub.clone(),
         id: ctx.agents.next_id(),
         conn: tunnel.clone(),
         serial,
@@ -265,7 +267,11 @@ async fn handle_tunnel(
     crate::metrics::METRICS.agent_connects.inc();
     crate::metrics::METRICS.agents.inc();
     record_seen(&ctx.registry, &site, &agent_version, Some(transport)).await;
-    record_console(&ctx.registry, &site, console_ok, console_problem).await;
+    record_console(&ctx.registry, &site, console_ok, console_problem.clone()).await;
+    let reports = Reports {
+        console: (console_ok, console_problem),
+        hub,
+    };
 
     // A connection that holds for a window settles any suspicion of a
     // second agent.
@@ -279,7 +285,7 @@ async fn handle_tunnel(
     };
     let result = tokio::select! {
         never = settle => match never {},
-        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site, node_changes) => r,
+        r = control_loop(&mut send, &mut recv, &mut buf, &drain, &ctx, &site, node_changes, reports) => r,
         silent = watch_silence(&*tunnel) => {
             // Requests waiting on it fail now with a 503, not at the idle timeout.
             warn!(site, "agent silent for {silent:?}: dropping its tunnel");
@@ -321,6 +327,15 @@ async fn watch_silence(tunnel: &dyn keyway_transport::Tunnel) -> Duration {
 /// How often each link's silence is checked.
 const SILENCE_CHECK: Duration = Duration::from_millis(200);
 
+/// What the agent last reported on this link.
+struct Reports {
+    /// The console's state as last recorded in the registry.
+    console: (bool, Option<String>),
+    /// The event hub's, kept on the link.
+    hub: Arc<std::sync::Mutex<Option<keyway_proto::control::HubReport>>>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn control_loop(
     send: &mut WriteHalf<TunnelStream>,
     recv: &mut ReadHalf<TunnelStream>,
@@ -329,6 +344,7 @@ async fn control_loop(
     ctx: &TunnelCtx,
     site: &str,
     mut changes: Option<tokio::sync::watch::Receiver<Vec<String>>>,
+    mut reports: Reports,
 ) -> anyhow::Result<()> {
     let registry = &ctx.registry;
     // In a cluster, an agent that takes them hears of every change of nodes.
@@ -351,9 +367,19 @@ async fn control_loop(
             msg = read_msg(recv, buf) => match msg? {
                 ControlMsg::Ping { nonce } => write_msg(send, &ControlMsg::Pong { nonce }).await?,
                 ControlMsg::Pong { .. } => {}
-                ControlMsg::Status { console_ok, console_problem } => {
-                    info!(console_ok, problem = console_problem.as_deref().unwrap_or(""), "agent reports the console's state");
-                    record_console(registry, site, console_ok, console_problem).await;
+                ControlMsg::Status { console_ok, console_problem, hub } => {
+                    if let Some(hub) = hub {
+                        debug!(upstream = hub.upstream, subscribers = hub.subscribers, "agent reports its event hub");
+                        *reports.hub.lock().unwrap_or_else(|p| p.into_inner()) = Some(hub);
+                    }
+                    // The registry hears of the console only when it changes
+                    // (hub reports come more often).
+                    let console = (console_ok, console_problem);
+                    if console != reports.console {
+                        info!(console_ok, problem = console.1.as_deref().unwrap_or(""), "agent reports the console's state");
+                        record_console(registry, site, console.0, console.1.clone()).await;
+                        reports.console = console;
+                    }
                 }
                 ControlMsg::Drain { reason } => {
                     info!(reason, "agent is draining");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use keyway_proto::control::{read_msg, write_msg, ControlMsg};
+use keyway_proto::control::{read_msg, write_msg, ControlMsg, HubReport};
 use keyway_proto::{CloseCode, PROTOCOL_VERSION};
 use keyway_transport::dial::{self, DialError};
 use keyway_transport::quic::QuicTunnel;
@@ -56,8 +56,45 @@ pub(super) async fn session(
     let mut buf = BytesMut::new();
     let mut probe = QuicProbe::new(ctx, transport);
     let mut watching_console = true;
+    let hub = ctx.handler.events.as_ref().map(|s| s.hub().clone());
+    let mut hub_live = hub.as_ref().map(|h| h.upstream_live());
+    let mut hub_sent = None;
+    let mut hub_sent_at = tokio::time::Instant::now();
+    let mut hub_tick = tokio::time::interval(HUB_CHECK);
+    hub_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
+        // The hub's state goes to the relay when its console link comes or
+        // goes, within HUB_CHECK when its subscribers change, and with new
+        // events at most every HUB_EVENTS_EVERY.
+        let hub_changed = async {
+            match hub_live.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            alive = hub_changed => {
+                if !alive {
+                    hub_live = None;
+                }
+                let now = hub_report(hub.as_deref());
+                if now != hub_sent {
+                    let status = status_msg(health, now.clone());
+                    if let Err(e) = write_msg(&mut send, &status).await {
+                        break ended(&*tunnel, format!("control stream: {e}"));
+                    }
+                    (hub_sent, hub_sent_at) = (now, tokio::time::Instant::now());
+                }
+            }
+            _ = hub_tick.tick(), if hub.is_some() => {
+                let now = hub_report(hub.as_deref());
+                if hub_due(now.as_ref(), hub_sent.as_ref(), hub_sent_at.elapsed()) {
+                    if let Err(e) = write_msg(&mut send, &status_msg(health, now.clone())).await {
+                        break ended(&*tunnel, format!("control stream: {e}"));
+                    }
+                    (hub_sent, hub_sent_at) = (now, tokio::time::Instant::now());
+                }
+            }
             changed = console.changed(), if watching_console => {
                 if changed.is_err() {
                     // The checker stops with the agent: the stop branch
@@ -76,7 +113,7 @@ pub(super) async fn session(
                 }
                 // A control stream that cannot take a message is a dead
                 // tunnel: the relay would keep routing to it unaware.
-                let status = ControlMsg::Status { console_ok: health.is_ok(), console_problem: health.problem() };
+                let status = status_msg(health, hub_report(hub.as_deref()));
                 if let Err(e) = write_msg(&mut send, &status).await {
                     break ended(&*tunnel, format!("control stream: {e}"));
                 }
@@ -139,6 +176,40 @@ pub(super) async fn session(
         _ => return end,
     };
     end
+}
+
+/// How often the event hub's subscribers are compared with the last report.
+const HUB_CHECK: Duration = Duration::from_secs(1);
+/// How often, at most, new events alone are reported (a busy building's
+/// doors would otherwise send one a second).
+const HUB_EVENTS_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether the hub's state `now` is worth a report after `sent`, `since` ago.
+fn hub_due(now: Option<&HubReport>, sent: Option<&HubReport>, since: Duration) -> bool {
+    match (now, sent) {
+        (Some(n), Some(s)) => {
+            (n.upstream, n.subscribers) != (s.upstream, s.subscribers)
+                || (n.last_seq != s.last_seq && since >= HUB_EVENTS_EVERY)
+        }
+        (n, s) => n != s,
+    }
+}
+
+/// The event hub's state for the relay (none without a hub).
+fn hub_report(hub: Option<&crate::hub::Hub>) -> Option<HubReport> {
+    hub.map(|h| HubReport {
+        upstream: *h.upstream_live().borrow(),
+        subscribers: u32::try_from(h.subscribers()).unwrap_or(u32::MAX),
+        last_seq: h.last_seq(),
+    })
+}
+
+fn status_msg(health: ConsoleHealth, hub: Option<HubReport>) -> ControlMsg {
+    ControlMsg::Status {
+        console_ok: health.is_ok(),
+        console_problem: health.problem(),
+        hub,
+    }
 }
 
 /// Serves one relay-opened stream in a task of `requests`.
@@ -318,5 +389,27 @@ fn ended(tunnel: &dyn Tunnel, err: String) -> End {
         Some((CloseCode::Replaced, by)) => End::Displaced(by),
         Some((CloseCode::Shutdown, _)) => End::Reconnect(Reconnect::RelayRestarting),
         _ => End::Reconnect(Reconnect::Failed(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_reports_follow_subscribers_at_once_and_events_slowly() {
+        let r = |upstream, subscribers, last_seq| HubReport {
+            upstream,
+            subscribers,
+            last_seq,
+        };
+        let quick = Duration::from_secs(1);
+        assert!(hub_due(Some(&r(true, 0, 0)), None, quick), "the first one");
+        assert!(!hub_due(Some(&r(true, 0, 0)), Some(&r(true, 0, 0)), HUB_EVENTS_EVERY));
+        assert!(hub_due(Some(&r(false, 0, 0)), Some(&r(true, 0, 0)), quick));
+        assert!(hub_due(Some(&r(true, 1, 0)), Some(&r(true, 0, 0)), quick));
+        assert!(!hub_due(Some(&r(true, 0, 9)), Some(&r(true, 0, 0)), quick));
+        assert!(hub_due(Some(&r(true, 0, 9)), Some(&r(true, 0, 0)), HUB_EVENTS_EVERY));
+        assert!(!hub_due(None, None, quick));
     }
 }

@@ -160,7 +160,8 @@ impl Console {
                     .unwrap_or_default();
                 self.issue(&viewer, &name, true, peer).await
             }
-            (&Method::GET, _, Some([name])) => self.site_page(&viewer, name).await,
+            (&Method::GET, _, Some([name])) => self.site_page(&viewer, name, StatusCode::OK, None).await,
+            (&Method::POST, _, Some([name, "limits"])) => self.set_limits(&viewer, name, &form, peer).await,
             (&Method::POST, _, Some([name, "code"])) => self.issue(&viewer, name, false, peer).await,
             (&Method::POST, _, Some([name, "revoke"])) => {
                 let confirmed = form.get("confirm").is_some_and(|c| c.trim() == *name);
@@ -296,6 +297,7 @@ impl Console {
                     code_expires: r.code_expires,
                     duplicate: r.duplicate,
                     cert_expires: r.cert_expires,
+                    limits: r.limits,
                 }
             })
             .collect())
@@ -311,7 +313,13 @@ impl Console {
         }
     }
 
-    async fn site_page(&self, viewer: &Viewer<'_>, name: &str) -> Response<AdminBody> {
+    async fn site_page(
+        &self,
+        viewer: &Viewer<'_>,
+        name: &str,
+        status: StatusCode,
+        notice: Option<pages::Notice<'_>>,
+    ) -> Response<AdminBody> {
         let rows = match self.rows().await {
             Ok(rows) => rows,
             Err(e) => {
@@ -327,21 +335,83 @@ impl Console {
                 pages::message(Some(viewer), "No such site", &format!("There is no site {name:?}.")),
             );
         };
-        let links: Vec<String> = self
-            .agents
-            .get(name)
-            .map(|l| {
-                vec![format!(
-                    "{} from {}, agent {}",
-                    l.conn.kind(),
-                    l.conn.remote_address(),
-                    l.agent_version
-                )]
-            })
-            .unwrap_or_default();
-        let day = traffic::TRAFFIC.day(name, now());
-        let errors = traffic::TRAFFIC.recent_errors(name);
-        page(StatusCode::OK, pages::site(viewer, row, &links, &day, &errors))
+        let link = self.agents.get(name);
+        let limits = crate::admin::limits_view(&self.cfg, name, &row.limits);
+        let detail = pages::SiteDetail {
+            links: link
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} from {}, agent {}",
+                        l.conn.kind(),
+                        l.conn.remote_address(),
+                        l.agent_version
+                    )
+                })
+                .collect(),
+            hub: link.as_ref().and_then(|l| l.hub_report()),
+            day: traffic::TRAFFIC.day(name, now()),
+            errors: traffic::TRAFFIC.recent_errors(name),
+            limits: &limits,
+        };
+        page(status, pages::site(viewer, row, &detail, notice))
+    }
+
+    /// `site limits NAME FIELD=VALUE…` from the site page's form: every
+    /// field it carries, set or (empty) unset.
+    async fn set_limits(
+        &self,
+        viewer: &Viewer<'_>,
+        name: &str,
+        form: &HashMap<String, String>,
+        peer: SocketAddr,
+    ) -> Response<AdminBody> {
+        let changes: Vec<(String, String)> = crate::limits::FIELDS
+            .iter()
+            .filter_map(|(field, _)| form.get(*field).map(|v| (field.to_string(), v.clone())))
+            .collect();
+        let (cfg, registry, site) = (self.cfg.clone(), self.registry.clone(), name.to_string());
+        let set = {
+            let changes = changes.clone();
+            tokio::task::spawn_blocking(move || crate::admin::set_site_limits_in(&cfg, &registry, &site, &changes))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r)
+        };
+        match set {
+            Ok(limits) => {
+                self.changed().await;
+                let set: Vec<String> = limits
+                    .limits
+                    .iter()
+                    .filter_map(|r| r.set.as_ref().map(|v| format!("{}={v}", r.field)))
+                    .collect();
+                info!(target: "keyway_relay::audit", operator = %viewer.operator, %peer, site = name, action = "site limits", limits = %set.join(" "), "limits set");
+                self.site_page(
+                    viewer,
+                    name,
+                    StatusCode::OK,
+                    Some(pages::Notice {
+                        text: "Limits saved; every relay applies them within a second.",
+                        problem: false,
+                    }),
+                )
+                .await
+            }
+            Err(e) => {
+                let text = format!("Limits not changed: {e:#}");
+                self.site_page(
+                    viewer,
+                    name,
+                    StatusCode::BAD_REQUEST,
+                    Some(pages::Notice {
+                        text: &text,
+                        problem: true,
+                    }),
+                )
+                .await
+            }
+        }
     }
 
     /// `site add` (`new`) or `site code`, as the CLI does them.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::traffic::{Bucket, RecentError};
-use crate::admin::CodeIssued;
+use crate::admin::{CodeIssued, SiteLimits};
 
 /// `s` safe inside HTML text and double-quoted attributes.
 pub fn esc(s: &str) -> String {
@@ -107,6 +107,8 @@ pub struct SiteRow {
     pub requests_hour: u64,
     /// Of which 5xx.
     pub errors_hour: u64,
+    /// Limits set for the site in the registry.
+    pub limits: crate::limits::Overrides,
 }
 
 fn when(secs: Option<i64>) -> String {
@@ -265,7 +267,14 @@ pub fn chart(day: &[Bucket]) -> String {
 }
 
 /// One site: its state, traffic, recent errors, a new code, revocation.
-pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], errors: &[RecentError]) -> String {
+pub fn site(viewer: &Viewer, row: &SiteRow, detail: &SiteDetail, notice: Option<Notice>) -> String {
+    let SiteDetail {
+        links,
+        hub,
+        day,
+        errors,
+        limits,
+    } = detail;
     let links = if links.is_empty() {
         "none on this node".to_string()
     } else {
@@ -275,7 +284,7 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], er
         &row.name,
         Some(viewer),
         &format!(
-            r#"<section><h2>{name}</h2>
+            r#"<section><h2>{name}</h2>{notice}
 <table class="facts" id="site" data-site="{name}">
 <tr><th>State</th><td>{state}</td></tr>
 <tr><th>Last seen</th><td>{seen}</td></tr>
@@ -283,12 +292,14 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], er
 <tr><th>Links on this node</th><td>{links}</td></tr>
 <tr><th>Agent version</th><td>{version}</td></tr>
 <tr><th>Console</th><td>{console}</td></tr>
+<tr><th>Event hub</th><td id="hub">{hub}</td></tr>
 <tr><th>Pairing</th><td>{pairing}</td></tr>
 <tr><th>Agent certificate until</th><td>{cert}</td></tr>
 <tr><th>Last hour</th><td>{requests} requests, {errors_hour} 5xx (this node)</td></tr>
 </table>
 <h3>Last 24 hours</h3>{chart}
 <h3>Recent errors</h3>{errors}
+<h3>Limits</h3>{limits}
 <form method="post" action="/console/sites/{name}/code"><input type="hidden" name="csrf" value="{csrf}">
 <button>New pairing code</button> <span class="hint">The previous code stops working.</span></form>
 <form method="post" action="/console/sites/{name}/revoke" class="danger"><input type="hidden" name="csrf" value="{csrf}">
@@ -300,6 +311,7 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], er
             transport = esc(row.transport.as_deref().unwrap_or("—")),
             version = esc(row.agent_version.as_deref().unwrap_or("—")),
             console = esc(&console_cell(row)),
+            hub = esc(&hub_cell(hub.as_ref())),
             pairing = esc(&pairing_cell(row)),
             csrf = esc(viewer.csrf),
             cert = esc(&day_of(row.cert_expires)),
@@ -307,8 +319,86 @@ pub fn site(viewer: &Viewer, row: &SiteRow, links: &[String], day: &[Bucket], er
             errors_hour = row.errors_hour,
             chart = chart(day),
             errors = recent_errors(errors),
+            limits = limits_form(viewer, limits),
+            notice = notice
+                .map(|n| {
+                    let class = if n.problem { "notice bad" } else { "notice" };
+                    format!(r#"<p class="{class}" id="notice">{}</p>"#, esc(n.text))
+                })
+                .unwrap_or_default(),
         ),
     )
+}
+
+/// What a site page shows beyond its row of the table.
+pub struct SiteDetail<'a> {
+    /// This node's links to the agent, described.
+    pub links: Vec<String>,
+    /// The agent's event hub as it last reported it on this node's link.
+    pub hub: Option<keyway_proto::control::HubReport>,
+    /// Traffic over the last 24 hours.
+    pub day: Vec<Bucket>,
+    /// The latest errors.
+    pub errors: Vec<RecentError>,
+    /// The limits in force.
+    pub limits: &'a SiteLimits,
+}
+
+fn hub_cell(hub: Option<&keyway_proto::control::HubReport>) -> String {
+    let Some(h) = hub else {
+        return "— (off, or not reported to this node)".into();
+    };
+    let upstream = if h.upstream {
+        "receiving the console's events"
+    } else {
+        "NOT connected to the console's events"
+    };
+    let plural = |n: u64, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    format!(
+        "{upstream}; {}; {}",
+        plural(h.subscribers.into(), "subscriber", "subscribers"),
+        plural(h.last_seq, "event", "events")
+    )
+}
+
+/// What an action on a site page did, shown above the page.
+pub struct Notice<'a> {
+    /// The text.
+    pub text: &'a str,
+    /// Whether it says what went wrong.
+    pub problem: bool,
+}
+
+/// The site's limits: the value in force and where it comes from, and a
+/// field to set each for this site (empty: relay.toml's applies).
+fn limits_form(viewer: &Viewer, limits: &SiteLimits) -> String {
+    let mut out = format!(
+        r#"<form method="post" action="/console/sites/{site}/limits" id="limits"><input type="hidden" name="csrf" value="{csrf}">
+<table class="limits"><thead><tr><th>Limit</th><th>In force</th><th>From</th><th>Set for this site</th></tr></thead><tbody>"#,
+        site = esc(&limits.site),
+        csrf = esc(viewer.csrf),
+    );
+    for row in &limits.limits {
+        let _ = write!(
+            out,
+            r#"<tr><td><label for="limit-{field}" title="{about}">{field}</label></td><td>{value}</td><td>{source}</td><td><input id="limit-{field}" name="{field}" value="{set}" autocomplete="off"></td></tr>"#,
+            field = esc(row.field),
+            about = esc(row.about),
+            value = esc(&row.value),
+            source = esc(row.source),
+            set = esc(row.set.as_deref().unwrap_or("")),
+        );
+    }
+    out.push_str(
+        r#"</tbody></table><button>Save limits</button> <span class="hint">An empty field takes relay.toml's value; every relay applies a change within a second.</span></form>"#,
+    );
+    out
 }
 
 fn recent_errors(errors: &[RecentError]) -> String {
@@ -387,6 +477,7 @@ mod tests {
             code_expires: None,
             duplicate: None,
             cert_expires: None,
+            limits: Default::default(),
             requests_hour: 0,
             errors_hour: 0,
         };

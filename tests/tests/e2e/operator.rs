@@ -417,3 +417,162 @@ async fn the_console_over_tls_with_the_relays_certificate() {
     assert!(refused.is_err(), "plain HTTP got an answer: {refused:?}");
     stack.shutdown().await.unwrap();
 }
+
+/// The site page's limits form: the values in force and where they come
+/// from; a change applies at once through the same code as `site limits`;
+/// a bad value or a form without its token changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_on_the_site_page_apply_at_once() {
+    let (stack, admin, cfg) = console_stack("[limits]\nsite_rate = 1000\n").await;
+    let password = add_operator(&cfg, "ada");
+    let mut browser = Browser {
+        admin,
+        cookies: HashMap::new(),
+    };
+    let stored = |cfg: &RelayConfig| {
+        let cfg = cfg.clone();
+        off_runtime(move || keyway_relay::admin::list(&cfg)).unwrap()[0]
+            .limits
+            .clone()
+    };
+    assert_eq!(browser.sign_in("ada", &password).await.status, StatusCode::SEE_OTHER);
+    let page = browser.get("/console/sites/hq").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.contains(r#"action="/console/sites/hq/limits""#),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(r#">site_rate</label></td><td>1000</td><td>relay.toml</td>"#),
+        "{}",
+        page.body
+    );
+    let csrf = page.csrf();
+    let api = stack.api();
+    assert_eq!(api.get("/api/v1/developer/doors").await.unwrap().status, StatusCode::OK);
+
+    // Without the token: refused, nothing stored.
+    let r = browser
+        .post("/console/sites/hq/limits", &[("allow", "192.0.2.1")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(stored(&cfg).is_empty());
+
+    // A bad value: the page says which, nothing stored.
+    let r = browser
+        .post(
+            "/console/sites/hq/limits",
+            &[("csrf", &csrf), ("allow", "192.0.2.1"), ("site_rate", "0")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body.contains("Limits not changed") && r.body.contains("site_rate: must be at least 1"),
+        "{}",
+        r.body
+    );
+    assert!(stored(&cfg).is_empty());
+
+    // Saved: applied on the next request, shown with its source.
+    let r = browser
+        .post(
+            "/console/sites/hq/limits",
+            &[
+                ("csrf", &csrf),
+                ("allow", "192.0.2.1"),
+                ("site_rate", ""),
+                ("max_headers", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("Limits saved"), "{}", r.body);
+    assert!(
+        r.body
+            .contains(r#">allow</label></td><td>192.0.2.1/32</td><td>site</td>"#),
+        "{}",
+        r.body
+    );
+    assert_eq!(stored(&cfg).get("allow").as_deref(), Some("192.0.2.1/32"));
+    let refused = api.get("/api/v1/developer/doors").await.unwrap();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.json()["code"], "CODE_KEYWAY_CLIENT_NOT_ALLOWED");
+
+    // Cleared: anyone again, at once.
+    let r = browser
+        .post("/console/sites/hq/limits", &[("csrf", &csrf), ("allow", "")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(stored(&cfg).is_empty());
+    assert_eq!(api.get("/api/v1/developer/doors").await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}
+
+/// Reloads `path` until its page contains `want` (bounded); how long it took.
+async fn until_page(browser: &mut Browser, path: &str, want: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let page = browser.get(path).await;
+        if page.body.contains(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{path} never showed {want:?}: {}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The agent reports its event hub to the relay: the site page shows it
+/// connected to the console's events, its subscribers and events, and when
+/// the console's WebSocket goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_page_shows_the_agents_event_hub() {
+    let (stack, admin, cfg) = console_stack("").await;
+    let password = add_operator(&cfg, "ada");
+    let mut browser = Browser {
+        admin,
+        cookies: HashMap::new(),
+    };
+    assert_eq!(browser.sign_in("ada", &password).await.status, StatusCode::SEE_OTHER);
+    let site = "/console/sites/hq";
+    until_page(
+        &mut browser,
+        site,
+        "receiving the console&#39;s events; 0 subscribers; 0 events",
+    )
+    .await;
+
+    let mut subscribers = Vec::new();
+    for _ in 0..2 {
+        let mut l = stack.listen_events().await.unwrap();
+        assert_eq!(
+            l.next_text(Duration::from_secs(10)).await.unwrap(),
+            keyway_tests::console::HELLO_FRAME
+        );
+        subscribers.push(l);
+    }
+    for i in 0..3 {
+        stack
+            .console
+            .emit(&serde_json::json!({"event": "access.remote_view", "event_object_id": format!("ring-{i}")}));
+        for l in &mut subscribers {
+            l.next_event(Duration::from_secs(10)).await.unwrap();
+        }
+    }
+    // Subscribers are reported within a second or two; events ride along.
+    let took = until_page(&mut browser, site, "2 subscribers; 3 events").await;
+    eprintln!("subscribers shown {took:?} after they joined");
+
+    stack.console.stop().await;
+    let took = until_page(&mut browser, site, "NOT connected to the console&#39;s events").await;
+    eprintln!("the lost console WebSocket shown after {took:?}");
+    for l in subscribers {
+        l.close().await;
+    }
+    stack.shutdown().await.unwrap();
+}

@@ -192,6 +192,20 @@ async fn the_console_in_a_real_browser() {
             .unwrap()
             >= 1
     );
+    // A site's limit set from its page, as an operator would.
+    other.fill("#limit-client_rate", "100").await.unwrap();
+    other.click_and_wait("#limits button").await.unwrap();
+    let said = other
+        .eval("document.getElementById('notice').textContent")
+        .await
+        .unwrap();
+    assert!(said.as_str().unwrap().contains("Limits saved"), "{said}");
+    let row = other
+        .eval("document.getElementById('limit-client_rate').closest('tr').innerText")
+        .await
+        .unwrap();
+    assert!(row.as_str().unwrap().contains("100\tsite"), "{row:?}");
+    assert_eq!(api.get("/api/v1/developer/doors").await.unwrap().status, 200);
     other.screenshot(&screenshots().join("console-site.png")).await.unwrap();
 
     for (stop, task) in [(annex_stop, annex_agent), (lobby_stop, lobby_agent)] {

@@ -120,6 +120,14 @@ pub struct AgentConfig {
     /// Size at which `audit.log` is rotated (3 older files are kept).
     #[serde(default = "default_audit_max_bytes")]
     pub audit_max_bytes: u64,
+    /// Zero-knowledge sites (`keyway-relay site mode NAME agent`): the
+    /// certificate chain (PEM) this agent presents for `<site>.<domain>`;
+    /// integrations' TLS ends here, not at the relay.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM, kept 0600).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_preset() -> String {
@@ -200,7 +208,18 @@ impl AgentConfig {
                 *p = base.join(&*p);
             }
         }
-        for p in [&mut cfg.console_token_file, &mut cfg.events_dir].into_iter().flatten() {
+        if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
+            bail!("invalid config {}: tls_cert and tls_key go together", path.display());
+        }
+        for p in [
+            &mut cfg.console_token_file,
+            &mut cfg.events_dir,
+            &mut cfg.tls_cert,
+            &mut cfg.tls_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

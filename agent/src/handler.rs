@@ -26,6 +26,8 @@ pub struct Handler {
     pub audit: Option<Audit>,
     /// Counters and tunnel state for `status`.
     pub live: Arc<crate::live::Live>,
+    /// The site's own TLS, for zero-knowledge connections (`tls_cert`).
+    pub sealed: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Handler {

@@ -122,6 +122,7 @@ impl Agent {
             access,
             audit,
             live: Arc::default(),
+            sealed: sealed_tls(cfg)?,
         });
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = uplink::Uplink {
@@ -299,6 +300,20 @@ impl Agent {
         drop(self);
         let _ = writer.await;
     }
+}
+
+/// The TLS this agent terminates for a zero-knowledge site, if configured.
+fn sealed_tls(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
+        return Ok(None);
+    };
+    let chain = load_certs(cert).with_context(|| format!("tls_cert {}", cert.display()))?;
+    let key = load_key(key).with_context(|| format!("tls_key {}", key.display()))?;
+    let public = keyway_certs::public::PublicCert::new(chain, key).context("tls_cert and tls_key")?;
+    let mut tls = keyway_certs::tls::https_server(public, false).context("tls_cert")?;
+    // Requests are served over HTTP/1.1 here, as on tunnel streams.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(tls)))
 }
 
 /// The event hub, if it is on and the console token is set.

@@ -65,6 +65,43 @@ pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(UPGRADE, protocol);
 }
 
+/// Whoever terminates the client's TLS is the edge (the relay, or the agent
+/// of a zero-knowledge site): what the client claims about forwarding is
+/// replaced by the address it came from and the request's id.
+pub fn set_forwarded(headers: &mut HeaderMap, client: std::net::IpAddr, request_id: &str) {
+    headers.remove("forwarded");
+    if let Ok(v) = HeaderValue::from_str(&client.to_canonical().to_string()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", v);
+    }
+}
+
+/// A request id unique to this process: a random prefix drawn once
+/// and a counter (no system call per request; ids correlate logs, they
+/// are not secrets).
+pub fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 8];
+        ring::rand::SystemRandom::new()
+            .fill(&mut b)
+            .expect("the OS random source works");
+        u64::from_le_bytes(b)
+    });
+    format!(
+        "{:012x}{:012x}",
+        prefix >> 16,
+        NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

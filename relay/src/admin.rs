@@ -92,6 +92,19 @@ pub fn revoke_in(reg: &Registry, name: &str) -> anyhow::Result<Option<String>> {
     Ok(reg.blocking().revoke(&name.to_ascii_lowercase(), now())?)
 }
 
+/// `site mode NAME relay|agent`: where the site's TLS ends. With `agent`
+/// (zero-knowledge) the relay routes the site's connections by SNI without
+/// decrypting them, and the agent must hold a certificate for the site's
+/// name. Running relays apply it within a second, to new connections.
+pub fn set_mode(cfg: &RelayConfig, name: &str, mode: &str) -> anyhow::Result<crate::registry::Terminate> {
+    let terminate = crate::registry::Terminate::parse(mode.trim())
+        .ok_or_else(|| anyhow::anyhow!("mode {mode:?}: relay (the relay terminates TLS) or agent (zero-knowledge)"))?;
+    open(cfg)?
+        .blocking()
+        .set_terminate(&name.to_ascii_lowercase(), terminate)?;
+    Ok(terminate)
+}
+
 /// One of a site's limits, as `site limits` and the console show it.
 #[derive(Debug, Serialize)]
 pub struct LimitRow {
@@ -312,6 +325,9 @@ pub fn sites_table(sites: &[SiteRecord]) -> String {
         if !set.is_empty() {
             out.push_str(&format!("  {}: limits {}\n", s.name, set.join(" ")));
         }
+        if s.terminate == crate::registry::Terminate::Agent {
+            out.push_str(&format!("  {}: zero-knowledge: TLS ends on the agent\n", s.name));
+        }
     }
     out.trim_end().to_string()
 }
@@ -359,6 +375,7 @@ mod tests {
             transport: Some("tcp".into()),
             cert_expires: None,
             limits: toml::from_str("site_rate = 5").unwrap(),
+            terminate: crate::registry::Terminate::Agent,
         };
         let table = sites_table(&[site]);
         let lines: Vec<&str> = table.lines().collect();
@@ -371,6 +388,7 @@ mod tests {
         );
         assert_eq!(lines[3], "  hq: DUPLICATE: two machines use this identity");
         assert_eq!(lines[4], "  hq: limits site_rate=5");
+        assert_eq!(lines[5], "  hq: zero-knowledge: TLS ends on the agent");
         assert_eq!(format_time(0), "1970-01-01 00:00:00");
         assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00");
     }

@@ -47,6 +47,7 @@ pub mod operator;
 pub mod pairing;
 pub mod proxy;
 pub mod registry;
+pub mod sealed;
 pub mod sites;
 pub mod streams;
 pub mod tcp_port;

@@ -125,6 +125,21 @@ enum SiteCmd {
     /// relay.toml's; `--reset` clears them all. Running relays apply a
     /// change within a second.
     Limits(LimitsArgs),
+    /// Where a site's TLS ends: `relay` (default: the relay terminates it
+    /// and applies the edge limits to each request) or `agent`
+    /// (zero-knowledge: the relay routes the encrypted bytes by SNI and
+    /// never sees a request; the agent needs `tls_cert`/`tls_key`).
+    Mode(ModeArgs),
+}
+
+#[derive(clap::Args)]
+struct ModeArgs {
+    /// Site name.
+    name: String,
+    /// relay or agent.
+    mode: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(clap::Args)]
@@ -285,6 +300,7 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
         SiteCmd::Add(a) | SiteCmd::Code(a) | SiteCmd::Revoke(a) => &a.common,
         SiteCmd::List(c) => c,
         SiteCmd::Limits(a) => &a.common,
+        SiteCmd::Mode(a) => &a.common,
     };
     let cfg = RelayConfig::load(&common.config)?;
     let json = common.json;
@@ -336,6 +352,16 @@ fn site(cmd: SiteCmd) -> anyhow::Result<()> {
                 say!("{}", serde_json::to_string_pretty(&limits)?);
             } else {
                 say!("{}", admin::limits_table(&limits));
+            }
+        }
+        SiteCmd::Mode(a) => {
+            let mode = admin::set_mode(&cfg, &a.name, &a.mode)?;
+            if json {
+                say!("{}", serde_json::json!({"site": a.name, "terminate": mode.as_str()}));
+            } else if mode == keyway_relay::registry::Terminate::Agent {
+                say!("{}: zero-knowledge. The relay routes its connections to the agent unopened; the agent must have tls_cert and tls_key for {}.{}.", a.name, a.name, cfg.domain);
+            } else {
+                say!("{}: the relay terminates its TLS.", a.name);
             }
         }
         SiteCmd::Revoke(a) => {

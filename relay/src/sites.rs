@@ -29,6 +29,8 @@ struct Entry {
     serial: Option<String>,
     /// Its limits set in the registry (`site limits`).
     limits: Overrides,
+    /// Zero-knowledge: its TLS ends at the agent.
+    sealed: bool,
 }
 
 /// Every site by name, as the registry last said.
@@ -94,6 +96,16 @@ impl SiteCache {
             .unwrap_or_default()
     }
 
+    /// Whether the site is zero-knowledge (`site mode NAME agent`): its
+    /// connections go to the agent sealed, routed by SNI.
+    pub fn is_sealed(&self, site: &str) -> bool {
+        self.inner
+            .read()
+            .expect("site cache lock poisoned")
+            .get(site)
+            .is_some_and(|e| e.sealed)
+    }
+
     /// Changes whenever some site's registry limits change.
     pub fn limits_version(&self) -> u64 {
         self.limits_version.load(Ordering::Acquire)
@@ -123,6 +135,7 @@ impl SiteCache {
                 let entry = Entry {
                     serial: s.cert_serial,
                     limits: s.limits,
+                    sealed: s.terminate == crate::registry::Terminate::Agent,
                 };
                 (s.name, entry)
             })

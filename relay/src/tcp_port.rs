@@ -22,11 +22,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use keyway_proto::envelope::HttpBody;
 use keyway_proto::{ALPN_PAIR, ALPN_TUNNEL};
-use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -178,8 +176,11 @@ pub async fn serve(
         tokio::spawn(
             async move {
                 let _slot = slot;
-                let stream = match timeout_at(deadline, handshake(tcp, &tls)).await {
-                    Ok(Ok(s)) => s,
+                let stream = match timeout_at(deadline, handshake(tcp, &tls, &ctx)).await {
+                    Ok(Ok(Opened::Tls(s))) => *s,
+                    Ok(Ok(Opened::Sealed { tcp, seen, site })) => {
+                        return crate::sealed::route(tcp, seen, site, peer, ctx).await;
+                    }
                     Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
                     Err(_) => return debug!("TLS handshake timed out"),
                 };
@@ -245,16 +246,37 @@ async fn serve_request(
     Ok(resp.map(Either::Left))
 }
 
-/// Reads the ClientHello and completes the handshake with the configuration
-/// its ALPN offer asks for.
-async fn handshake(tcp: TcpStream, tls: &TcpPortTls) -> std::io::Result<TlsStream<TcpStream>> {
-    let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
-    let agent = start
-        .client_hello()
+/// What a connection turned out to be once its ClientHello was read.
+enum Opened {
+    /// TLS ended here (integrations of relay-terminated sites, agents).
+    Tls(Box<TlsStream<TcpStream>>),
+    /// For a zero-knowledge site: the bytes read so far, to be passed on.
+    Sealed {
+        tcp: TcpStream,
+        seen: Vec<u8>,
+        site: String,
+    },
+}
+
+/// Reads the ClientHello; a zero-knowledge site's connection is handed
+/// back as it is, any other completes the handshake with the
+/// configuration its ALPN offer asks for.
+async fn handshake(mut tcp: TcpStream, tls: &TcpPortTls, ctx: &ProxyCtx) -> std::io::Result<Opened> {
+    let (accepted, seen) = crate::sealed::read_client_hello(&mut tcp).await?;
+    let hello = accepted.client_hello();
+    let agent = hello
         .alpn()
         .is_some_and(|mut offered| offered.any(|p| p == ALPN_TUNNEL || p == ALPN_PAIR));
+    if !agent {
+        if let Some(site) = crate::sealed::sealed_site(hello.server_name(), ctx) {
+            return Ok(Opened::Sealed { tcp, seen, site });
+        }
+    }
     let cfg = if agent { tls.tunnel.clone() } else { tls.https.clone() };
-    start.into_stream(cfg).await
+    let stream = tokio_rustls::StartHandshake::from_parts(accepted, tcp)
+        .into_stream(cfg)
+        .await?;
+    Ok(Opened::Tls(Box::new(stream)))
 }
 
 /// Binds the HTTPS listener.

@@ -56,6 +56,7 @@ pub struct StackBuilder {
     observer: Option<keyway_relay::proxy::Observer>,
     registry_url: Option<String>,
     registry_tls_ca: Option<PathBuf>,
+    sealed: bool,
 }
 
 impl Default for StackBuilder {
@@ -74,6 +75,9 @@ impl Default for StackBuilder {
             observer: None,
             registry_url: None,
             registry_tls_ca: None,
+            // KEYWAY_TEST_TERMINATE=agent runs a suite against a
+            // zero-knowledge site.
+            sealed: std::env::var("KEYWAY_TEST_TERMINATE").is_ok_and(|v| v == "agent"),
         }
     }
 }
@@ -100,6 +104,15 @@ impl StackBuilder {
         self
     }
     /// Extra agent.toml lines.
+    /// A zero-knowledge site (`site mode hq agent`): the agent presents its
+    /// own certificate for `hq.<DOMAIN>`, from a CA of its own
+    /// ([`Stack::sealed_api`] trusts it), and the relay routes by SNI.
+    pub fn sealed(mut self) -> Self {
+        self.sealed = true;
+        self
+    }
+
+    /// More settings appended to `agent.toml`.
     pub fn agent_extra(mut self, extra: &str) -> Self {
         self.agent_extra = extra.to_string();
         self
@@ -224,7 +237,15 @@ impl StackBuilder {
         // The admin commands block (a PostgreSQL registry runs its own
         // runtime): off this one, as the CLI runs them.
         let admin_cfg = relay_cfg.clone();
-        let issued = tokio::task::spawn_blocking(move || keyway_relay::admin::add_site(&admin_cfg, SITE)).await??;
+        let sealed = self.sealed;
+        let issued = tokio::task::spawn_blocking(move || {
+            let issued = keyway_relay::admin::add_site(&admin_cfg, SITE)?;
+            if sealed {
+                keyway_relay::admin::set_mode(&admin_cfg, SITE, "agent")?;
+            }
+            anyhow::Ok(issued)
+        })
+        .await??;
         let mut relay = Relay::bind(relay_cfg).await?;
         if let Some(f) = self.observer {
             relay.observe_forwarded(f);
@@ -256,6 +277,17 @@ impl StackBuilder {
         }
         let transport = self.transport.or_else(|| std::env::var("KEYWAY_TEST_TRANSPORT").ok());
         let mut agent_extra = self.agent_extra;
+        let sealed_ca_der = if self.sealed {
+            let ca = keyway_certs::ca::PrivateCa::generate("Keyway test site CA")?;
+            let key = rcgen::KeyPair::generate()?;
+            let leaf = ca.issue_server(&[format!("{SITE}.{DOMAIN}")], &key, Duration::from_secs(86_400))?;
+            std::fs::write(agent_dir.join("site.pem"), leaf.pem.as_bytes())?;
+            keyway_certs::files::write_atomic(&agent_dir.join("site.key"), key.serialize_pem().as_bytes(), true)?;
+            agent_extra.push_str("\ntls_cert = \"site.pem\"\ntls_key = \"site.key\"\n");
+            Some(ca.cert_der().clone())
+        } else {
+            None
+        };
         if let Some(t) = transport {
             agent_extra.push_str(&format!("\ntransport = {t:?}\n"));
         }
@@ -275,6 +307,7 @@ impl StackBuilder {
             relay_config: report.config,
             https_ca,
             https_ca_der,
+            sealed_ca_der,
             relay_stop,
             relay_task: Some(relay_task),
             agent: None,
@@ -311,6 +344,8 @@ pub struct Stack {
     pub https_ca: PathBuf,
     /// The same, DER.
     pub https_ca_der: CertificateDer<'static>,
+    /// A zero-knowledge stack's site CA (the agent's certificate).
+    pub sealed_ca_der: Option<CertificateDer<'static>>,
     relay_stop: CancellationToken,
     relay_task: Option<JoinHandle<anyhow::Result<()>>>,
     agent: Option<RunningAgent>,
@@ -331,6 +366,23 @@ impl Stack {
     /// `https://127.0.0.1:PORT`.
     pub fn relay_url(&self) -> String {
         format!("https://{}", self.relay_addr)
+    }
+
+    /// `https://hq.<DOMAIN>:port`: the site by its own name (SNI), as a
+    /// zero-knowledge site must be called.
+    pub fn site_url(&self) -> String {
+        format!("https://{SITE}.{DOMAIN}:{}", self.relay_addr.port())
+    }
+
+    /// An API client for a zero-knowledge stack: the site by name, trusting
+    /// the agent's CA only.
+    pub fn sealed_api(&self) -> crate::client::Api {
+        let ca = self.sealed_ca_der.as_ref().expect("a sealed stack");
+        crate::client::Api::with_client(
+            https_client_at(ca, self.relay_addr.ip()),
+            &self.site_url(),
+            &self.console.token,
+        )
     }
 
     /// Starts the agent from its config and waits until the relay sees it.
@@ -456,6 +508,15 @@ pub fn h2_client(ca: &CertificateDer<'static>) -> HttpsClient {
     build_client(ca, true)
 }
 
+/// [`h2_client`] with every name resolving to `ip`.
+pub fn h2_client_at(ca: &CertificateDer<'static>, ip: IpAddr) -> HttpsClient {
+    connector_client_at(
+        keyway_certs::tls::https_client(ca).expect("CA is valid"),
+        true,
+        Resolver(Some(ip)),
+    )
+}
+
 /// A client for the console itself, trusting only its pinned certificate
 /// (what an integration on the LAN does).
 pub fn pinned_client(fp: Fingerprint) -> HttpsClient {
@@ -537,14 +598,36 @@ pub fn empty() -> ClientBody {
 }
 
 impl Stack {
-    /// The API through the relay (default site via the bare IP), with the console token.
+    /// The API through the relay (default site via the bare IP; a
+    /// zero-knowledge site by its name), with the console token.
     pub fn api(&self) -> crate::client::Api {
+        if self.sealed_ca_der.is_some() {
+            return self.sealed_api();
+        }
         crate::client::Api::new(&self.relay_url(), &self.https_ca_der, &self.console.token)
     }
 
-    /// The API through the relay over HTTP/2.
+    /// The API through the relay offering HTTP/2 (a zero-knowledge site's
+    /// agent answers in HTTP/1.1).
     pub fn api_h2(&self) -> crate::client::Api {
-        crate::client::Api::with_client(h2_client(&self.https_ca_der), &self.relay_url(), &self.console.token)
+        match &self.sealed_ca_der {
+            Some(ca) => crate::client::Api::with_client(
+                h2_client_at(ca, self.relay_addr.ip()),
+                &self.site_url(),
+                &self.console.token,
+            ),
+            None => {
+                crate::client::Api::with_client(h2_client(&self.https_ca_der), &self.relay_url(), &self.console.token)
+            }
+        }
+    }
+
+    /// The name and CA a client checks the site's certificate against.
+    fn site_tls(&self) -> (String, &CertificateDer<'static>) {
+        match &self.sealed_ca_der {
+            Some(ca) => (format!("{SITE}.{DOMAIN}"), ca),
+            None => ("127.0.0.1".into(), &self.https_ca_der),
+        }
     }
 
     /// The console directly (no tunnel), for comparisons.
@@ -558,20 +641,14 @@ impl Stack {
 
     /// A Keyway-aware door-event listener (`?since=…`) through the relay.
     pub async fn listen_events_since(&self, query: &str) -> anyhow::Result<crate::client::EventListener> {
-        crate::client::EventListener::connect_to(
-            self.relay_addr,
-            "127.0.0.1",
-            &self.https_ca_der,
-            &self.console.token,
-            query,
-        )
-        .await
+        let (name, ca) = self.site_tls();
+        crate::client::EventListener::connect_to(self.relay_addr, &name, ca, &self.console.token, query).await
     }
 
     /// A door-event listener through the relay.
     pub async fn listen_events(&self) -> anyhow::Result<crate::client::EventListener> {
-        crate::client::EventListener::connect(self.relay_addr, "127.0.0.1", &self.https_ca_der, &self.console.token)
-            .await
+        let (name, ca) = self.site_tls();
+        crate::client::EventListener::connect(self.relay_addr, &name, ca, &self.console.token).await
     }
 }
 

@@ -53,6 +53,7 @@ pub(super) async fn session(
     let (mut recv, mut send) = tokio::io::split(control);
 
     let requests = TaskTracker::new();
+    let leaving = stop.child_token();
     let mut buf = BytesMut::new();
     let mut probe = QuicProbe::new(ctx, transport);
     let mut watching_console = true;
@@ -136,7 +137,7 @@ pub(super) async fn session(
                 break End::Stopped;
             }
             stream = tunnel.accept() => match stream {
-                Ok(stream) => serve(&requests, stream, &ctx.handler),
+                Ok(stream) => serve(&requests, stream, &ctx.handler, stop, &leaving),
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
             msg = read_msg(&mut recv, &mut buf) => match msg {
@@ -167,6 +168,8 @@ pub(super) async fn session(
         send,
         buf,
         requests,
+        stop: stop.clone(),
+        leaving,
     };
     match &end {
         // Until the relay has read the handover Hello it may still send
@@ -212,10 +215,20 @@ fn status_msg(health: ConsoleHealth, hub: Option<HubReport>) -> ControlMsg {
     }
 }
 
-/// Serves one relay-opened stream in a task of `requests`.
-fn serve(requests: &TaskTracker, stream: TunnelStream, handler: &Arc<Handler>) {
+/// Serves one relay-opened stream in a task of `requests`; once `stop` is
+/// cancelled its connection takes no new request, nor a zero-knowledge
+/// client's once `leaving` is (this connection is being retired: the
+/// client reconnects through the new one).
+fn serve(
+    requests: &TaskTracker,
+    stream: TunnelStream,
+    handler: &Arc<Handler>,
+    stop: &CancellationToken,
+    leaving: &CancellationToken,
+) {
     let span = debug_span!("stream", id = stream.id);
-    requests.spawn(super::stream::serve(stream, handler.clone()).instrument(span));
+    let (stop, leaving) = (stop.clone(), leaving.clone());
+    requests.spawn(super::stream::serve(stream, handler.clone(), stop, leaving).instrument(span));
 }
 
 /// A connection the agent has left, with what is still under way on it.
@@ -225,6 +238,8 @@ struct Retiring {
     send: WriteHalf<TunnelStream>,
     buf: BytesMut,
     requests: TaskTracker,
+    stop: CancellationToken,
+    leaving: CancellationToken,
 }
 
 impl Retiring {
@@ -239,7 +254,7 @@ impl Retiring {
                 let quiet = if drained { Duration::from_secs(1) } else { STOP_GRACE };
                 tokio::select! {
                     stream = self.tunnel.accept() => match stream {
-                        Ok(stream) => serve(&self.requests, stream, &handler),
+                        Ok(stream) => serve(&self.requests, stream, &handler, &self.stop, &self.leaving),
                         Err(_) => break,
                     },
                     msg = read_msg(&mut self.recv, &mut self.buf), if !drained => {
@@ -249,6 +264,9 @@ impl Retiring {
                 }
             }
         }
+        // The relay sends nothing new here now: zero-knowledge clients'
+        // idle connections close, so they reconnect through the new one.
+        self.leaving.cancel();
         self.requests.close();
         let _ = timeout(STOP_GRACE, self.requests.wait()).await;
         drop(self.send);

@@ -1,14 +1,19 @@
 //! One relay-opened stream: its preamble, then HTTP/1.1 served by the
-//! [`Handler`].
+//! [`Handler`] — straight away, or for a zero-knowledge site after the
+//! client's TLS handshake, which ends here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use keyway_proto::preamble::StreamKind;
+use std::net::SocketAddr;
+
+use keyway_proto::headers::{new_request_id, set_forwarded, set_upgrade, strip_hop_by_hop};
+use keyway_proto::preamble::{read_client, StreamKind};
 use keyway_transport::TunnelStream;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::handler::Handler;
@@ -17,21 +22,67 @@ use crate::handler::Handler;
 const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>) {
+/// `stop` ends keep-alive on relay streams; `leaving` (cancelled with
+/// `stop`, or when the tunnel is retired) on zero-knowledge clients'.
+pub(super) async fn serve(
+    mut stream: TunnelStream,
+    handler: Arc<Handler>,
+    stop: CancellationToken,
+    leaving: CancellationToken,
+) {
     let mut kind = [0u8; 1];
     match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return debug!("stream closed before its preamble: {e}"),
         Err(_) => return debug!("no preamble within {STREAM_HEAD_TIMEOUT:?}"),
     }
-    if let Err(e) = StreamKind::from_byte(kind[0]) {
-        warn!("{e}");
-        return;
+    match StreamKind::from_byte(kind[0]) {
+        Ok(StreamKind::Http) => http(stream, handler, None, stop).await,
+        Ok(StreamKind::Sealed) => sealed(stream, handler, leaving).await,
+        Err(e) => warn!("{e}"),
     }
-    let io = TokioIo::new(stream);
-    let service = hyper::service::service_fn(move |req| {
+}
+
+/// A zero-knowledge site's connection: the client's address, then its TLS.
+async fn sealed(mut stream: TunnelStream, handler: Arc<Handler>, stop: CancellationToken) {
+    let client = match timeout(STREAM_HEAD_TIMEOUT, read_client(&mut stream)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return debug!("sealed stream without a client address: {e}"),
+        Err(_) => return debug!("no client address within {STREAM_HEAD_TIMEOUT:?}"),
+    };
+    let Some(tls) = handler.sealed.clone() else {
+        return warn!(
+            %client,
+            "the relay sent a zero-knowledge connection but this agent has no tls_cert/tls_key: \
+             closed (set them in agent.toml, or `keyway-relay site mode SITE relay`)"
+        );
+    };
+    let tls = match timeout(STREAM_HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return debug!(%client, "client TLS handshake failed: {e}"),
+        Err(_) => return debug!(%client, "client TLS handshake timed out"),
+    };
+    http(tls, handler, Some(client), stop).await
+}
+
+/// HTTP/1.1 on `io`; with `client`, this agent is the edge (zero-knowledge)
+/// and states the client's address and the request's id itself.
+async fn http<IO>(io: IO, handler: Arc<Handler>, client: Option<SocketAddr>, stop: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(handler.handle(req).await) }
+        let request_id = client.map(|client| as_edge(&mut req, client));
+        async move {
+            let mut resp = handler.handle(req).await;
+            // As the relay tags every response it terminates.
+            if let Some(id) = request_id.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
+                resp.headers_mut().insert("x-request-id", id);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -39,7 +90,40 @@ pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>) {
         .max_buf_size(keyway_proto::STREAM_BUFFER)
         .serve_connection(io, service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = &mut conn => r,
+        _ = stop.cancelled() => {
+            // An idle keep-alive connection closes now; one mid-request
+            // finishes that request (a client of a zero-knowledge site
+            // holds its connection to this agent).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         debug!("stream ended: {e}");
     }
+}
+
+/// What the relay does to a request it terminates, done here for a
+/// zero-knowledge one: hop-by-hop headers gone (an upgrade re-declared),
+/// the client's forwarding claims replaced, an origin-form target. Returns
+/// the request's id.
+fn as_edge<B>(req: &mut http::Request<B>, client: SocketAddr) -> String {
+    let headers = req.headers_mut();
+    if let Some(proto) = strip_hop_by_hop(headers) {
+        set_upgrade(headers, proto);
+    }
+    let request_id = new_request_id();
+    set_forwarded(headers, client.ip(), &request_id);
+    if req.uri().authority().is_some() {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|pq| http::Uri::from(pq.clone()))
+            .unwrap_or_else(|| http::Uri::from_static("/"));
+        *req.uri_mut() = target;
+    }
+    request_id
 }

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use http::header::{HeaderValue, HOST};
-use http::{HeaderMap, Uri, Version};
-use keyway_proto::headers::{set_upgrade, strip_hop_by_hop};
+use http::{Uri, Version};
+use keyway_proto::headers::{set_forwarded, set_upgrade, strip_hop_by_hop};
 
 /// Rewrites `parts` for the tunnel; the protocol the client asked to
 /// upgrade to, if any, stays asked for.
@@ -18,7 +18,7 @@ pub(crate) fn for_tunnel(parts: &mut http::request::Parts, peer: SocketAddr, req
     if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         parts.headers.insert(HOST, h);
     }
-    set_forwarded(&mut parts.headers, peer, request_id);
+    set_forwarded(&mut parts.headers, peer.ip(), request_id);
     parts.uri = parts
         .uri
         .path_and_query()
@@ -28,56 +28,22 @@ pub(crate) fn for_tunnel(parts: &mut http::request::Parts, peer: SocketAddr, req
     upgrade
 }
 
-/// The relay is the edge: what the client claims about forwarding is replaced.
-fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, request_id: &str) {
-    headers.remove("forwarded");
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
-    }
-}
-
-/// A request id unique to this relay process: a random prefix drawn once
-/// and a counter (no system call per request; ids correlate logs, they
-/// are not secrets).
-pub(super) fn new_request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::OnceLock;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        use ring::rand::SecureRandom;
-        let mut b = [0u8; 8];
-        ring::rand::SystemRandom::new()
-            .fill(&mut b)
-            .expect("the OS random source works");
-        u64::from_le_bytes(b)
-    });
-    format!(
-        "{:012x}{:012x}",
-        prefix >> 16,
-        NEXT.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[test]
     fn forwarded_headers_replace_client_claims() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
-        set_forwarded(&mut h, "127.0.0.9:5000".parse().unwrap(), "abc");
+        set_forwarded(&mut h, "127.0.0.9".parse().unwrap(), "abc");
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-request-id"], "abc");
         assert!(h.get("forwarded").is_none());
-        assert_eq!(new_request_id().len(), 24);
+        assert_eq!(keyway_proto::headers::new_request_id().len(), 24);
     }
 
     #[test]

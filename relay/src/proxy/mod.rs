@@ -75,7 +75,7 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<HttpBody>, Infallible> {
     let started = std::time::Instant::now();
-    let request_id = headers::new_request_id();
+    let request_id = keyway_proto::headers::new_request_id();
     // A debug span: at info, formatting its fields cost every request an
     // allocation and a few microseconds; the info lines name the request.
     let span = debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path(), site = tracing::field::Empty);

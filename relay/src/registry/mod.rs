@@ -146,6 +146,38 @@ pub struct SiteRecord {
     /// `relay.toml`'s.
     #[serde(default, skip_serializing_if = "Overrides::is_empty")]
     pub limits: Overrides,
+    /// Where the integrations' TLS ends.
+    pub terminate: Terminate,
+}
+
+/// Where a site's TLS ends (`site mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Terminate {
+    /// At the relay, which then applies the edge limits to each request.
+    #[default]
+    Relay,
+    /// At the agent (zero-knowledge): the relay routes the sealed bytes by SNI.
+    Agent,
+}
+
+impl Terminate {
+    /// As stored and typed: `relay` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Agent => "agent",
+        }
+    }
+
+    /// From the stored text (anything unknown: `relay`, today's behaviour).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "relay" => Some(Self::Relay),
+            "agent" => Some(Self::Agent),
+            _ => None,
+        }
+    }
 }
 
 /// A site's stored limits (JSON); unreadable ones are reported and ignored
@@ -235,6 +267,8 @@ pub trait SiteStore: Send + Sync + 'static {
     fn list_sites(&self) -> Result<Vec<SiteRecord>, RegistryError>;
     /// Revokes the site's certificate; returns its serial if it had one.
     fn revoke(&self, site: &str, now: i64) -> Result<Option<String>, RegistryError>;
+    /// Sets where the site's TLS ends.
+    fn set_terminate(&self, site: &str, terminate: Terminate) -> Result<(), RegistryError>;
     /// Replaces the site's registry limits (`None`: back to `relay.toml`'s).
     fn set_limits(&self, site: &str, limits_json: Option<&str>) -> Result<(), RegistryError>;
     /// Whether this site's certificate `serial` may connect.

@@ -121,6 +121,8 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 5: per-site limits over relay.toml's (JSON).
     "ALTER TABLE sites ADD COLUMN limits TEXT;",
+    // 6: where the site's TLS ends (zero-knowledge sites: at the agent).
+    "ALTER TABLE sites ADD COLUMN terminate TEXT NOT NULL DEFAULT 'relay';",
 ];
 
 /// How recent a node's heartbeat must be for its links to count a site
@@ -435,7 +437,7 @@ impl SiteStore for PgStore {
                             s.agent_version,
                             (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
                             s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at,
-                            s.limits
+                            s.limits, s.terminate
                      FROM sites s ORDER BY s.name",
                     &[&(LINK_LIVE.as_secs() as f64)],
                 )
@@ -449,6 +451,7 @@ impl SiteStore for PgStore {
                     let limits = super::parse_limits(&name, r.get::<_, Option<String>>(11).as_deref());
                     SiteRecord {
                         limits,
+                        terminate: super::Terminate::parse(&r.get::<_, String>(12)).unwrap_or_default(),
                         name,
                         paired,
                         cert_serial: serial,
@@ -490,6 +493,21 @@ impl SiteStore for PgStore {
             tx.execute("DELETE FROM codes WHERE site = $1", &[&site]).await?;
             tx.commit().await?;
             Ok(serial)
+        })
+    }
+
+    fn set_terminate(&self, site: &str, terminate: super::Terminate) -> Result<(), RegistryError> {
+        self.run(|c| async move {
+            match c
+                .execute(
+                    "UPDATE sites SET terminate = $2 WHERE name = $1",
+                    &[&site, &terminate.as_str()],
+                )
+                .await?
+            {
+                0 => Err(RegistryError::NoSuchSite(site.into())),
+                _ => Ok(()),
+            }
         })
     }
 

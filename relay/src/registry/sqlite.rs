@@ -52,6 +52,8 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 7: per-site limits over relay.toml's (JSON).
     "ALTER TABLE sites ADD COLUMN limits TEXT;",
+    // 8: where the site's TLS ends (zero-knowledge sites: at the agent).
+    "ALTER TABLE sites ADD COLUMN terminate TEXT NOT NULL DEFAULT 'relay';",
 ];
 
 /// site, hash, expires_at, tries, used_at.
@@ -212,7 +214,7 @@ impl SiteStore for SqliteStore {
                 "SELECT s.name, s.cert_serial, s.last_seen, s.online, s.agent_version,
                         (SELECT MAX(expires_at) FROM codes k WHERE k.site = s.name AND k.used_at IS NULL),
                         s.console_ok, s.transport, s.console_problem, s.duplicate, s.paired_at,
-                        s.limits
+                        s.limits, s.terminate
                  FROM sites s ORDER BY s.name",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -222,6 +224,7 @@ impl SiteStore for SqliteStore {
                 let limits = super::parse_limits(&name, r.get::<_, Option<String>>(11)?.as_deref());
                 Ok(SiteRecord {
                     limits,
+                    terminate: super::Terminate::parse(&r.get::<_, String>(12)?).unwrap_or_default(),
                     name,
                     paired,
                     cert_serial: serial,
@@ -259,6 +262,18 @@ impl SiteStore for SqliteStore {
             tx.execute("DELETE FROM codes WHERE site = ?1", [site])?;
             tx.commit()?;
             Ok(serial)
+        })
+    }
+
+    fn set_terminate(&self, site: &str, terminate: super::Terminate) -> Result<(), RegistryError> {
+        self.with(|c| {
+            match c.execute(
+                "UPDATE sites SET terminate = ?2 WHERE name = ?1",
+                params![site, terminate.as_str()],
+            )? {
+                0 => Err(RegistryError::NoSuchSite(site.into())),
+                _ => Ok(()),
+            }
         })
     }
 

@@ -32,6 +32,7 @@ mod paths;
 mod refused;
 mod registry;
 mod repin;
+mod sealed;
 mod secrets;
 mod silent;
 mod status;

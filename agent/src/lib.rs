@@ -69,6 +69,7 @@ pub struct Agent {
     status_file: std::path::PathBuf,
     status_socket: std::path::PathBuf,
     cert_not_after: Option<i64>,
+    site_tls: Option<keyway_certs::public::CertSummary>,
 }
 
 impl Agent {
@@ -111,6 +112,7 @@ impl Agent {
                 None
             }
         };
+        let sealed = sealed_tls(cfg)?;
         let handler = Arc::new(handler::Handler {
             console: console.clone(),
             events: hub.as_ref().map(|(h, _)| {
@@ -122,7 +124,7 @@ impl Agent {
             access,
             audit,
             live: Arc::default(),
-            sealed: sealed_tls(cfg)?,
+            sealed: sealed.as_ref().map(|(tls, _)| tls.clone()),
         });
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = uplink::Uplink {
@@ -155,6 +157,7 @@ impl Agent {
             status_file: status::path_for(&cfg.key),
             status_socket: status_socket::path_for(&cfg.key),
             cert_not_after,
+            site_tls: sealed.map(|(_, summary)| summary),
         })
     }
 
@@ -275,6 +278,7 @@ impl Agent {
                     live: self.ctx.handler.live.clone(),
                     cert_not_after: self.cert_not_after,
                     links: self.ctx.links.clone(),
+                    site_tls: self.site_tls.clone(),
                 },
                 socket_stop.clone(),
             ))),
@@ -302,18 +306,22 @@ impl Agent {
     }
 }
 
+/// A zero-knowledge site's TLS and what its certificate covers.
+type SealedTls = (Arc<rustls::ServerConfig>, keyway_certs::public::CertSummary);
+
 /// The TLS this agent terminates for a zero-knowledge site, if configured.
-fn sealed_tls(cfg: &AgentConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+fn sealed_tls(cfg: &AgentConfig) -> anyhow::Result<Option<SealedTls>> {
     let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
         return Ok(None);
     };
     let chain = load_certs(cert).with_context(|| format!("tls_cert {}", cert.display()))?;
     let key = load_key(key).with_context(|| format!("tls_key {}", key.display()))?;
     let public = keyway_certs::public::PublicCert::new(chain, key).context("tls_cert and tls_key")?;
+    let summary = public.summary().context("tls_cert")?;
     let mut tls = keyway_certs::tls::https_server(public, false).context("tls_cert")?;
     // Requests are served over HTTP/1.1 here, as on tunnel streams.
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(tls)))
+    Ok(Some((Arc::new(tls), summary)))
 }
 
 /// The event hub, if it is on and the console token is set.

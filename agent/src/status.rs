@@ -55,6 +55,13 @@ pub struct LiveStatus {
     pub duplicate: Option<String>,
     /// Unix seconds when the agent certificate expires.
     pub cert_not_after: Option<i64>,
+    /// Zero-knowledge: the names of the certificate this agent presents
+    /// to integrations (`tls_cert`), when it has one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_tls_names: Vec<String>,
+    /// Unix seconds when that certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_tls_not_after: Option<i64>,
     /// The tunnels up, one per relay node (`quic 192.0.2.1:443`); one
     /// for a single relay, two in a cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -179,6 +186,13 @@ pub fn describe(s: &Status, running: bool) -> String {
         if let Some(t) = live.cert_not_after {
             let days = (t - now() as i64) / 86400;
             text.push_str(&format!("\nAgent certificate: valid for {days} more days"));
+        }
+        if let Some(t) = live.site_tls_not_after {
+            let days = (t - now() as i64) / 86400;
+            text.push_str(&format!(
+                "\nZero-knowledge: integrations' TLS ends here ({}), certificate valid for {days} more days",
+                live.site_tls_names.join(", ")
+            ));
         }
         text.push_str(&format!(
             "\nLast hour: {} requests, {} errors (5xx)\nAgent version: {}",

@@ -46,6 +46,8 @@ pub struct Source {
     pub cert_not_after: Option<i64>,
     /// The agent's links to relay nodes.
     pub links: Arc<crate::uplink::Links>,
+    /// The zero-knowledge certificate (`tls_cert`), when there is one.
+    pub site_tls: Option<keyway_certs::public::CertSummary>,
 }
 
 impl Source {
@@ -59,6 +61,8 @@ impl Source {
             console_problem: self.live.console().and_then(|h| h.problem()),
             duplicate: self.live.duplicate(),
             cert_not_after: self.cert_not_after,
+            site_tls_names: self.site_tls.as_ref().map(|s| s.names.clone()).unwrap_or_default(),
+            site_tls_not_after: self.site_tls.as_ref().map(|s| s.not_after),
             links: self.links.describe(),
             requests_last_hour: requests,
             errors_last_hour: errors,

@@ -137,7 +137,7 @@ pub(super) async fn session(
                 break End::Stopped;
             }
             stream = tunnel.accept() => match stream {
-                Ok(stream) => serve(&requests, stream, &ctx.handler, stop, &leaving),
+                Ok(stream) => serve(&requests, stream, &ctx.handler, &leaving),
                 Err(e) => break ended(&*tunnel, format!("connection lost: {e}")),
             },
             msg = read_msg(&mut recv, &mut buf) => match msg {
@@ -168,7 +168,6 @@ pub(super) async fn session(
         send,
         buf,
         requests,
-        stop: stop.clone(),
         leaving,
     };
     match &end {
@@ -215,20 +214,13 @@ fn status_msg(health: ConsoleHealth, hub: Option<HubReport>) -> ControlMsg {
     }
 }
 
-/// Serves one relay-opened stream in a task of `requests`; once `stop` is
-/// cancelled its connection takes no new request, nor a zero-knowledge
-/// client's once `leaving` is (this connection is being retired: the
-/// client reconnects through the new one).
-fn serve(
-    requests: &TaskTracker,
-    stream: TunnelStream,
-    handler: &Arc<Handler>,
-    stop: &CancellationToken,
-    leaving: &CancellationToken,
-) {
+/// Serves one relay-opened stream in a task of `requests`; a
+/// zero-knowledge client's connection takes no new request once `leaving`
+/// is cancelled (the agent stops, or this connection is being retired and
+/// the client reconnects through the new one).
+fn serve(requests: &TaskTracker, stream: TunnelStream, handler: &Arc<Handler>, leaving: &CancellationToken) {
     let span = debug_span!("stream", id = stream.id);
-    let (stop, leaving) = (stop.clone(), leaving.clone());
-    requests.spawn(super::stream::serve(stream, handler.clone(), stop, leaving).instrument(span));
+    requests.spawn(super::stream::serve(stream, handler.clone(), leaving.clone()).instrument(span));
 }
 
 /// A connection the agent has left, with what is still under way on it.
@@ -238,7 +230,6 @@ struct Retiring {
     send: WriteHalf<TunnelStream>,
     buf: BytesMut,
     requests: TaskTracker,
-    stop: CancellationToken,
     leaving: CancellationToken,
 }
 
@@ -254,7 +245,7 @@ impl Retiring {
                 let quiet = if drained { Duration::from_secs(1) } else { STOP_GRACE };
                 tokio::select! {
                     stream = self.tunnel.accept() => match stream {
-                        Ok(stream) => serve(&self.requests, stream, &handler, &self.stop, &self.leaving),
+                        Ok(stream) => serve(&self.requests, stream, &handler, &self.leaving),
                         Err(_) => break,
                     },
                     msg = read_msg(&mut self.recv, &mut self.buf), if !drained => {

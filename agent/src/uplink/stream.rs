@@ -22,14 +22,11 @@ use crate::handler::Handler;
 const STREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one relay-opened stream: preamble, then HTTP/1.1 to the console.
-/// `stop` ends keep-alive on relay streams; `leaving` (cancelled with
-/// `stop`, or when the tunnel is retired) on zero-knowledge clients'.
-pub(super) async fn serve(
-    mut stream: TunnelStream,
-    handler: Arc<Handler>,
-    stop: CancellationToken,
-    leaving: CancellationToken,
-) {
+/// `leaving` (cancelled when the agent stops or the tunnel is retired) ends
+/// keep-alive on zero-knowledge clients' connections. Relay streams never
+/// end that way: the relay may have sent a request on a pooled stream that
+/// this side has not read yet; it stops using them once told to drain.
+pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>, leaving: CancellationToken) {
     let mut kind = [0u8; 1];
     match timeout(STREAM_HEAD_TIMEOUT, stream.read_exact(&mut kind)).await {
         Ok(Ok(_)) => {}
@@ -37,14 +34,14 @@ pub(super) async fn serve(
         Err(_) => return debug!("no preamble within {STREAM_HEAD_TIMEOUT:?}"),
     }
     match StreamKind::from_byte(kind[0]) {
-        Ok(StreamKind::Http) => http(stream, handler, None, stop).await,
+        Ok(StreamKind::Http) => http(stream, handler, None, None).await,
         Ok(StreamKind::Sealed) => sealed(stream, handler, leaving).await,
         Err(e) => warn!("{e}"),
     }
 }
 
 /// A zero-knowledge site's connection: the client's address, then its TLS.
-async fn sealed(mut stream: TunnelStream, handler: Arc<Handler>, stop: CancellationToken) {
+async fn sealed(mut stream: TunnelStream, handler: Arc<Handler>, leaving: CancellationToken) {
     let client = match timeout(STREAM_HEAD_TIMEOUT, read_client(&mut stream)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return debug!("sealed stream without a client address: {e}"),
@@ -62,12 +59,12 @@ async fn sealed(mut stream: TunnelStream, handler: Arc<Handler>, stop: Cancellat
         Ok(Err(e)) => return debug!(%client, "client TLS handshake failed: {e}"),
         Err(_) => return debug!(%client, "client TLS handshake timed out"),
     };
-    http(tls, handler, Some(client), stop).await
+    http(tls, handler, Some(client), Some(leaving)).await
 }
 
 /// HTTP/1.1 on `io`; with `client`, this agent is the edge (zero-knowledge)
 /// and states the client's address and the request's id itself.
-async fn http<IO>(io: IO, handler: Arc<Handler>, client: Option<SocketAddr>, stop: CancellationToken)
+async fn http<IO>(io: IO, handler: Arc<Handler>, client: Option<SocketAddr>, leaving: Option<CancellationToken>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -91,9 +88,15 @@ where
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
+    let leaving = async {
+        match leaving {
+            Some(token) => token.cancelled_owned().await,
+            None => std::future::pending().await,
+        }
+    };
     let ended = tokio::select! {
         r = &mut conn => r,
-        _ = stop.cancelled() => {
+        _ = leaving => {
             // An idle keep-alive connection closes now; one mid-request
             // finishes that request (a client of a zero-knowledge site
             // holds its connection to this agent).

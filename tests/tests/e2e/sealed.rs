@@ -112,6 +112,21 @@ async fn the_agent_terminates_a_zero_knowledge_sites_tls() {
     let rec = forged.unwrap();
     assert_eq!(rec["client_ip"], "127.0.0.1", "{rec}");
     assert_eq!(rec["request_id"].as_str().unwrap().len(), 24, "{rec}");
+
+    // `keyway-agent status` says where the site's TLS ends.
+    let status = cli("keyway-agent", &["status", "--json", "--config", config])
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(v["site_tls_names"], json!([format!("hq.{DOMAIN}")]), "{v}");
+    let human = cli("keyway-agent", &["status", "--config", config]).await.unwrap();
+    assert!(
+        human
+            .stdout
+            .contains(&format!("Zero-knowledge: integrations' TLS ends here (hq.{DOMAIN})")),
+        "{}",
+        human.stdout
+    );
     stack.shutdown().await.unwrap();
 }
 

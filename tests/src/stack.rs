@@ -463,7 +463,7 @@ impl Stack {
         if let Some(t) = self.relay_task.take() {
             t.await??;
         }
-        let relay = Relay::bind(RelayConfig::load(&self.relay_config)?).await?;
+        let relay = rebind_relay(&self.relay_config).await?;
         self.agents = relay.agents();
         self.relay_stop = CancellationToken::new();
         self.relay_task = Some(tokio::spawn(relay.run(self.relay_stop.clone())));
@@ -496,6 +496,27 @@ impl Stack {
     pub fn client(&self) -> HttpsClient {
         https_client(&self.https_ca_der)
     }
+}
+
+/// Binds the relay of `config` again on the ports a stopped one held.
+///
+/// A process restart frees its UDP ports at exit. In process, quinn's
+/// endpoint driver lets its socket go a moment after the last handle is
+/// dropped, which can be just after `Relay::run` returned: wait (bounded)
+/// until the QUIC and node-to-node ports bind, as a new process would find them.
+pub async fn rebind_relay(config: &Path) -> anyhow::Result<Relay> {
+    let cfg = RelayConfig::load(config)?;
+    let mut ports = vec![cfg.quic_listen];
+    ports.extend(cfg.cluster.as_ref().map(|c| c.peer_listen));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ports.iter().any(|a| std::net::UdpSocket::bind(a).is_err()) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the stopped relay's UDP ports {ports:?} are still bound after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Relay::bind(cfg).await
 }
 
 /// A pooled HTTPS/1.1 client trusting `ca`.

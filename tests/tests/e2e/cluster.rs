@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyway_relay::{Relay, RelayConfig};
+use keyway_relay::RelayConfig;
 use keyway_tests::client::Api;
 use keyway_tests::postgres::TempPostgres;
 use keyway_tests::stack::{free_port, Stack, DOMAIN, TOKEN};
@@ -98,7 +98,7 @@ async fn run_node(
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    let relay = Relay::bind(RelayConfig::load(config).unwrap()).await.unwrap();
+    let relay = keyway_tests::stack::rebind_relay(config).await.unwrap();
     let agents = relay.agents();
     let stop = CancellationToken::new();
     let task = tokio::spawn(relay.run(stop.clone()));

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -61,7 +60,7 @@ pub const CONSOLE_CONCURRENCY: usize = 64;
 
 /// The pooled clients for one trust.
 struct Clients {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, HttpBody>,
     /// For the agent's own calls (token checks), which have no body.
     own: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
@@ -211,7 +210,7 @@ impl Console {
     }
 
     /// Forwards one request from the tunnel to the console.
-    pub async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<HttpBody>, AgentError> {
+    pub async fn forward(&self, mut req: Request<HttpBody>) -> Result<Response<HttpBody>, AgentError> {
         let wants_upgrade = keyway_proto::headers::wants_upgrade(req.headers());
         let permit = if wants_upgrade || crate::access::is_door_control(req.method(), req.uri().path()) {
             None
@@ -227,6 +226,8 @@ impl Console {
             }
         };
         let tunnel_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+        // A zero-knowledge WebSocket's edge slots, held while it is open.
+        let hold = req.extensions().get::<crate::edge::Hold>().cloned();
         let (mut parts, body) = req.into_parts();
         if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
             set_upgrade(&mut parts.headers, proto);
@@ -255,7 +256,13 @@ impl Console {
             };
             set_upgrade(resp.headers_mut(), proto);
             let console = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(tunnel, console).in_current_span());
+            tokio::spawn(
+                async move {
+                    splice(tunnel, console).await;
+                    drop(hold);
+                }
+                .in_current_span(),
+            );
         }
         // The turn ends with the body (an export streams for a while).
         Ok(resp.map(|b| match permit {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use keyway_proto::envelope::HttpBody;
 
 use crate::access::{Access, Credential};
@@ -28,11 +27,13 @@ pub struct Handler {
     pub live: Arc<crate::live::Live>,
     /// The site's own TLS, for zero-knowledge connections (`tls_cert`).
     pub sealed: Option<Arc<rustls::ServerConfig>>,
+    /// The relay's edge limits, applied to zero-knowledge requests.
+    pub edge: crate::edge::AgentEdge,
 }
 
 impl Handler {
     /// Answers one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<HttpBody> {
+    pub async fn handle(&self, req: Request<HttpBody>) -> Response<HttpBody> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let header = |name: &str| {

@@ -34,6 +34,7 @@ pub mod config;
 pub mod console;
 pub mod console_token;
 pub mod doctor;
+pub mod edge;
 pub mod error;
 pub mod handler;
 pub mod hub;
@@ -125,6 +126,7 @@ impl Agent {
             audit,
             live: Arc::default(),
             sealed: sealed.as_ref().map(|(tls, _)| tls.clone()),
+            edge: Default::default(),
         });
         let (state_tx, state) = watch::channel(AgentState::Connecting);
         let ctx = uplink::Uplink {
@@ -191,7 +193,7 @@ impl Agent {
             other => anyhow::bail!("the relay did not confirm the revocation ({other:?})"),
         }
         let tunnel = uplink::connect(&self.ctx).await?;
-        let (mut control, site, _) = uplink::hello(&*tunnel, console::ConsoleHealth::Ok, false)
+        let (mut control, site, _, _) = uplink::hello(&*tunnel, console::ConsoleHealth::Ok, false)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         write_msg(&mut control, &ControlMsg::Unpair).await?;

@@ -148,6 +148,7 @@ async fn hello(
         console_problem: None,
         handover: false,
         nodes: false,
+        limits: false,
     };
     write_msg(&mut send, &hello).await?;
     match read_msg(&mut recv, &mut BytesMut::new()).await? {

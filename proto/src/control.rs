@@ -57,6 +57,10 @@ pub enum ControlMsg {
         /// would end the connection on a message they do not know).
         #[serde(default)]
         nodes: bool,
+        /// The agent takes [`ControlMsg::Limits`] (and applies them to a
+        /// zero-knowledge site, whose requests only it can read).
+        #[serde(default)]
+        limits: bool,
     },
     /// The relay's answer to an acceptable `Hello`.
     Welcome {
@@ -111,6 +115,12 @@ pub enum ControlMsg {
     Nodes {
         /// `ip:port` of each live node.
         nodes: Vec<String>,
+    },
+    /// Relay → agent (one that said `limits` in `Hello`): the site's edge
+    /// limits, after `Welcome` and whenever they change.
+    Limits {
+        /// Every limit, as the relay would apply it.
+        limits: crate::edge::Limits,
     },
     /// Agent → relay: this agent is being unpaired; revoke its certificate.
     Unpair,
@@ -250,6 +260,7 @@ mod tests {
                 console_problem: None,
                 handover: false,
                 nodes: true,
+                limits: true,
             },
             ControlMsg::Nodes {
                 nodes: vec!["192.0.2.1:443".into()],

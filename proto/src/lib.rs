@@ -3,13 +3,15 @@
 //! This crate owns what both ends of a tunnel must agree on: the ALPN ids, the
 //! control-stream messages and their codec, the one-byte preamble of each
 //! proxied-request stream, the QUIC close codes, the hop-by-hop header rules,
-//! the canonical request path and the UniFi-style error envelope. It does no I/O of its own beyond thin
+//! the canonical request path, the UniFi-style error envelope and the edge's
+//! limits (applied by the relay, or by an agent terminating its own TLS). It does no I/O of its own beyond thin
 //! `AsyncRead`/`AsyncWrite` helpers around the sans-IO codec.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod causes;
 pub mod control;
+pub mod edge;
 pub mod envelope;
 pub mod headers;
 pub mod io;

@@ -184,7 +184,7 @@ pub fn limits_view(cfg: &RelayConfig, site: &str, set: &crate::limits::Overrides
         .map(|&(field, about)| LimitRow {
             field,
             about,
-            value: effective.get(field).unwrap_or_default(),
+            value: crate::limits::LimitsExt::get(&effective, field).unwrap_or_default(),
             source: cfg.limits.source(site, set, field),
             set: set.get(field),
         })

@@ -21,7 +21,7 @@
 //!    when the agent dialled in and said `Hello`).
 //! 4. `proxy::forward::Forward::send` rewrites the head for the tunnel
 //!    (`proxy::headers::for_tunnel`), reads a body of unknown length whole
-//!    ([`whole::read`]), takes an idle stream from the link's
+//!    ([`keyway_proto::edge::whole::read`]), takes an idle stream from the link's
 //!    [`streams::StreamPool`] or opens one (`Tunnel::open`, a one-byte
 //!    [`keyway_proto::preamble`], an HTTP/1.1 client handshake), and sends
 //!    the request; the response body streams back inside `proxy::body`'s
@@ -53,7 +53,6 @@ pub mod streams;
 pub mod tcp_port;
 pub mod tunnel;
 pub mod upgrade;
-pub mod whole;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -275,7 +274,9 @@ impl Relay {
             ));
         }
         let tracker = TaskTracker::new();
+        let edge = Arc::new(limits::Edge::new(cfg.limits.clone()).following(sites.clone()));
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {
+            edge: edge.clone(),
             sites: sites.clone(),
             registry: registry.clone(),
             agents: agents.clone(),
@@ -303,7 +304,6 @@ impl Relay {
             agents.clone(),
             watch_stop.clone(),
         ));
-        let edge = Arc::new(limits::Edge::new(cfg.limits.clone()).following(sites.clone()));
         let proxy_ctx = Arc::new(proxy::ProxyCtx {
             domain: cfg.domain.clone(),
             sites,

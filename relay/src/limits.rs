@@ -1,5 +1,8 @@
 //! The edge's limits: what an integration may send the relay before any of
-//! it reaches a tunnel.
+//! it reaches a tunnel. The checks themselves are `keyway_proto::edge`'s
+//! (an agent terminating a zero-knowledge site's TLS applies them too);
+//! this module reads them from relay.toml and the registry and keeps each
+//! site's state.
 //!
 //! `[limits]` in `relay.toml` sets them for every site; `[limits.sites.NAME]`
 //! overrides any of them for one site, and the registry's per-site values
@@ -13,15 +16,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
+use keyway_proto::edge::whole::Held;
+use keyway_proto::edge::{quota, secs, take, SiteEdge};
 use serde::{Deserialize, Serialize};
 
 use crate::sites::SiteCache;
@@ -82,57 +85,7 @@ pub struct Overrides {
     pub allow: Option<Vec<IpNet>>,
 }
 
-/// Effective limits for one site.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    /// See [`Overrides`].
-    pub max_header_bytes: usize,
-    /// See [`Overrides`].
-    pub max_headers: usize,
-    /// See [`Overrides`].
-    pub max_body_bytes: u64,
-    /// See [`Overrides`].
-    pub max_chunked_body_bytes: u64,
-    /// See [`Overrides`].
-    pub max_concurrent_requests: usize,
-    /// See [`Overrides`].
-    pub max_websockets: usize,
-    /// See [`Overrides`]; by default the site's whole budget.
-    pub max_websockets_per_client: usize,
-    /// See [`Overrides`].
-    pub site_rate: u32,
-    /// See [`Overrides`].
-    pub site_burst: u32,
-    /// See [`Overrides`].
-    pub client_rate: u32,
-    /// See [`Overrides`].
-    pub client_burst: u32,
-    /// See [`Overrides`].
-    pub allow: Vec<IpNet>,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: 32 * 1024,
-            max_headers: 100,
-            // Avatars and API-server certificates: generous, not unbounded.
-            max_body_bytes: 20 * 1024 * 1024,
-            // Read whole at the edge; larger uploads declare their length.
-            max_chunked_body_bytes: 1024 * 1024,
-            max_concurrent_requests: 256,
-            max_websockets: 64,
-            max_websockets_per_client: 64,
-            // A plan change pushes hundreds of users at once: the bursts
-            // take that; the rates stop a loop gone wrong or a scraper.
-            site_rate: 500,
-            site_burst: 2000,
-            client_rate: 200,
-            client_burst: 1000,
-            allow: Vec::new(),
-        }
-    }
-}
+pub use keyway_proto::edge::{Admitted, BodyLimits, Limits, Refusal, Slot};
 
 /// Calls `$m!` with every limit's name: one list for merging, reading and
 /// setting them by name.
@@ -270,7 +223,15 @@ impl Overrides {
     }
 }
 
-impl Limits {
+/// Reading and overriding [`Limits`] by name (relay.toml, the registry).
+pub trait LimitsExt: Sized {
+    /// These limits with `o`'s set values on top.
+    fn with(self, o: &Overrides) -> Self;
+    /// The value of `field`, as text.
+    fn get(&self, field: &str) -> Option<String>;
+}
+
+impl LimitsExt for Limits {
     fn with(mut self, o: &Overrides) -> Self {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = o.$f.clone() { self.$f = v; } )* };
@@ -279,8 +240,7 @@ impl Limits {
         self
     }
 
-    /// The value of `field`, as text.
-    pub fn get(&self, field: &str) -> Option<String> {
+    fn get(&self, field: &str) -> Option<String> {
         macro_rules! get {
             ($($f:ident),*) => { match field { $( stringify!($f) => Some(self.$f.show()), )* _ => None } };
         }
@@ -353,50 +313,6 @@ impl LimitsConfig {
     }
 }
 
-/// Why a request is refused at the edge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// 403: the client's address is not in the allow-list.
-    NotAllowed,
-    /// 431: too many header fields, or too many bytes of them.
-    Headers(String),
-    /// 413: the declared body is too large.
-    Body(u64),
-    /// 429: over a rate; retry after this many seconds.
-    Rate { scope: &'static str, retry_after: u64 },
-    /// 429: too many requests or WebSockets under way for the site.
-    Busy(&'static str),
-}
-
-/// The body limits of an admitted request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimits {
-    /// `max_body_bytes`: enforced on the declared length, or as it streams.
-    pub max: u64,
-    /// `max_chunked_body_bytes` (never above `max`): a body without a
-    /// declared length is read whole up to this.
-    pub whole: u64,
-}
-
-impl BodyLimits {
-    fn of(l: &Limits) -> Self {
-        Self {
-            max: l.max_body_bytes,
-            whole: l.max_chunked_body_bytes.min(l.max_body_bytes),
-        }
-    }
-}
-
-/// What an admitted request holds: its slots, freed when it ends, and the
-/// body limits to enforce while its body streams.
-#[derive(Debug)]
-pub struct Admitted {
-    /// The request's (or WebSocket's) concurrency slots.
-    pub slots: Vec<Slot>,
-    /// The body limits of its site.
-    pub body: BodyLimits,
-}
-
 /// The live state behind the limits: buckets and counters.
 pub struct Edge {
     config: LimitsConfig,
@@ -404,34 +320,53 @@ pub struct Edge {
     registry: Option<SiteCache>,
     sites: Mutex<HashMap<String, Arc<SiteState>>>,
     /// Memory held by bodies being read whole, all sites.
-    pub held: crate::whole::Held,
+    pub held: Held,
 }
 
 struct SiteState {
-    limits: Limits,
+    edge: SiteEdge,
     /// The registry limits version these limits were computed at.
     version: u64,
-    bucket: Arc<DefaultDirectRateLimiter>,
-    clients: Arc<DefaultKeyedRateLimiter<IpAddr>>,
-    requests: Arc<AtomicUsize>,
-    websockets: Arc<AtomicUsize>,
-    websockets_by_client: Arc<Mutex<HashMap<IpAddr, Arc<AtomicUsize>>>>,
+    /// A zero-knowledge site's connections (see [`Edge::admit_connection`]).
+    conn_bucket: DefaultDirectRateLimiter,
+    conn_clients: DefaultKeyedRateLimiter<IpAddr>,
+    connections: Arc<AtomicUsize>,
 }
 
-/// Held while a request (or WebSocket) is under way; frees its slot on drop.
-#[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
+impl SiteState {
+    /// Connections a zero-knowledge site may have open at once: each
+    /// carries one request or one WebSocket at a time, so more can only
+    /// wait; twice that leaves room for clients' idle keep-alive pools.
+    fn max_connections(l: &Limits) -> usize {
+        l.max_concurrent_requests
+            .saturating_add(l.max_websockets)
+            .saturating_mul(2)
+    }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+    fn new(edge: SiteEdge, version: u64, connections: Arc<AtomicUsize>) -> Self {
+        // New connections at twice the request rates: a client that opens
+        // one per request meets the agent's 429, which it can read, before
+        // the relay's close, which it cannot.
+        let l = edge.limits();
+        let twice = |n: u32| n.saturating_mul(2);
+        Self {
+            conn_bucket: RateLimiter::direct(quota(twice(l.site_rate), twice(l.site_burst))),
+            conn_clients: RateLimiter::keyed(quota(twice(l.client_rate), twice(l.client_burst))),
+            connections,
+            edge,
+            version,
+        }
     }
 }
 
-fn quota(rate: u32, burst: u32) -> Quota {
-    let r = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-    let b = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(r).allow_burst(b)
+fn rate(
+    r: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
+    scope: &'static str,
+) -> Result<(), Refusal> {
+    r.map_err(|not_until| Refusal::Rate {
+        scope,
+        retry_after: secs(not_until.wait_time_from(DefaultClock::default().now())),
+    })
 }
 
 impl Edge {
@@ -459,48 +394,25 @@ impl Edge {
         if let Some(s) = old.filter(|s| s.version == version) {
             return s.clone();
         }
-        let overrides = self.registry.as_ref().map(|c| c.limits(site)).unwrap_or_default();
-        let limits = self.config.for_site_with(site, &overrides);
-        // A change keeps what is under way: the counters of open requests
-        // and WebSockets, and the buckets whose rate did not change.
+        let limits = self.limits(site);
+        // A change keeps what is under way (see `SiteEdge::after`).
         let state = match old {
-            Some(old) => SiteState {
-                bucket: if (old.limits.site_rate, old.limits.site_burst) == (limits.site_rate, limits.site_burst) {
-                    old.bucket.clone()
-                } else {
-                    Arc::new(RateLimiter::direct(quota(limits.site_rate, limits.site_burst)))
-                },
-                clients: if (old.limits.client_rate, old.limits.client_burst)
-                    == (limits.client_rate, limits.client_burst)
-                {
-                    old.clients.clone()
-                } else {
-                    Arc::new(RateLimiter::keyed(quota(limits.client_rate, limits.client_burst)))
-                },
-                requests: old.requests.clone(),
-                websockets: old.websockets.clone(),
-                websockets_by_client: old.websockets_by_client.clone(),
-                limits,
-                version,
-            },
-            None => SiteState {
-                bucket: Arc::new(RateLimiter::direct(quota(limits.site_rate, limits.site_burst))),
-                clients: Arc::new(RateLimiter::keyed(quota(limits.client_rate, limits.client_burst))),
-                requests: Arc::default(),
-                websockets: Arc::default(),
-                websockets_by_client: Arc::default(),
-                limits,
-                version,
-            },
+            Some(old) => SiteState::new(SiteEdge::after(&old.edge, limits), version, old.connections.clone()),
+            None => SiteState::new(SiteEdge::new(limits), version, Arc::default()),
         };
         let state = Arc::new(state);
         sites.insert(site.to_string(), state.clone());
         state
     }
 
-    /// The checks before a request is forwarded to `site`: allow-list,
-    /// headers, declared body size, rates, concurrency. On success, the
-    /// request's slots and body limits.
+    /// The limits of `site` now: relay.toml's, with the registry's on top.
+    pub fn limits(&self, site: &str) -> Limits {
+        let overrides = self.registry.as_ref().map(|c| c.limits(site)).unwrap_or_default();
+        self.config.for_site_with(site, &overrides)
+    }
+
+    /// The checks before a request is forwarded to `site` (see
+    /// [`SiteEdge::admit`]). On success, the request's slots and body limits.
     pub fn admit_request(
         &self,
         site: &str,
@@ -508,98 +420,40 @@ impl Edge {
         headers: &HeaderMap,
         websocket: bool,
     ) -> Result<Admitted, Refusal> {
+        self.site(site).edge.admit(client, headers, websocket)
+    }
+
+    /// The checks on a connection to a zero-knowledge site, whose requests
+    /// the relay cannot read (its agent applies [`Edge::admit_request`]'s
+    /// checks to each): the allow-list, new connections per second from
+    /// the client and to the site, connections open at once. The slot is
+    /// held while the connection is.
+    pub fn admit_connection(&self, site: &str, client: IpAddr) -> Result<Slot, Refusal> {
         let s = self.site(site);
-        let l = &s.limits;
+        let l = s.edge.limits();
         let client = client.to_canonical();
-        if !l.allow.is_empty() && !l.allow.iter().any(|net| net.contains(&client)) {
+        if !l.allows(client) {
             return Err(Refusal::NotAllowed);
         }
-        if headers.len() > l.max_headers {
-            return Err(Refusal::Headers(format!(
-                "{} header fields; at most {} are accepted",
-                headers.len(),
-                l.max_headers
-            )));
-        }
-        let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
-        if bytes > l.max_header_bytes {
-            return Err(Refusal::Headers(format!(
-                "{bytes} bytes of headers; at most {} are accepted",
-                l.max_header_bytes
-            )));
-        }
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(n) = declared.filter(|n| *n > l.max_body_bytes) {
-            let _ = n;
-            return Err(Refusal::Body(l.max_body_bytes));
-        }
-        let clock = DefaultClock::default();
-        if let Err(not_until) = s.clients.check_key(&client) {
-            return Err(Refusal::Rate {
-                scope: "this client address",
-                retry_after: secs(not_until.wait_time_from(clock.now())),
-            });
-        }
-        if let Err(not_until) = s.bucket.check() {
-            return Err(Refusal::Rate {
-                scope: "this site",
-                retry_after: secs(not_until.wait_time_from(clock.now())),
-            });
-        }
-        // A WebSocket has a budget of its own: hundreds of event
-        // subscribers never leave a door unlock waiting for a slot.
-        let slots = if websocket {
-            let per_client = s
-                .websockets_by_client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(client)
-                .or_default()
-                .clone();
-            vec![
-                take(&s.websockets, l.max_websockets).ok_or(Refusal::Busy("WebSockets"))?,
-                take(&per_client, l.max_websockets_per_client)
-                    .ok_or(Refusal::Busy("WebSockets from this client address"))?,
-            ]
-        } else {
-            vec![take(&s.requests, l.max_concurrent_requests).ok_or(Refusal::Busy("requests"))?]
-        };
-        Ok(Admitted {
-            slots,
-            body: BodyLimits::of(l),
-        })
+        rate(s.conn_clients.check_key(&client), "this client address")?;
+        rate(s.conn_bucket.check(), "this site")?;
+        take(&s.connections, SiteState::max_connections(l)).ok_or(Refusal::Busy("connections"))
     }
 
     /// The body limits of `site` (for a request another node admitted).
     pub fn body_limits(&self, site: &str) -> BodyLimits {
-        BodyLimits::of(&self.site(site).limits)
+        self.site(site).edge.body_limits()
     }
 
     /// Forgets idle client buckets (call now and then: they are per address).
     pub fn forget_idle(&self) {
         let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         for s in sites.values() {
-            s.clients.retain_recent();
-            s.clients.shrink_to_fit();
-            s.websockets_by_client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, n| n.load(Ordering::Acquire) > 0);
+            s.edge.forget_idle();
+            s.conn_clients.retain_recent();
+            s.conn_clients.shrink_to_fit();
         }
     }
-}
-
-fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-    let prev = counter.fetch_add(1, Ordering::AcqRel);
-    let slot = Slot(counter.clone());
-    (prev < max).then_some(slot)
-}
-
-fn secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

@@ -70,8 +70,8 @@ pub fn sealed_site(sni: Option<&str>, ctx: &ProxyCtx) -> Option<String> {
 /// Carries a zero-knowledge site's connection to its agent: the edge's
 /// checks, a sealed stream, then bytes both ways.
 pub async fn route(mut tcp: TcpStream, seen: Vec<u8>, site: String, peer: SocketAddr, ctx: Arc<ProxyCtx>) {
-    let admitted = match ctx.edge.admit_request(&site, peer.ip(), &http::HeaderMap::new(), false) {
-        Ok(a) => a,
+    let admitted = match ctx.edge.admit_connection(&site, peer.ip()) {
+        Ok(slot) => slot,
         Err(refusal) => {
             // Without the TLS there is no envelope to send: the client sees
             // the connection close.

@@ -39,6 +39,8 @@ pub struct SiteCache {
     inner: Arc<RwLock<HashMap<String, Entry>>>,
     /// Bumped when any site's registry limits change (the edge follows it).
     limits_version: Arc<AtomicU64>,
+    /// The same, for those who wait on it (links tell their agents).
+    limits_changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// Bumped when the set of names changes (the ACME task follows it).
     names_version: Arc<tokio::sync::watch::Sender<u64>>,
     /// One reload at a time, read and write together: two racing reloads
@@ -111,6 +113,11 @@ impl SiteCache {
         self.limits_version.load(Ordering::Acquire)
     }
 
+    /// Changes whenever some site's registry limits change.
+    pub fn limits_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.limits_changes.subscribe()
+    }
+
     /// A cache holding these unpaired sites (tests).
     pub fn with_sites<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
         let map = names.into_iter().map(|n| (n.to_string(), Entry::default())).collect();
@@ -152,6 +159,7 @@ impl SiteCache {
         };
         if limits_changed {
             self.limits_version.fetch_add(1, Ordering::AcqRel);
+            self.limits_changes.send_modify(|v| *v += 1);
         }
         if renamed {
             self.names_version.send_modify(|v| *v += 1);

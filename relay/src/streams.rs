@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
 /// The body of a request going into the tunnel: the client's, streamed
-/// and size-limited, or read whole at the edge (see [`crate::whole`]).
+/// and size-limited, or read whole at the edge (see [`keyway_proto::edge::whole`]).
 pub type OutBody = http_body_util::Either<Limited<Incoming>, http_body_util::Full<bytes::Bytes>>;
 
 /// One HTTP/1.1 client connection over a tunnel stream.

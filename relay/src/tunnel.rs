@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use keyway_proto::control::{read_msg, write_msg, ControlMsg};
+use keyway_proto::edge::Limits;
 use keyway_proto::{CloseCode, ALPN_PAIR, PROTOCOL_VERSION, SILENT_LIMIT};
 use keyway_transport::h2::H2Tunnel;
 use keyway_transport::quic::QuicTunnel;
@@ -35,6 +36,9 @@ const KEEPALIVE: Duration = Duration::from_secs(3);
 
 /// What the tunnel listener needs.
 pub struct TunnelCtx {
+    /// The edge's limits: an agent terminating its site's TLS applies them
+    /// itself, as this relay reads them (sent as `Limits`).
+    pub edge: Arc<crate::limits::Edge>,
     /// Sites and their current certificates.
     pub sites: SiteCache,
     /// The registry (connection records).
@@ -148,7 +152,7 @@ async fn handle_tunnel(
     let hello = timeout(HANDSHAKE_TIMEOUT, read_msg(&mut recv, &mut buf))
         .await
         .map_err(|_| anyhow::anyhow!("no Hello within {HANDSHAKE_TIMEOUT:?}"))??;
-    let (agent_version, console_ok, console_problem, handover, takes_nodes) = match hello {
+    let (agent_version, console_ok, console_problem, handover, takes_nodes, takes_limits) = match hello {
         ControlMsg::Hello {
             version,
             agent_version,
@@ -156,7 +160,8 @@ async fn handle_tunnel(
             console_problem,
             handover,
             nodes,
-        } if version == PROTOCOL_VERSION => (agent_version, console_ok, console_problem, handover, nodes),
+            limits,
+        } if version == PROTOCOL_VERSION => (agent_version, console_ok, console_problem, handover, nodes, limits),
         ControlMsg::Hello {
             version, agent_version, ..
         } => {
@@ -220,6 +225,12 @@ async fn handle_tunnel(
         },
     )
     .await?;
+    // Subscribed before the limits are read, as the nodes are.
+    let limits_changes = takes_limits.then(|| ctx.sites.limits_changed());
+    let mut limits = None;
+    if takes_limits {
+        limits = Some(send_limits(&mut send, &ctx.edge, &site, None).await?);
+    }
 
     let drain = stop.child_token();
     let hub = Arc::<std::sync::Mutex<Option<keyway_proto::control::HubReport>>>::default();
@@ -271,6 +282,8 @@ async fn handle_tunnel(
     let reports = Reports {
         console: (console_ok, console_problem),
         hub,
+        limits,
+        limits_changes,
     };
 
     // A connection that holds for a window settles any suspicion of a
@@ -333,6 +346,25 @@ struct Reports {
     console: (bool, Option<String>),
     /// The event hub's, kept on the link.
     hub: Arc<std::sync::Mutex<Option<keyway_proto::control::HubReport>>>,
+    /// The limits last sent, when the agent takes them.
+    limits: Option<Limits>,
+    /// Registry limit changes, when the agent takes them.
+    limits_changes: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// Sends `site`'s limits as the edge reads them now, unless they are
+/// `sent` already; returns what the agent holds.
+async fn send_limits(
+    send: &mut WriteHalf<TunnelStream>,
+    edge: &crate::limits::Edge,
+    site: &str,
+    sent: Option<Limits>,
+) -> anyhow::Result<Limits> {
+    let limits = edge.limits(site);
+    if sent.as_ref() != Some(&limits) {
+        write_msg(send, &ControlMsg::Limits { limits: limits.clone() }).await?;
+    }
+    Ok(limits)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -353,8 +385,15 @@ async fn control_loop(
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
     };
+    let limits_changed = async |rx: &mut Option<tokio::sync::watch::Receiver<u64>>| match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
+            true = limits_changed(&mut reports.limits_changes) => {
+                reports.limits = Some(send_limits(send, &ctx.edge, site, reports.limits.take()).await?);
+            }
             true = nodes_changed(&mut changes) => {
                 let nodes = cluster.map(|c| c.agent_nodes()).unwrap_or_default();
                 write_msg(send, &ControlMsg::Nodes { nodes }).await?;

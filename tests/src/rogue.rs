@@ -61,6 +61,7 @@ impl RogueAgent {
             console_problem: None,
             handover: false,
             nodes: false,
+            limits: false,
         };
         write_msg(&mut control, &hello).await?;
         let mut buf = BytesMut::new();

@@ -374,6 +374,11 @@ impl Stack {
         format!("https://{SITE}.{DOMAIN}:{}", self.relay_addr.port())
     }
 
+    /// Whether the site is zero-knowledge (its agent terminates TLS).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed_ca_der.is_some()
+    }
+
     /// An API client for a zero-knowledge stack: the site by name, trusting
     /// the agent's CA only.
     pub fn sealed_api(&self) -> crate::client::Api {

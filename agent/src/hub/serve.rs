@@ -22,7 +22,6 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyway_certs::Fingerprint;
 use keyway_proto::envelope::HttpBody;
@@ -64,7 +63,7 @@ pub const DEFAULT_PING_EVERY: Duration = Duration::from_secs(25);
 pub const CLOSE_NO_PONG: u16 = 4009;
 
 /// Whether `req` is a subscription the hub answers.
-pub fn is_subscription(req: &Request<Incoming>) -> bool {
+pub fn is_subscription<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && req.uri().path() == NOTIFICATIONS
         && keyway_proto::headers::wants_upgrade(req.headers())
@@ -89,7 +88,7 @@ impl Subscribers {
     pub async fn subscribe(
         &self,
         console: &Console,
-        mut req: Request<Incoming>,
+        mut req: Request<HttpBody>,
     ) -> Result<Response<HttpBody>, AgentError> {
         let h = req.headers();
         let is_ws = h
@@ -111,6 +110,8 @@ impl Subscribers {
             return Err(AgentError::ConsoleUnreachable(Unreachable::NoEventStream));
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
+        // A zero-knowledge subscriber's edge slots, held while it listens.
+        let hold = req.extensions().get::<crate::edge::Hold>().cloned();
         let sub = self.hub.subscribe(since.clone());
         let (hub, wrapped, ping_every) = (self.hub.clone(), since.is_some(), self.ping_every);
         let span = tracing::info_span!("subscriber", id = sub.id, since = since.as_ref().map(|s| s.seq));
@@ -126,6 +127,7 @@ impl Subscribers {
                     Err(e) => debug!("upgrade failed: {e}"),
                 }
                 hub.unsubscribe(id);
+                drop(hold);
             }
             .instrument(span),
         );

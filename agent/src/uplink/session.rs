@@ -34,7 +34,7 @@ pub(super) async fn session(
     console: &mut watch::Receiver<ConsoleHealth>,
 ) -> End {
     let mut health = *console.borrow_and_update();
-    let (control, site, nodes) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, health, handover)).await {
+    let (control, site, nodes, mut buf) = match timeout(HANDSHAKE_TIMEOUT, hello(&*tunnel, health, handover)).await {
         Ok(Ok(v)) => v,
         Ok(Err(HelloError::Refused(reason))) => return End::Refused(reason),
         Ok(Err(HelloError::Failed(e))) => return ended(&*tunnel, format!("{e:#}")),
@@ -49,12 +49,14 @@ pub(super) async fn session(
         ctx.handler.live.set_tunnel(Some(tunnel.clone()));
     }
     ctx.handler.live.set_console(health);
-    ctx.state.send_replace(AgentState::Online { site, transport });
+    ctx.state.send_replace(AgentState::Online {
+        site: site.clone(),
+        transport,
+    });
     let (mut recv, mut send) = tokio::io::split(control);
 
     let requests = TaskTracker::new();
     let leaving = stop.child_token();
-    let mut buf = BytesMut::new();
     let mut probe = QuicProbe::new(ctx, transport);
     let mut watching_console = true;
     let hub = ctx.handler.events.as_ref().map(|s| s.hub().clone());
@@ -148,6 +150,10 @@ pub(super) async fn session(
                 }
                 Ok(ControlMsg::Pong { .. }) => {}
                 Ok(ControlMsg::Nodes { nodes }) => ctx.links.learn(&nodes),
+                Ok(ControlMsg::Limits { limits }) => {
+                    debug!(?limits, "the relay's edge limits");
+                    ctx.handler.edge.set(&site, limits);
+                }
                 Ok(ControlMsg::Drain { reason }) => {
                     info!(reason, "relay asked to drain; reconnecting");
                     break End::Reconnect(Reconnect::Now);
@@ -347,12 +353,13 @@ impl std::fmt::Display for HelloError {
     }
 }
 
-/// Opens the control stream and exchanges Hello/Welcome.
+/// Opens the control stream and exchanges Hello/Welcome; returns the
+/// bytes read past the Welcome with the stream.
 pub(crate) async fn hello(
     tunnel: &dyn Tunnel,
     console: ConsoleHealth,
     handover: bool,
-) -> Result<(TunnelStream, String, Vec<String>), HelloError> {
+) -> Result<(TunnelStream, String, Vec<String>, BytesMut), HelloError> {
     let mut control = tunnel.open_control().await?;
     let hello = ControlMsg::Hello {
         version: PROTOCOL_VERSION,
@@ -361,11 +368,13 @@ pub(crate) async fn hello(
         console_problem: console.problem(),
         handover,
         nodes: true,
+        limits: true,
     };
     write_msg(&mut control, &hello).await?;
     let mut buf = BytesMut::new();
     match read_msg(&mut control, &mut buf).await? {
-        ControlMsg::Welcome { site, nodes, .. } => Ok((control, site, nodes)),
+        // What came with the Welcome (its `Limits`) is the session's to read.
+        ControlMsg::Welcome { site, nodes, .. } => Ok((control, site, nodes, buf)),
         ControlMsg::Refused { reason } => {
             tunnel.close(CloseCode::Normal, "refused");
             Err(HelloError::Refused(reason))

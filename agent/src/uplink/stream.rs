@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 
@@ -69,13 +70,26 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
-    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let handler = handler.clone();
-        let request_id = client.map(|client| as_edge(&mut req, client));
         async move {
-            let mut resp = handler.handle(req).await;
+            let Some(client) = client else {
+                return Ok(handler.handle(req.map(BodyExt::boxed_unsync)).await);
+            };
+            // The relay's edge checks, on the client's own head; then the
+            // relay's header work; then what every request gets.
+            let request_id = new_request_id();
+            let mut resp = match handler.edge.admit(req, client.ip()).await {
+                Ok((mut req, hold)) => {
+                    as_edge(&mut req, client, &request_id);
+                    // A WebSocket's task holds the slots as long as it lives.
+                    req.extensions_mut().insert(hold.clone());
+                    crate::edge::holding(handler.handle(req).await, hold)
+                }
+                Err(refused) => refused,
+            };
             // As the relay tags every response it terminates.
-            if let Some(id) = request_id.and_then(|id| http::HeaderValue::from_str(&id).ok()) {
+            if let Ok(id) = http::HeaderValue::from_str(&request_id) {
                 resp.headers_mut().insert("x-request-id", id);
             }
             Ok::<_, std::convert::Infallible>(resp)
@@ -84,6 +98,8 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(STREAM_HEAD_TIMEOUT)
+        // hyper's ceilings above the edge's configurable limits, as at the relay.
+        .max_headers(1000)
         .max_buf_size(keyway_proto::STREAM_BUFFER)
         .serve_connection(io, service)
         .with_upgrades();
@@ -111,15 +127,14 @@ where
 
 /// What the relay does to a request it terminates, done here for a
 /// zero-knowledge one: hop-by-hop headers gone (an upgrade re-declared),
-/// the client's forwarding claims replaced, an origin-form target. Returns
-/// the request's id.
-fn as_edge<B>(req: &mut http::Request<B>, client: SocketAddr) -> String {
+/// the client's forwarding claims replaced (the request tagged with
+/// `request_id`), an origin-form target.
+fn as_edge<B>(req: &mut http::Request<B>, client: SocketAddr, request_id: &str) {
     let headers = req.headers_mut();
     if let Some(proto) = strip_hop_by_hop(headers) {
         set_upgrade(headers, proto);
     }
-    let request_id = new_request_id();
-    set_forwarded(headers, client.ip(), &request_id);
+    set_forwarded(headers, client.ip(), request_id);
     if req.uri().authority().is_some() {
         let target = req
             .uri()
@@ -128,5 +143,4 @@ fn as_edge<B>(req: &mut http::Request<B>, client: SocketAddr) -> String {
             .unwrap_or_else(|| http::Uri::from_static("/"));
         *req.uri_mut() = target;
     }
-    request_id
 }

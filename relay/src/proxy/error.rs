@@ -27,36 +27,12 @@ pub enum ProxyError {
         /// The relay's domain, for the hint.
         domain: String,
     },
-    /// 403 `CODE_KEYWAY_CLIENT_NOT_ALLOWED`: the site's allow-list.
-    ClientNotAllowed {
+    /// An edge limit: 403, 411, 413, 429 or 431 (see [`Refusal`]).
+    Refused {
         /// The site.
         site: String,
-    },
-    /// 431 `CODE_KEYWAY_HEADERS_TOO_LARGE`: what was over.
-    HeadersTooLarge(String),
-    /// 413 `CODE_KEYWAY_PAYLOAD_TOO_LARGE`.
-    PayloadTooLarge {
-        /// The site.
-        site: String,
-        /// Its `max_body_bytes`.
-        max: u64,
-    },
-    /// 411 `CODE_KEYWAY_LENGTH_REQUIRED`: a body without a declared length
-    /// over what the relay reads whole.
-    LengthRequired(u64),
-    /// 429 `CODE_KEYWAY_RATE_LIMITED`.
-    RateLimited {
-        /// Whose rate: "this client address", "this site".
-        scope: &'static str,
-        /// Seconds until a retry may pass.
-        retry_after: u64,
-    },
-    /// 429 `CODE_KEYWAY_TOO_MANY_CONCURRENT`.
-    TooManyConcurrent {
-        /// The site.
-        site: String,
-        /// What there are too many of.
-        what: &'static str,
+        /// Which limit, and by how much.
+        why: Refusal,
     },
     /// 503 `CODE_KEYWAY_AGENT_OFFLINE`.
     AgentOffline {
@@ -119,13 +95,9 @@ pub enum TunnelFailure {
 impl From<(Refusal, &str)> for ProxyError {
     /// An edge refusal for `site`.
     fn from((r, site): (Refusal, &str)) -> Self {
-        let site = site.to_string();
-        match r {
-            Refusal::NotAllowed => Self::ClientNotAllowed { site },
-            Refusal::Headers(why) => Self::HeadersTooLarge(why),
-            Refusal::Body(max) => Self::PayloadTooLarge { site, max },
-            Refusal::Rate { scope, retry_after } => Self::RateLimited { scope, retry_after },
-            Refusal::Busy(what) => Self::TooManyConcurrent { site, what },
+        Self::Refused {
+            site: site.to_string(),
+            why: r,
         }
     }
 }
@@ -137,12 +109,7 @@ impl ProxyError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::UriTooLong(_) => ErrorCode::UriTooLong,
             Self::SiteNotFound { .. } => ErrorCode::SiteNotFound,
-            Self::ClientNotAllowed { .. } => ErrorCode::ClientNotAllowed,
-            Self::HeadersTooLarge(_) => ErrorCode::HeadersTooLarge,
-            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Self::LengthRequired(_) => ErrorCode::LengthRequired,
-            Self::RateLimited { .. } => ErrorCode::RateLimited,
-            Self::TooManyConcurrent { .. } => ErrorCode::TooManyConcurrent,
+            Self::Refused { why, .. } => why.code(),
             Self::AgentOffline { .. } => ErrorCode::AgentOffline,
             Self::Timeout { .. } => ErrorCode::Timeout,
             Self::TunnelFailed(_) => ErrorCode::TunnelFailed,
@@ -152,12 +119,7 @@ impl ProxyError {
     /// The `edge_refused` reason, for the refusals the metric counts.
     fn refusal_reason(&self) -> Option<&'static str> {
         Some(match self {
-            Self::ClientNotAllowed { .. } => "allow_list",
-            Self::HeadersTooLarge(_) => "headers",
-            Self::PayloadTooLarge { .. } => "body",
-            Self::LengthRequired(_) => "length",
-            Self::RateLimited { .. } => "rate",
-            Self::TooManyConcurrent { .. } => "concurrency",
+            Self::Refused { why, .. } => why.reason(),
             Self::BadRequest(BadRequest::Body) => "malformed",
             _ => return None,
         })
@@ -174,29 +136,11 @@ impl ProxyError {
                 BadRequest::Target => "the request target is not a valid path".into(),
                 BadRequest::Body => "the request body is malformed or was cut off".into(),
             },
-            Self::UriTooLong(len) => format!(
-                "the request target is {len} bytes; at most {} are forwarded",
-                keyway_proto::MAX_URI_BYTES
-            ),
+            Self::UriTooLong(len) => Refusal::UriTooLong(*len).message(""),
             Self::SiteNotFound { host, domain } => {
                 format!("no site is served at {host:?}; use https://<site>.{domain}/")
             }
-            Self::ClientNotAllowed { site } => {
-                format!("this client address may not reach site {site:?} (its allow-list)")
-            }
-            Self::HeadersTooLarge(why) => format!("request headers too large: {why}"),
-            Self::PayloadTooLarge { site, max } => {
-                format!("the request body is larger than the {max} bytes site {site:?} accepts")
-            }
-            Self::LengthRequired(max) => {
-                format!("a request body over {max} bytes must declare its length (send Content-Length, not chunked)")
-            }
-            Self::RateLimited { scope, retry_after } => {
-                format!("too many requests from {scope}; retry after {retry_after}s")
-            }
-            Self::TooManyConcurrent { site, what } => {
-                format!("too many {what} under way for site {site:?}; retry shortly")
-            }
+            Self::Refused { site, why } => why.message(site),
             Self::AgentOffline { site, when } => match when {
                 Offline::NotConnected => format!("the agent of site {site:?} is not connected to the relay"),
                 Offline::Disconnected => format!("the agent of site {site:?} disconnected"),
@@ -218,8 +162,7 @@ impl ProxyError {
     /// Seconds a client should wait before retrying, where that is known.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after, .. } => Some(*retry_after),
-            Self::TooManyConcurrent { .. } => Some(1),
+            Self::Refused { why, .. } => why.retry_after(),
             _ => None,
         }
     }
@@ -318,7 +261,7 @@ mod tests {
     async fn length_required() {
         let says = "over 4096 bytes must declare its length";
         check(
-            ProxyError::LengthRequired(4096),
+            ProxyError::from((Refusal::NeedsLength(4096), "hq")),
             411,
             "CODE_KEYWAY_LENGTH_REQUIRED",
             says,

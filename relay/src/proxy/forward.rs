@@ -19,9 +19,10 @@ use super::body::{GiveBack, Tracked};
 use super::error::{BadRequest, Offline, ProxyError, TunnelFailure};
 use super::ProxyCtx;
 use crate::agents::AgentLink;
-use crate::limits::{BodyLimits, Slot};
+use crate::limits::{BodyLimits, Refusal, Slot};
 use crate::metrics::METRICS;
 use crate::streams::{Lease, OutBody, Sender};
+use keyway_proto::edge::whole::Refused;
 use keyway_proto::envelope::HttpBody;
 
 /// The client's side of an upgrade it asks for (HTTP/1.1 only), taken
@@ -95,7 +96,7 @@ impl Forward<'_> {
         let (body, _share) = if unsized_body {
             let ctx = self.ctx;
             let (bytes, share) =
-                crate::whole::read(body, limits.whole, limits.max, &ctx.edge.held, ctx.request_timeout)
+                keyway_proto::edge::whole::read(body, limits.whole, limits.max, &ctx.edge.held, ctx.request_timeout)
                     .await
                     .map_err(|r| self.refused_whole(r))?;
             parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
@@ -173,10 +174,7 @@ impl Forward<'_> {
     /// What a failed exchange means for the client.
     fn failed(&self, link: &AgentLink, e: hyper::Error) -> ProxyError {
         if keyway_proto::causes::find::<http_body_util::LengthLimitError>(&e).is_some() {
-            ProxyError::PayloadTooLarge {
-                site: self.site.into(),
-                max: self.limits.max,
-            }
+            ProxyError::from((Refusal::Body(self.limits.max), self.site))
         } else if e.is_user() {
             // The client's own body failed: malformed chunks, or cut off.
             debug!("request body failed: {}", keyway_proto::causes::chain(&e));
@@ -211,18 +209,11 @@ impl Forward<'_> {
     }
 
     /// A body that could not be read whole.
-    fn refused_whole(&self, r: crate::whole::Refused) -> ProxyError {
-        use crate::whole::Refused;
+    fn refused_whole(&self, r: Refused) -> ProxyError {
         match r {
-            Refused::TooLarge(max) => ProxyError::PayloadTooLarge {
-                site: self.site.into(),
-                max,
-            },
-            Refused::Busy => ProxyError::TooManyConcurrent {
-                site: self.site.into(),
-                what: "bodies without a declared length",
-            },
-            Refused::NeedsLength(whole) => ProxyError::LengthRequired(whole),
+            Refused::TooLarge(max) => ProxyError::from((Refusal::Body(max), self.site)),
+            Refused::Busy => ProxyError::from((Refusal::Busy("bodies without a declared length"), self.site)),
+            Refused::NeedsLength(whole) => ProxyError::from((Refusal::NeedsLength(whole), self.site)),
             Refused::Bad(why) => {
                 debug!("request body failed: {why}");
                 ProxyError::BadRequest(BadRequest::Body)

@@ -136,6 +136,8 @@ struct Ctx {
     ws_accepted: std::sync::atomic::AtomicUsize,
     /// `METHOD path?query` of the last [`SEEN_KEPT`] requests, as received.
     seen: Mutex<std::collections::VecDeque<String>>,
+    /// The same requests' heads, as received.
+    heads: Mutex<std::collections::VecDeque<http::request::Parts>>,
     keepalive: Duration,
     webhook_ca: Option<rustls_pki_types::CertificateDer<'static>>,
     throttle: Option<(Throttle, Mutex<(Instant, u32)>)>,
@@ -181,6 +183,7 @@ impl RunningConsole {
             webhooks: webhooks::Sender::new(opts.webhook_ca.as_ref())?,
             ws_accepted: Default::default(),
             seen: Mutex::default(),
+            heads: Mutex::default(),
             keepalive: opts.keepalive,
             webhook_ca: opts.webhook_ca.clone(),
             throttle: opts.throttle.map(|t| (t, Mutex::new((Instant::now(), 0)))),
@@ -283,6 +286,20 @@ impl RunningConsole {
             .collect()
     }
 
+    /// The heads of the last requests the console received (as
+    /// [`RunningConsole::requests_seen`]), the agent's own event stream
+    /// left out: what an integration's requests became at the console.
+    pub fn heads_seen(&self) -> Vec<http::request::Parts> {
+        self.ctx
+            .heads
+            .lock()
+            .expect("request log lock poisoned")
+            .iter()
+            .filter(|p| p.uri.path() != "/api/v1/developer/devices/notifications")
+            .cloned()
+            .collect()
+    }
+
     /// Number of WebSocket listeners.
     pub fn listeners(&self) -> usize {
         self.ctx.events.receiver_count()
@@ -350,6 +367,15 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<SimBod
             req.method(),
             req.uri().path_and_query().map_or("", |pq| pq.as_str())
         ));
+        let mut heads = ctx.heads.lock().expect("request log lock poisoned");
+        if heads.len() == SEEN_KEPT {
+            heads.pop_front();
+        }
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.headers_mut() = req.headers().clone();
+        heads.push_back(head.into_parts().0);
     }
     if let Some(ms) = req
         .headers()

@@ -165,11 +165,14 @@ async fn websockets_over_the_limit_are_refused_until_one_closes() {
 #[tokio::test]
 async fn an_allow_list_refuses_other_addresses_with_403() {
     let stack = with_limits("allow = [\"192.0.2.0/24\"]").await;
-    assert_refused(
-        &stack.api().get(DOORS).await.unwrap(),
-        403,
-        "CODE_KEYWAY_CLIENT_NOT_ALLOWED",
-    );
+    let r = stack.api().get(DOORS).await;
+    if stack.is_sealed() {
+        // A zero-knowledge site's connection is closed at the relay, before
+        // its TLS reaches the agent (refused.rs: nothing reaches the console).
+        assert!(r.is_err(), "{r:?}");
+    } else {
+        assert_refused(&r.unwrap(), 403, "CODE_KEYWAY_CLIENT_NOT_ALLOWED");
+    }
     let err = EventListener::connect(stack.relay_addr, "127.0.0.1", &stack.https_ca_der, &stack.console.token)
         .await
         .err()

@@ -272,3 +272,67 @@ async fn the_relays_public_side_carries_no_plaintext() {
     recorder.abort();
     stack.shutdown().await.unwrap();
 }
+
+/// The relay cannot read a zero-knowledge site's requests, so it sends the
+/// site's limits to the agent, which refuses in the relay's envelope; a
+/// limit set in the registry reaches the running agent within a second,
+/// and unsetting it lifts the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_limits_reach_the_agent_and_follow_the_registry() {
+    let stack = sealed_stack().await;
+    let api = stack.sealed_api();
+    let cfg = keyway_relay::RelayConfig::load(&stack.relay_config).unwrap();
+    let set = move |field: &'static str, value: &'static str| {
+        let cfg = cfg.clone();
+        off_runtime(move || keyway_relay::admin::set_site_limits(&cfg, "hq", &[(field.into(), value.into())])).unwrap();
+    };
+    let wide = || {
+        let mut req = api.request(Method::GET, &format!("{DEV}/doors"));
+        for i in 0..30 {
+            req = req.header(format!("x-extra-{i}"), "1");
+        }
+        req.body(keyway_tests::stack::empty()).unwrap()
+    };
+    let wide_heads = || {
+        stack
+            .console
+            .heads_seen()
+            .iter()
+            .filter(|h| h.headers.contains_key("x-extra-29"))
+            .count()
+    };
+    assert_eq!(api.send(wide()).await.unwrap().status, StatusCode::OK);
+
+    set("max_headers", "20");
+    let changed = Instant::now();
+    let passed = std::sync::atomic::AtomicUsize::new(1);
+    until("the agent to apply max_headers = 20", || async {
+        let r = api.send(wide()).await.unwrap();
+        if r.status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+            assert_eq!(r.json()["code"], "CODE_KEYWAY_HEADERS_TOO_LARGE", "{}", r.json());
+            assert!(r.json()["msg"].as_str().unwrap().contains("at most 20"), "{}", r.json());
+            assert!(
+                r.headers.contains_key("x-request-id"),
+                "tagged like the relay's answers"
+            );
+            return true;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        passed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        false
+    })
+    .await;
+    eprintln!("applied by the agent {:?} after the change", changed.elapsed());
+    assert_eq!(
+        wide_heads(),
+        passed.load(std::sync::atomic::Ordering::SeqCst),
+        "only the heads answered 200 reached the console, not the refused one"
+    );
+
+    set("max_headers", "");
+    until("the agent to lift the limit", || async {
+        api.send(wide()).await.unwrap().status == StatusCode::OK
+    })
+    .await;
+    stack.shutdown().await.unwrap();
+}

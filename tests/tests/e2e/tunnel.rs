@@ -54,6 +54,7 @@ async fn a_newer_protocol_version_is_refused_with_both_versions_named() {
         console_problem: None,
         handover: false,
         nodes: false,
+        limits: false,
     };
     write_msg(&mut send, &hello).await.unwrap();
     let mut buf = BytesMut::new();

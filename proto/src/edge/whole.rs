@@ -8,17 +8,19 @@
 //! a body whole first, up to `max_chunked_body_bytes` (1 MiB by default),
 //! and forwards it with a `Content-Length`; a longer one is refused with 411
 //! (send a length) or 413 (over `max_body_bytes`) and never enters the
-//! tunnel. A relay-wide budget, [`BUDGET`], bounds the memory all such
-//! bodies hold at once; past it a request gets 429 and `Retry-After: 1`.
+//! tunnel. A budget ([`BUDGET`] at the relay, less on a Pi) bounds the
+//! memory all such bodies hold at once; past it a request gets 429 and
+//! `Retry-After: 1`. An agent terminating a zero-knowledge site's TLS does
+//! the same before the console sees the request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body;
 
-/// Bytes of undeclared-length bodies the relay holds at once, all sites.
+/// Bytes of undeclared-length bodies a relay holds at once, all sites.
 pub const BUDGET: u64 = 64 * 1024 * 1024;
 
 /// Why a body could not be read whole.
@@ -35,9 +37,18 @@ pub enum Refused {
     Bad(String),
 }
 
-/// The memory held by bodies being read whole, relay-wide.
-#[derive(Debug, Default)]
-pub struct Held(AtomicU64);
+/// The memory held by bodies being read whole, process-wide, and its budget.
+#[derive(Debug)]
+pub struct Held {
+    now: AtomicU64,
+    budget: u64,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self::with_budget(BUDGET)
+    }
+}
 
 /// A share of the budget, given back on drop.
 #[derive(Debug)]
@@ -48,32 +59,44 @@ pub struct Share<'a> {
 
 impl Drop for Share<'_> {
     fn drop(&mut self) {
-        self.held.0.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.held.now.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
 impl Held {
+    /// Nothing held yet; at most `budget` bytes at once.
+    pub fn with_budget(budget: u64) -> Self {
+        Self {
+            now: AtomicU64::new(0),
+            budget,
+        }
+    }
+
     fn grow(&self, share: &mut Share<'_>, by: u64) -> bool {
-        let before = self.0.fetch_add(by, Ordering::AcqRel);
+        let before = self.now.fetch_add(by, Ordering::AcqRel);
         share.bytes += by;
-        before + by <= BUDGET
+        before + by <= self.budget
     }
 
     /// Bytes held now (for tests and metrics).
     pub fn now(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.now.load(Ordering::Acquire)
     }
 }
 
 /// Reads `body` whole: at most `whole_max` bytes (and never more than
 /// `body_max`), within `deadline`.
-pub async fn read(
-    mut body: Incoming,
+pub async fn read<B>(
+    mut body: B,
     whole_max: u64,
     body_max: u64,
     held: &Held,
     deadline: Duration,
-) -> Result<(Bytes, Share<'_>), Refused> {
+) -> Result<(Bytes, Share<'_>), Refused>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut share = Share { held, bytes: 0 };
     let mut buf = BytesMut::new();
     let work = async {

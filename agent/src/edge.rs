@@ -1,0 +1,171 @@
+//! The relay's edge limits, applied by this agent to its zero-knowledge
+//! site: the relay routes that site's connections sealed and cannot read
+//! a request, so the checks it makes on every other site's requests
+//! (allow-list, header and body sizes, rates, concurrency) happen here,
+//! after this agent's TLS and before the console, answered in the same
+//! envelope. The relay sends the limits in force (`Limits` on the control
+//! stream) when the tunnel comes up and whenever they change; until then
+//! the defaults apply.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use keyway_proto::edge::whole::{self, Held, Refused};
+use keyway_proto::edge::{Limits, Refusal, SiteEdge, Slot};
+use keyway_proto::envelope::{ErrorCode, HttpBody};
+
+/// Memory all bodies read whole may hold at once (a Pi has less than a relay).
+const WHOLE_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// Time a body without a declared length has to arrive whole.
+const WHOLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The slots an admitted request holds until its response (or WebSocket)
+/// ends: the response body holds one handle, a WebSocket's task another.
+#[derive(Debug)]
+pub struct Slots {
+    _held: Vec<Slot>,
+}
+
+/// A request's hold on its site's concurrency slots.
+pub type Hold = Arc<Slots>;
+
+/// This agent's edge: the site's limits and the state behind them.
+pub struct AgentEdge {
+    site: Mutex<(String, Arc<SiteEdge>)>,
+    held: Held,
+}
+
+impl Default for AgentEdge {
+    fn default() -> Self {
+        Self {
+            site: Mutex::new((String::new(), Arc::new(SiteEdge::new(Limits::default())))),
+            held: Held::with_budget(WHOLE_BUDGET),
+        }
+    }
+}
+
+impl AgentEdge {
+    /// Applies the limits the relay sent for `site`, keeping what is under
+    /// way (open requests' slots, buckets whose rate did not change).
+    pub fn set(&self, site: &str, limits: Limits) {
+        let mut now = self.site.lock().unwrap_or_else(|p| p.into_inner());
+        if now.0 != site || now.1.limits() != &limits {
+            let edge = Arc::new(SiteEdge::after(&now.1, limits));
+            *now = (site.to_string(), edge);
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.site.lock().unwrap_or_else(|p| p.into_inner()).1.limits().clone()
+    }
+
+    fn current(&self) -> (String, Arc<SiteEdge>) {
+        self.site.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The relay's checks on a request from `client`: refused with the
+    /// envelope, or admitted with its body ready to forward (one without a
+    /// declared length read whole first, as the relay does) and the slots
+    /// it holds.
+    pub async fn admit(
+        &self,
+        req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Result<(Request<HttpBody>, Hold), Response<HttpBody>> {
+        let (site, edge) = self.current();
+        let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target > keyway_proto::MAX_URI_BYTES {
+            return Err(Refusal::UriTooLong(target).response(&site));
+        }
+        let websocket = keyway_proto::headers::wants_upgrade(req.headers());
+        let admitted = edge
+            .admit(client, req.headers(), websocket)
+            .map_err(|r| r.response(&site))?;
+        let hold = Arc::new(Slots { _held: admitted.slots });
+        let limits = admitted.body;
+        let (mut parts, body) = req.into_parts();
+        let undeclared = !parts.headers.contains_key(http::header::CONTENT_LENGTH) && !body.is_end_stream();
+        if !undeclared {
+            return Ok((Request::from_parts(parts, body.boxed_unsync()), hold));
+        }
+        match whole::read(body, limits.whole, limits.max, &self.held, WHOLE_DEADLINE).await {
+            Ok((bytes, _share)) => {
+                parts.headers.remove(http::header::TRANSFER_ENCODING);
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                Ok((Request::from_parts(parts, full(bytes)), hold))
+            }
+            Err(refused) => Err(match refused {
+                Refused::TooLarge(max) => Refusal::Body(max).response(&site),
+                Refused::NeedsLength(max) => Refusal::NeedsLength(max).response(&site),
+                Refused::Busy => Refusal::Busy("bodies without a declared length").response(&site),
+                Refused::Bad(why) => {
+                    tracing::debug!("request body failed: {why}");
+                    keyway_proto::envelope::response(
+                        ErrorCode::BadRequest,
+                        "the request body is malformed or was cut off",
+                    )
+                }
+            }),
+        }
+    }
+}
+
+fn full(bytes: Bytes) -> HttpBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// `resp` holding `hold` until its body has been sent.
+pub fn holding(resp: Response<HttpBody>, hold: Hold) -> Response<HttpBody> {
+    resp.map(|body| {
+        body.map_frame(move |frame| {
+            let _ = &hold;
+            frame
+        })
+        .boxed_unsync()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_limits_apply_and_keep_open_slots() {
+        let edge = AgentEdge::default();
+        edge.set(
+            "hq",
+            Limits {
+                max_concurrent_requests: 1,
+                ..Limits::default()
+            },
+        );
+        let (_, site) = edge.current();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let open = site.admit(ip, &http::HeaderMap::new(), false).unwrap();
+        edge.set(
+            "hq",
+            Limits {
+                max_concurrent_requests: 1,
+                max_headers: 10,
+                ..Limits::default()
+            },
+        );
+        assert_eq!(edge.limits().max_headers, 10);
+        let (_, site) = edge.current();
+        assert_eq!(
+            site.admit(ip, &http::HeaderMap::new(), false).unwrap_err(),
+            Refusal::Busy("requests")
+        );
+        drop(open);
+        assert!(site.admit(ip, &http::HeaderMap::new(), false).is_ok());
+    }
+}

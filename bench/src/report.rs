@@ -114,15 +114,33 @@ fn against_split_work(rows: &std::collections::BTreeMap<String, Value>) -> Optio
     if reference <= 0.0 {
         return None;
     }
-    let ours: Vec<String> = ["keyway", "keyway-tcp"]
+    let ours: Vec<String> = ["keyway", "keyway-tcp", "keyway-zk"]
         .iter()
         .filter_map(|p| Some(format!("{p} {:.2}×", cpu_total(rows.get(*p)?)? / reference)))
         .collect();
     (!ours.is_empty()).then(|| {
-        format!(
+        let mut line = format!(
             "CPU per request against nginx's plus rathole's ({reference:.2} s / 10k req: the same TLS and \
              HTTP work and a tunnel hop, split between two tools): {}.",
             ours.join(", ")
+        );
+        if let Some(zk) = relay_against_rathole(rows) {
+            line.push(' ');
+            line.push_str(&zk);
+        }
+        line
+    })
+}
+
+/// A zero-knowledge site's relay does what rathole's server does (bytes
+/// routed, nothing opened): its CPU per request against that server's.
+fn relay_against_rathole(rows: &std::collections::BTreeMap<String, Value>) -> Option<String> {
+    let role = |path: &str| rows.get(path)?.get("cpu_per_10k")?.get("relay")?.as_f64();
+    let (zk, rathole) = (role("keyway-zk")?, role("rathole")?);
+    (rathole > 0.0).then(|| {
+        format!(
+            "keyway-zk's relay alone against rathole's server: {:.2}×.",
+            zk / rathole
         )
     })
 }
@@ -172,6 +190,10 @@ pub(crate) fn text(r: &Results, results: &Path, plot: &str) -> String {
         (
             "keyway-tcp",
             "the same with the agent on the TLS/TCP fallback transport (HTTP/2 framing)",
+        ),
+        (
+            "keyway-zk",
+            "a zero-knowledge site: client → relay (routed by SNI, TLS unopened) → QUIC tunnel → agent (TLS and HTTP) → console",
         ),
     ] {
         if r.paths.iter().any(|p| p == name) {
@@ -403,8 +425,20 @@ mod tests {
         let mut without_nginx = rows.clone();
         without_nginx.remove("nginx");
         assert_eq!(against_split_work(&without_nginx), None);
-        let mut without_keyway = rows;
+        let mut without_keyway = rows.clone();
         without_keyway.remove("keyway");
         assert_eq!(against_split_work(&without_keyway), None);
+
+        // A zero-knowledge site: both sums, and its relay against rathole's server.
+        let mut zk = rows;
+        zk.insert(
+            "keyway-zk".into(),
+            json!({"cpu_per_10k": {"relay": 0.24, "agent": 0.3}}),
+        );
+        let line = against_split_work(&zk).unwrap();
+        assert!(
+            line.ends_with(": keyway 1.50×, keyway-zk 0.90×. keyway-zk's relay alone against rathole's server: 1.20×."),
+            "{line}"
+        );
     }
 }

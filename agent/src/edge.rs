@@ -35,6 +35,19 @@ pub struct Slots {
 /// A request's hold on its site's concurrency slots.
 pub type Hold = Arc<Slots>;
 
+/// The tunnel a zero-knowledge connection came through: `token` is
+/// cancelled when it leaves (the agent stops, or the tunnel is retired),
+/// and a WebSocket then closes with 1012, as the relay closes those it
+/// terminates when it restarts; `tasks` are what the tunnel waits for
+/// before it closes (so that close frame gets out).
+#[derive(Clone, Debug)]
+pub struct Leaving {
+    /// Cancelled when the tunnel leaves.
+    pub token: tokio_util::sync::CancellationToken,
+    /// The tunnel's work under way.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
 /// This agent's edge: the site's limits and the state behind them.
 pub struct AgentEdge {
     site: Mutex<(String, Arc<SiteEdge>)>,

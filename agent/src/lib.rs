@@ -321,8 +321,8 @@ fn sealed_tls(cfg: &AgentConfig) -> anyhow::Result<Option<SealedTls>> {
     let public = keyway_certs::public::PublicCert::new(chain, key).context("tls_cert and tls_key")?;
     let summary = public.summary().context("tls_cert")?;
     let mut tls = keyway_certs::tls::https_server(public, false).context("tls_cert")?;
-    // Requests are served over HTTP/1.1 here, as on tunnel streams.
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 and HTTP/1.1, as the relay offers them for the sites it terminates.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some((Arc::new(tls), summary)))
 }
 

@@ -332,10 +332,12 @@ impl Relay {
         });
         tracing::info!(https = %https.local_addr()?, quic = %endpoint.local_addr()?, domain = cfg.domain, "relay serving");
         let quic_stop = CancellationToken::new();
+        let sealed = TaskTracker::new();
         let tcp_agents = tcp_port::TcpAgents {
             ctx: tunnel_ctx.clone(),
             stop: quic_stop.clone(),
             tracker: tracker.clone(),
+            sealed: sealed.clone(),
         };
         let quic = tokio::spawn(tunnel::serve(
             endpoint.clone(),
@@ -349,6 +351,7 @@ impl Relay {
             max_connections_per_client: cfg.max_connections_per_client.max(1),
         };
         tcp_port::serve(https, tls, tcp_agents, proxy_ctx, port_opts, stop).await;
+        tracing::debug!("HTTPS front stopped");
 
         // The front has stopped and its requests are done (or out of grace);
         // WebSockets have their close frames. Then tell agents to move on.
@@ -363,8 +366,20 @@ impl Relay {
         if let Some(c) = &cluster {
             c.close(cfg.shutdown_grace).await;
         }
-        for (_, link) in agents.all() {
+        let links = agents.all();
+        tracing::info!(
+            agents = links.len(),
+            zero_knowledge_connections = sealed.len(),
+            "front closed; telling agents to drain"
+        );
+        for (_, link) in links {
             link.drain.cancel();
+        }
+        // Zero-knowledge connections end when their agents close them, as
+        // told to drain; the tunnels stay up until then (within the grace).
+        sealed.close();
+        if tokio::time::timeout(cfg.shutdown_grace, sealed.wait()).await.is_err() {
+            tracing::warn!("zero-knowledge connections still open after {:?}", cfg.shutdown_grace);
         }
         quic_stop.cancel();
         watch_stop.cancel();

@@ -69,7 +69,7 @@ pub fn sealed_site(sni: Option<&str>, ctx: &ProxyCtx) -> Option<String> {
 
 /// Carries a zero-knowledge site's connection to its agent: the edge's
 /// checks, a sealed stream, then bytes both ways.
-pub async fn route(mut tcp: TcpStream, seen: Vec<u8>, site: String, peer: SocketAddr, ctx: Arc<ProxyCtx>) {
+pub async fn route(tcp: TcpStream, seen: Vec<u8>, site: String, peer: SocketAddr, ctx: Arc<ProxyCtx>) {
     let admitted = match ctx.edge.admit_connection(&site, peer.ip()) {
         Ok(slot) => slot,
         Err(refusal) => {
@@ -93,9 +93,41 @@ pub async fn route(mut tcp: TcpStream, seen: Vec<u8>, site: String, peer: Socket
     if let Err(e) = stream.write_all(&head).await {
         return debug!(site, "sealed stream: {e}");
     }
-    match tokio::io::copy_bidirectional(&mut tcp, &mut stream).await {
+    match pipe(tcp, stream).await {
         Ok((up, down)) => debug!(site, up, down, "sealed connection ended"),
         Err(e) => debug!(site, "sealed connection ended: {e}"),
     }
     drop(admitted);
+}
+
+/// Copies bytes both ways until the agent's side ends. A client's
+/// half-close goes on to the agent, which may still answer; once the agent
+/// has finished, the connection is over (its TLS with it) and the client's
+/// socket closes, whatever the client still holds open: a byte pipe that
+/// waited for the client too would keep the tunnel busy for nothing.
+/// Returns the bytes carried up (as far as counted) and down.
+async fn pipe<S>(tcp: TcpStream, stream: S) -> std::io::Result<(u64, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut client_rx, mut client_tx) = tcp.into_split();
+    let (mut agent_rx, mut agent_tx) = tokio::io::split(stream);
+    let up = async {
+        let n = tokio::io::copy(&mut client_rx, &mut agent_tx).await?;
+        agent_tx.shutdown().await?;
+        Ok::<_, std::io::Error>(n)
+    };
+    let down = async {
+        let n = tokio::io::copy(&mut agent_rx, &mut client_tx).await?;
+        client_tx.shutdown().await?;
+        Ok::<_, std::io::Error>(n)
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        d = &mut down => Ok((0, d?)),
+        u = &mut up => {
+            let u = u?;
+            Ok((u, down.await?))
+        }
+    }
 }

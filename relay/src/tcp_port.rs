@@ -51,6 +51,10 @@ pub struct TcpAgents {
     pub stop: CancellationToken,
     /// Tracks agent connection tasks.
     pub tracker: TaskTracker,
+    /// Tracks zero-knowledge sites' connections: at shutdown they are
+    /// waited for once their agents were told to drain (the agents close
+    /// them, WebSockets with 1012), not cut when this listener stops.
+    pub sealed: TaskTracker,
 }
 
 /// The listener's deadlines and caps (from `relay.toml`).
@@ -179,7 +183,12 @@ pub async fn serve(
                 let stream = match timeout_at(deadline, handshake(tcp, &tls, &ctx)).await {
                     Ok(Ok(Opened::Tls(s))) => *s,
                     Ok(Ok(Opened::Sealed { tcp, seen, site })) => {
-                        return crate::sealed::route(tcp, seen, site, peer, ctx).await;
+                        // Not the front's to wait for: a watcher held here
+                        // would keep its graceful shutdown waiting out the
+                        // grace for a connection only the agent can end.
+                        drop(watcher);
+                        let route = crate::sealed::route(tcp, seen, site, peer, ctx);
+                        return agents.sealed.track_future(route).await;
                     }
                     Ok(Err(e)) => return debug!("TLS handshake failed: {e}"),
                     Err(_) => return debug!("TLS handshake timed out"),
@@ -228,6 +237,7 @@ pub async fn serve(
             .instrument(info_span!("client", %peer)),
         );
     }
+    debug!("HTTPS front closed; open requests have {grace:?}");
     if timeout(grace, graceful.shutdown()).await.is_err() {
         warn!("shutdown grace of {grace:?} ran out with requests still open");
     }

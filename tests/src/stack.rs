@@ -379,6 +379,34 @@ impl Stack {
         self.sealed_ca_der.is_some()
     }
 
+    /// Asserts `r` is what a client of a site whose agent is offline gets:
+    /// 503 `CODE_KEYWAY_AGENT_OFFLINE`, or for a zero-knowledge site (only
+    /// its agent can end the client's TLS, so there is no one to answer)
+    /// the connection closed at once.
+    pub fn assert_offline(&self, r: anyhow::Result<crate::client::Reply>) {
+        if self.is_sealed() {
+            let err = format!("{:#}", r.expect_err("no agent to end the TLS: no answer"));
+            assert!(
+                !err.contains("timed out"),
+                "closed at once, not left to time out: {err}"
+            );
+            return;
+        }
+        let r = r.expect("the relay answers itself");
+        assert_eq!(
+            r.status,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.json()["code"],
+            "CODE_KEYWAY_AGENT_OFFLINE",
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+
     /// An API client for a zero-knowledge stack: the site by name, trusting
     /// the agent's CA only.
     pub fn sealed_api(&self) -> crate::client::Api {
@@ -633,8 +661,8 @@ impl Stack {
         crate::client::Api::new(&self.relay_url(), &self.https_ca_der, &self.console.token)
     }
 
-    /// The API through the relay offering HTTP/2 (a zero-knowledge site's
-    /// agent answers in HTTP/1.1).
+    /// The API through the relay offering HTTP/2 (for a zero-knowledge
+    /// site, its agent answers it).
     pub fn api_h2(&self) -> crate::client::Api {
         match &self.sealed_ca_der {
             Some(ca) => crate::client::Api::with_client(

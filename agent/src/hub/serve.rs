@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
 use super::upstream::NOTIFICATIONS;
@@ -112,25 +113,31 @@ impl Subscribers {
         let on_upgrade = hyper::upgrade::on(&mut req);
         // A zero-knowledge subscriber's edge slots, held while it listens.
         let hold = req.extensions().get::<crate::edge::Hold>().cloned();
+        let leaving = req.extensions().get::<crate::edge::Leaving>().cloned();
+        let tasks = leaving.as_ref().map(|l| l.tasks.clone());
+        let leaving = leaving.map(|l| l.token);
         let sub = self.hub.subscribe(since.clone());
         let (hub, wrapped, ping_every) = (self.hub.clone(), since.is_some(), self.ping_every);
         let span = tracing::info_span!("subscriber", id = sub.id, since = since.as_ref().map(|s| s.seq));
-        tokio::spawn(
-            async move {
-                let id = sub.id;
-                match on_upgrade.await {
-                    Ok(io) => {
-                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
-                        let why = feed(&hub, ws, sub, wrapped, ping_every).await;
-                        debug!("subscriber left: {why}");
-                    }
-                    Err(e) => debug!("upgrade failed: {e}"),
+        let task = async move {
+            let id = sub.id;
+            match on_upgrade.await {
+                Ok(io) => {
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, None).await;
+                    let why = feed(&hub, ws, sub, wrapped, ping_every, leaving).await;
+                    debug!("subscriber left: {why}");
                 }
-                hub.unsubscribe(id);
-                drop(hold);
+                Err(e) => debug!("upgrade failed: {e}"),
             }
-            .instrument(span),
-        );
+            hub.unsubscribe(id);
+            drop(hold);
+        }
+        .instrument(span);
+        // A zero-knowledge subscriber's tunnel waits for its close frame.
+        match tasks {
+            Some(tasks) => drop(tasks.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
         let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = resp.headers_mut();
@@ -198,7 +205,14 @@ pub fn parse_since(query: Option<&str>) -> Result<Option<Since>, String> {
 
 /// Sends the greeting, the replay and live events until the subscriber
 /// leaves or is cut; returns why it ended.
-async fn feed<S>(hub: &Hub, ws: WebSocketStream<S>, sub: Subscription, wrapped: bool, ping_every: Duration) -> String
+async fn feed<S>(
+    hub: &Hub,
+    ws: WebSocketStream<S>,
+    sub: Subscription,
+    wrapped: bool,
+    ping_every: Duration,
+    leaving: Option<CancellationToken>,
+) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -249,6 +263,13 @@ where
         tokio::select! {
             biased;
             _ = cut.cancelled() => break,
+            _ = async { match &leaving { Some(l) => l.cancelled().await, None => std::future::pending().await } } => {
+                // A zero-knowledge subscriber whose tunnel retires: "service
+                // restart", so it reconnects (through the next tunnel).
+                let frame = CloseFrame { code: CloseCode::Restart, reason: "the agent's tunnel is moving".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::Close(Some(frame)))).await;
+                return "tunnel retired".into();
+            }
             _ = ping.tick() => {
                 if !heard {
                     info!("subscriber closed: no answer to a ping in {ping_every:?}");

@@ -10,6 +10,7 @@
 mod console_watch;
 mod dial;
 mod links;
+mod sealed;
 mod session;
 mod stream;
 

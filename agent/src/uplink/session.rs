@@ -226,7 +226,11 @@ fn status_msg(health: ConsoleHealth, hub: Option<HubReport>) -> ControlMsg {
 /// the client reconnects through the new one).
 fn serve(requests: &TaskTracker, stream: TunnelStream, handler: &Arc<Handler>, leaving: &CancellationToken) {
     let span = debug_span!("stream", id = stream.id);
-    requests.spawn(super::stream::serve(stream, handler.clone(), leaving.clone()).instrument(span));
+    let leaving = crate::edge::Leaving {
+        token: leaving.clone(),
+        tasks: requests.clone(),
+    };
+    requests.spawn(super::stream::serve(stream, handler.clone(), leaving).instrument(span));
 }
 
 /// A connection the agent has left, with what is still under way on it.

@@ -100,6 +100,14 @@ impl Limits {
 pub enum Refusal {
     /// 403: the client's address is not in the allow-list.
     NotAllowed,
+    /// 404: the host names another site of the relay's domain than the
+    /// one this connection's TLS was for.
+    UnknownHost {
+        /// The host the request named.
+        host: String,
+        /// The relay's domain, for the hint.
+        domain: String,
+    },
     /// 414: the request target is this long (over [`crate::MAX_URI_BYTES`]).
     UriTooLong(usize),
     /// 431: too many header fields, or too many bytes of them.
@@ -125,6 +133,7 @@ impl Refusal {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::NotAllowed => ErrorCode::ClientNotAllowed,
+            Self::UnknownHost { .. } => ErrorCode::SiteNotFound,
             Self::UriTooLong(_) => ErrorCode::UriTooLong,
             Self::Headers(_) => ErrorCode::HeadersTooLarge,
             Self::Body(_) => ErrorCode::PayloadTooLarge,
@@ -138,6 +147,9 @@ impl Refusal {
     pub fn message(&self, site: &str) -> String {
         match self {
             Self::NotAllowed => format!("this client address may not reach site {site:?} (its allow-list)"),
+            Self::UnknownHost { host, domain } => {
+                format!("no site is served at {host:?}; use https://<site>.{domain}/")
+            }
             Self::UriTooLong(len) => format!(
                 "the request target is {len} bytes; at most {} are forwarded",
                 crate::MAX_URI_BYTES
@@ -165,6 +177,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NotAllowed => "allow_list",
+            Self::UnknownHost { .. } => "host",
             Self::UriTooLong(_) => "uri",
             Self::Headers(_) => "headers",
             Self::Body(_) => "body",

@@ -137,9 +137,11 @@ impl ProxyError {
                 BadRequest::Body => "the request body is malformed or was cut off".into(),
             },
             Self::UriTooLong(len) => Refusal::UriTooLong(*len).message(""),
-            Self::SiteNotFound { host, domain } => {
-                format!("no site is served at {host:?}; use https://<site>.{domain}/")
+            Self::SiteNotFound { host, domain } => Refusal::UnknownHost {
+                host: host.clone(),
+                domain: domain.clone(),
             }
+            .message(""),
             Self::Refused { site, why } => why.message(site),
             Self::AgentOffline { site, when } => match when {
                 Offline::NotConnected => format!("the agent of site {site:?} is not connected to the relay"),

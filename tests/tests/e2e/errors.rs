@@ -39,20 +39,12 @@ async fn wrong_console_fingerprint_is_refused_and_named() {
 async fn agent_offline_is_503_before_and_after_it_was_online() {
     let mut stack = Stack::builder().without_agent().start().await.unwrap();
     let api = stack.api();
-    assert_envelope(
-        &api.get(DOORS).await.unwrap(),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "CODE_KEYWAY_AGENT_OFFLINE",
-    );
+    stack.assert_offline(api.get(DOORS).await);
 
     stack.start_agent().await.unwrap();
     assert_eq!(api.get(DOORS).await.unwrap().status, StatusCode::OK);
     stack.stop_agent().await.unwrap();
-    assert_envelope(
-        &api.get(DOORS).await.unwrap(),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "CODE_KEYWAY_AGENT_OFFLINE",
-    );
+    stack.assert_offline(api.get(DOORS).await);
     stack.shutdown().await.unwrap();
 }
 

@@ -1,0 +1,195 @@
+//! A zero-knowledge site's connection: the relay routed the client's TLS
+//! here unopened, with the client's address in front. This agent ends the
+//! TLS with the site's own certificate and does what the relay does for a
+//! site it terminates: routing by host, the edge's limits, the header
+//! work; then every request goes to the [`Handler`] as a relay's would.
+//! HTTP/1.1 and HTTP/2 (by ALPN), as the relay serves them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use keyway_proto::edge::Refusal;
+use keyway_proto::envelope::HttpBody;
+use keyway_proto::headers::{new_request_id, set_forwarded, set_upgrade, strip_hop_by_hop};
+use keyway_proto::preamble::read_client;
+use keyway_transport::TunnelStream;
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use super::stream::STREAM_HEAD_TIMEOUT;
+use crate::edge::Leaving;
+use crate::handler::Handler;
+
+/// Serves one sealed stream. `leaving` (the agent stops, or the tunnel is
+/// retired) closes the connection once its requests under way are done:
+/// the client reconnects through the relay to the next tunnel.
+pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>, leaving: Leaving) {
+    let client = match timeout(STREAM_HEAD_TIMEOUT, read_client(&mut stream)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return debug!("sealed stream without a client address: {e}"),
+        Err(_) => return debug!("no client address within {STREAM_HEAD_TIMEOUT:?}"),
+    };
+    let Some(tls) = handler.sealed.clone() else {
+        return warn!(
+            %client,
+            "the relay sent a zero-knowledge connection but this agent has no tls_cert/tls_key: \
+             closed (set them in agent.toml, or `keyway-relay site mode SITE relay`)"
+        );
+    };
+    let tls = match timeout(STREAM_HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return debug!(%client, "client TLS handshake failed: {e}"),
+        Err(_) => return debug!(%client, "client TLS handshake timed out"),
+    };
+    let sni: Option<Arc<str>> = tls.get_ref().1.server_name().map(|n| n.to_ascii_lowercase().into());
+    let service = hyper::service::service_fn({
+        let leaving = leaving.clone();
+        move |req: Request<Incoming>| {
+            let (handler, sni) = (handler.clone(), sni.clone());
+            let leaving = leaving.clone();
+            async move {
+                let resp = request(req, &handler, client, sni.as_deref(), leaving).await;
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(STREAM_HEAD_TIMEOUT)
+        // hyper's ceilings above the edge's configurable limits, as at the relay.
+        .max_headers(1000)
+        .max_buf_size(keyway_proto::STREAM_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(keyway_proto::STREAM_BUFFER as u32);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = &mut conn => r,
+        _ = leaving.token.cancelled() => {
+            // An idle keep-alive connection closes now; one mid-request
+            // finishes that request.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        debug!(%client, "zero-knowledge connection ended: {e}");
+    }
+}
+
+/// One request: routed, admitted, given the relay's header work, answered.
+async fn request(
+    req: Request<Incoming>,
+    handler: &Handler,
+    client: SocketAddr,
+    sni: Option<&str>,
+    leaving: Leaving,
+) -> Response<HttpBody> {
+    let request_id = new_request_id();
+    let mut resp = match misrouted(&req, sni) {
+        Some(refusal) => refusal.response(""),
+        // The relay's edge checks, on the client's own head.
+        None => match handler.edge.admit(req, client.ip()).await {
+            Ok((mut req, hold)) => {
+                as_edge(&mut req, client, &request_id);
+                // A WebSocket's task holds the slots as long as it lives.
+                req.extensions_mut().insert(hold.clone());
+                // And closes with 1012 when this connection's tunnel retires.
+                req.extensions_mut().insert(leaving);
+                crate::edge::holding(handler.handle(req).await, hold)
+            }
+            Err(refused) => refused,
+        },
+    };
+    // As the relay tags every response it terminates.
+    if let Ok(id) = http::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", id);
+    }
+    resp
+}
+
+/// A request naming another site of the relay's domain than the one its
+/// TLS was for: the relay routes by host and would answer 404, so this
+/// agent does too. Other hosts (an address, the bare domain) are this
+/// site's, as the relay's default site would be.
+fn misrouted<B>(req: &Request<B>, sni: Option<&str>) -> Option<Refusal> {
+    let sni = sni?;
+    let (_, domain) = sni.split_once('.')?;
+    let named = match req.uri().authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            host.rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(host, |(h, _)| h)
+                .to_string()
+        }
+    };
+    let named = named.trim_end_matches('.').to_ascii_lowercase();
+    let other_site = named != sni && named.strip_suffix(domain).is_some_and(|s| s.ends_with('.'));
+    other_site.then(|| Refusal::UnknownHost {
+        host: named,
+        domain: domain.to_string(),
+    })
+}
+
+/// What the relay does to a request it terminates, done here: hop-by-hop
+/// headers gone (an upgrade re-declared), the client's forwarding claims
+/// replaced (the request tagged with `request_id`), an origin-form target.
+fn as_edge<B>(req: &mut Request<B>, client: SocketAddr, request_id: &str) {
+    let headers = req.headers_mut();
+    if let Some(proto) = strip_hop_by_hop(headers) {
+        set_upgrade(headers, proto);
+    }
+    set_forwarded(headers, client.ip(), request_id);
+    // The console is spoken to in HTTP/1.1, whatever the client spoke.
+    *req.version_mut() = http::Version::HTTP_11;
+    if req.uri().authority().is_some() {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|pq| http::Uri::from(pq.clone()))
+            .unwrap_or_else(|| http::Uri::from_static("/"));
+        *req.uri_mut() = target;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to(host: &str) -> Request<()> {
+        Request::get("/api/v1/developer/doors")
+            .header("host", host)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn another_sites_name_is_refused_and_other_hosts_are_this_sites() {
+        let sni = Some("hq.relay.example");
+        for host in [
+            "hq.relay.example",
+            "HQ.relay.example.:443",
+            "127.0.0.1:8443",
+            "relay.example",
+            "[::1]:443",
+        ] {
+            assert_eq!(misrouted(&to(host), sni), None, "{host}");
+        }
+        let r = misrouted(&to("annex.relay.example:443"), sni).unwrap();
+        assert_eq!(r.code(), keyway_proto::envelope::ErrorCode::SiteNotFound);
+        assert!(r.message("").contains("\"annex.relay.example\""), "{}", r.message(""));
+        let h2 = Request::get("https://annex.relay.example/x").body(()).unwrap();
+        assert!(misrouted(&h2, sni).is_some());
+        assert_eq!(misrouted(&to("annex.relay.example"), None), None);
+    }
+}

@@ -19,12 +19,11 @@ use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
-use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
 use keyway_proto::edge::whole::Held;
-use keyway_proto::edge::{quota, secs, take, SiteEdge};
+use keyway_proto::edge::{checked, quota, take, SiteEdge};
 use serde::{Deserialize, Serialize};
 
 use crate::sites::SiteCache;
@@ -359,16 +358,6 @@ impl SiteState {
     }
 }
 
-fn rate(
-    r: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
-    scope: &'static str,
-) -> Result<(), Refusal> {
-    r.map_err(|not_until| Refusal::Rate {
-        scope,
-        retry_after: secs(not_until.wait_time_from(DefaultClock::default().now())),
-    })
-}
-
 impl Edge {
     /// Limits from the config (validated by the config loader).
     pub fn new(config: LimitsConfig) -> Self {
@@ -435,8 +424,8 @@ impl Edge {
         if !l.allows(client) {
             return Err(Refusal::NotAllowed);
         }
-        rate(s.conn_clients.check_key(&client), "this client address")?;
-        rate(s.conn_bucket.check(), "this site")?;
+        checked(s.conn_clients.check_key(&client), "this client address")?;
+        checked(s.conn_bucket.check(), "this site")?;
         take(&s.connections, SiteState::max_connections(l)).ok_or(Refusal::Busy("connections"))
     }
 

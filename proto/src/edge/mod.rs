@@ -256,8 +256,8 @@ pub fn secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Checks `bucket`; a refusal names `scope` and when to retry.
-fn checked(
+/// A token bucket's check as a refusal naming `scope` and when to retry.
+pub fn checked(
     r: Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>,
     scope: &'static str,
 ) -> Result<(), Refusal> {

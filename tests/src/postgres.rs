@@ -87,6 +87,12 @@ fn bin_dir() -> PathBuf {
 impl TempPostgres {
     /// Starts a server; panics with the server's log if it does not start.
     pub fn start() -> Self {
+        Self::start_on(|| crate::stack::free_port([127, 0, 0, 1].into()).expect("a free port"))
+    }
+
+    /// Starts a server on a port from `pick`, asking it again (a few times)
+    /// when the port was taken between the choice and the server's bind.
+    pub fn start_on(mut pick: impl FnMut() -> u16) -> Self {
         let root = running_as_root();
         let dir = tempfile::Builder::new()
             .prefix("keyway-pg")
@@ -96,9 +102,9 @@ impl TempPostgres {
         if let Some(user) = &run_as {
             chown(dir.path(), user);
         }
-        let pg = Self {
+        let mut pg = Self {
             bin: bin_dir(),
-            port: crate::stack::free_port([127, 0, 0, 1].into()).expect("a free port"),
+            port: pick(),
             run_as,
             dir,
         };
@@ -116,6 +122,18 @@ impl TempPostgres {
                 "UTF8",
             ],
         );
+        // The port was free when chosen, but another test may bind it
+        // before the server does: a few fresh ports, then the log.
+        for _ in 0..5 {
+            match pg.try_resume() {
+                Ok(()) => return pg,
+                Err(why) if why.contains("Address already in use") => {
+                    let _ = std::fs::remove_file(pg.dir.path().join("log"));
+                    pg.port = pick();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
         pg.resume();
         pg
     }
@@ -139,6 +157,12 @@ impl TempPostgres {
 
     /// Starts the server (again) on its port with its data.
     pub fn resume(&self) {
+        if let Err(why) = self.try_resume() {
+            panic!("{why}");
+        }
+    }
+
+    fn try_resume(&self) -> Result<(), String> {
         let data = self.dir.path().join("data");
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
@@ -146,7 +170,7 @@ impl TempPostgres {
             self.dir.path().display()
         );
         let log = self.dir.path().join("log");
-        self.run(
+        self.try_run(
             "pg_ctl",
             &[
                 "-D",
@@ -158,7 +182,7 @@ impl TempPostgres {
                 "-w",
                 "start",
             ],
-        );
+        )
     }
 
     /// Turns TLS on and refuses plain TCP connections from then on (a
@@ -221,6 +245,13 @@ impl TempPostgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(why) = self.try_run(tool, args) {
+            panic!("{why}");
+        }
+    }
+
+    /// Runs a PostgreSQL tool; on failure, its output and the server's log.
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let exe = self.bin.join(tool);
         let mut cmd = match &self.run_as {
             Some(user) => {
@@ -235,14 +266,15 @@ impl TempPostgres {
             .current_dir(self.dir.path())
             .output()
             .expect("PostgreSQL tool runs");
-        if !out.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
-            panic!(
-                "{tool} failed: {}{}\n{log}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if out.status.success() {
+            return Ok(());
         }
+        let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+        Err(format!(
+            "{tool} failed: {}{}\n{log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 

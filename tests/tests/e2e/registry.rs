@@ -79,6 +79,27 @@ fn nodes_starting_together_migrate_once() {
     assert_eq!(store.list_sites().unwrap().len(), 1);
 }
 
+/// The tests' server starts on another port when the one it chose was
+/// taken before it could bind it (stop 37's CI lost a run to that race).
+#[test]
+fn a_test_server_whose_port_was_taken_starts_on_another() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let mut picks = 0;
+    let pg = TempPostgres::start_on(|| {
+        picks += 1;
+        if picks == 1 {
+            taken_port
+        } else {
+            keyway_tests::stack::free_port([127, 0, 0, 1].into()).unwrap()
+        }
+    });
+    assert_ne!(pg.port(), taken_port);
+    let store = PgStore::connect(&pg.database()).unwrap();
+    store.add_site("hq", 0).unwrap();
+    assert_eq!(store.list_sites().unwrap().len(), 1);
+}
+
 /// A database that cannot be reached is a clear error, fast, that names
 /// the database without its password.
 #[test]

@@ -22,9 +22,6 @@ use keyway_proto::envelope::{ErrorCode, HttpBody};
 /// Memory all bodies read whole may hold at once (a Pi has less than a relay).
 const WHOLE_BUDGET: u64 = 16 * 1024 * 1024;
 
-/// Time a body without a declared length has to arrive whole.
-const WHOLE_DEADLINE: Duration = Duration::from_secs(30);
-
 /// The slots an admitted request holds until its response (or WebSocket)
 /// ends: the response body holds one handle, a WebSocket's task another.
 #[derive(Debug)]
@@ -34,6 +31,18 @@ pub struct Slots {
 
 /// A request's hold on its site's concurrency slots.
 pub type Hold = Arc<Slots>;
+
+/// A request the edge let through.
+pub struct Admitted {
+    /// The request, its body ready to forward.
+    pub req: Request<HttpBody>,
+    /// The slots it holds.
+    pub hold: Hold,
+    /// The site it is for.
+    pub site: Arc<str>,
+    /// Time it has to get its response head (the relay's `request_timeout`).
+    pub timeout: Duration,
+}
 
 /// The tunnel a zero-knowledge connection came through: `token` is
 /// cancelled when it leaves (the agent stops, or the tunnel is retired),
@@ -50,14 +59,14 @@ pub struct Leaving {
 
 /// This agent's edge: the site's limits and the state behind them.
 pub struct AgentEdge {
-    site: Mutex<(String, Arc<SiteEdge>)>,
+    site: Mutex<(Arc<str>, Arc<SiteEdge>)>,
     held: Held,
 }
 
 impl Default for AgentEdge {
     fn default() -> Self {
         Self {
-            site: Mutex::new((String::new(), Arc::new(SiteEdge::new(Limits::default())))),
+            site: Mutex::new((Arc::from(""), Arc::new(SiteEdge::new(Limits::default())))),
             held: Held::with_budget(WHOLE_BUDGET),
         }
     }
@@ -68,9 +77,9 @@ impl AgentEdge {
     /// way (open requests' slots, buckets whose rate did not change).
     pub fn set(&self, site: &str, limits: Limits) {
         let mut now = self.site.lock().unwrap_or_else(|p| p.into_inner());
-        if now.0 != site || now.1.limits() != &limits {
+        if *now.0 != *site || now.1.limits() != &limits {
             let edge = Arc::new(SiteEdge::after(&now.1, limits));
-            *now = (site.to_string(), edge);
+            *now = (Arc::from(site), edge);
         }
     }
 
@@ -79,7 +88,7 @@ impl AgentEdge {
         self.site.lock().unwrap_or_else(|p| p.into_inner()).1.limits().clone()
     }
 
-    fn current(&self) -> (String, Arc<SiteEdge>) {
+    fn current(&self) -> (Arc<str>, Arc<SiteEdge>) {
         self.site.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -87,11 +96,7 @@ impl AgentEdge {
     /// envelope, or admitted with its body ready to forward (one without a
     /// declared length read whole first, as the relay does) and the slots
     /// it holds.
-    pub async fn admit(
-        &self,
-        req: Request<Incoming>,
-        client: IpAddr,
-    ) -> Result<(Request<HttpBody>, Hold), Response<HttpBody>> {
+    pub async fn admit(&self, req: Request<Incoming>, client: IpAddr) -> Result<Admitted, Response<HttpBody>> {
         let (site, edge) = self.current();
         let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
         if target > keyway_proto::MAX_URI_BYTES {
@@ -103,18 +108,26 @@ impl AgentEdge {
             .map_err(|r| r.response(&site))?;
         let hold = Arc::new(Slots { _held: admitted.slots });
         let limits = admitted.body;
+        let timeout = edge.limits().request_timeout;
+        let admitted = |req| Admitted {
+            req,
+            hold,
+            site: site.clone(),
+            timeout,
+        };
         let (mut parts, body) = req.into_parts();
         let undeclared = !parts.headers.contains_key(http::header::CONTENT_LENGTH) && !body.is_end_stream();
         if !undeclared {
-            return Ok((Request::from_parts(parts, body.boxed_unsync()), hold));
+            return Ok(admitted(Request::from_parts(parts, body.boxed_unsync())));
         }
-        match whole::read(body, limits.whole, limits.max, &self.held, WHOLE_DEADLINE).await {
+        // As the relay: the body's time to arrive whole is the request's.
+        match whole::read(body, limits.whole, limits.max, &self.held, timeout).await {
             Ok((bytes, _share)) => {
                 parts.headers.remove(http::header::TRANSFER_ENCODING);
                 parts
                     .headers
                     .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                Ok((Request::from_parts(parts, full(bytes)), hold))
+                Ok(admitted(Request::from_parts(parts, full(bytes))))
             }
             Err(refused) => Err(match refused {
                 Refused::TooLarge(max) => Refusal::Body(max).response(&site),

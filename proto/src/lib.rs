@@ -71,6 +71,12 @@ pub const MAX_HEADER_BYTES_CEILING: usize = 64 * 1024;
 /// concurrent downloads hold tens of megabytes, not one each.
 pub const STREAM_BUFFER: usize = 128 * 1024;
 
+/// HTTP/2 keep-alive where a client's connection ends (the relay's front,
+/// or a zero-knowledge site's agent): a ping this often, the connection
+/// dropped when one is not answered within the same time, so a client that
+/// vanished without a word does not hold its connection and streams.
+pub const H2_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Silence after which the relay takes an agent for gone (four of its
 /// keep-alives missed): requests waiting on it get their 503 then, long
 /// before the transport's [`IDLE_TIMEOUT`]. The relay checks every 200 ms,

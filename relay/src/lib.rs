@@ -274,7 +274,11 @@ impl Relay {
             ));
         }
         let tracker = TaskTracker::new();
-        let edge = Arc::new(limits::Edge::new(cfg.limits.clone()).following(sites.clone()));
+        let edge = Arc::new(
+            limits::Edge::new(cfg.limits.clone())
+                .with_request_timeout(cfg.request_timeout)
+                .following(sites.clone()),
+        );
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {
             edge: edge.clone(),
             sites: sites.clone(),

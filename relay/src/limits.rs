@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 use http::HeaderMap;
@@ -318,6 +319,9 @@ pub struct Edge {
     /// The registry's per-site values, when this edge follows them.
     registry: Option<SiteCache>,
     sites: Mutex<HashMap<String, Arc<SiteState>>>,
+    /// `request_timeout`, which goes with the limits to an agent that
+    /// answers its site's requests itself.
+    request_timeout: Duration,
     /// Memory held by bodies being read whole, all sites.
     pub held: Held,
 }
@@ -365,8 +369,15 @@ impl Edge {
             config,
             registry: None,
             sites: Mutex::new(HashMap::new()),
+            request_timeout: Limits::default().request_timeout,
             held: Default::default(),
         }
+    }
+
+    /// The relay's `request_timeout`, part of every site's limits.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 
     /// Also applies the registry's per-site limits as `sites` holds them,
@@ -397,7 +408,10 @@ impl Edge {
     /// The limits of `site` now: relay.toml's, with the registry's on top.
     pub fn limits(&self, site: &str) -> Limits {
         let overrides = self.registry.as_ref().map(|c| c.limits(site)).unwrap_or_default();
-        self.config.for_site_with(site, &overrides)
+        Limits {
+            request_timeout: self.request_timeout,
+            ..self.config.for_site_with(site, &overrides)
+        }
     }
 
     /// The checks before a request is forwarded to `site` (see

@@ -68,10 +68,6 @@ pub struct TcpPortOptions {
     pub max_connections_per_client: usize,
 }
 
-/// HTTP/2 keep-alive: a ping this often, the connection dropped when one
-/// is not answered within the same time.
-const H2_KEEPALIVE: Duration = Duration::from_secs(20);
-
 /// TCP keep-alive on accepted sockets: the first probe after this idle
 /// time, then every `TCP_KEEPALIVE / 3`.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -136,8 +132,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(H2_KEEPALIVE))
-        .keep_alive_timeout(H2_KEEPALIVE)
+        .keep_alive_interval(Some(keyway_proto::H2_KEEPALIVE))
+        .keep_alive_timeout(keyway_proto::H2_KEEPALIVE)
         .max_header_list_size(1024 * 1024);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -407,6 +407,34 @@ impl Stack {
         );
     }
 
+    /// Whether `r` is what [`Stack::assert_offline`] accepts.
+    pub fn is_offline(&self, r: &anyhow::Result<crate::client::Reply>) -> bool {
+        match r {
+            Err(e) if self.is_sealed() => !format!("{e:#}").contains("timed out"),
+            Ok(r) if !self.is_sealed() => {
+                r.status == http::StatusCode::SERVICE_UNAVAILABLE
+                    && serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .is_ok_and(|v| v["code"] == "CODE_KEYWAY_AGENT_OFFLINE")
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks for the doors every 50 ms until the answer is that the site is
+    /// offline (see [`Stack::assert_offline`]); panics with the last answer
+    /// after `within`. Returns how long it took.
+    pub async fn until_offline(&self, within: Duration) -> Duration {
+        let t0 = std::time::Instant::now();
+        loop {
+            let r = self.api().get("/api/v1/developer/doors").await;
+            if self.is_offline(&r) {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < within, "still not offline after {within:?}: {r:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// An API client for a zero-knowledge stack: the site by name, trusting
     /// the agent's CA only.
     pub fn sealed_api(&self) -> crate::client::Api {

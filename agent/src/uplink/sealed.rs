@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use keyway_proto::edge::Refusal;
-use keyway_proto::envelope::HttpBody;
+use keyway_proto::envelope::{ErrorCode, HttpBody};
 use keyway_proto::headers::{new_request_id, set_forwarded, set_upgrade, strip_hop_by_hop};
 use keyway_proto::preamble::read_client;
 use keyway_transport::TunnelStream;
@@ -21,7 +21,7 @@ use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use super::stream::STREAM_HEAD_TIMEOUT;
-use crate::edge::Leaving;
+use crate::edge::{Admitted, Leaving};
 use crate::handler::Handler;
 
 /// Serves one sealed stream. `leaving` (the agent stops, or the tunnel is
@@ -68,6 +68,8 @@ pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>, leavi
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(keyway_proto::H2_KEEPALIVE))
+        .keep_alive_timeout(keyway_proto::H2_KEEPALIVE)
         .max_header_list_size(keyway_proto::STREAM_BUFFER as u32);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
@@ -98,13 +100,28 @@ async fn request(
         Some(refusal) => refusal.response(""),
         // The relay's edge checks, on the client's own head.
         None => match handler.edge.admit(req, client.ip()).await {
-            Ok((mut req, hold)) => {
+            Ok(Admitted {
+                mut req,
+                hold,
+                site,
+                timeout: within,
+            }) => {
                 as_edge(&mut req, client, &request_id);
                 // A WebSocket's task holds the slots as long as it lives.
                 req.extensions_mut().insert(hold.clone());
                 // And closes with 1012 when this connection's tunnel retires.
                 req.extensions_mut().insert(leaving);
-                crate::edge::holding(handler.handle(req).await, hold)
+                // The relay's `request_timeout`, as the relay would apply it.
+                match timeout(within, handler.handle(req)).await {
+                    Ok(resp) => crate::edge::holding(resp, hold),
+                    Err(_) => {
+                        debug!(%client, "no response head within {within:?}: 504");
+                        keyway_proto::envelope::response(
+                            ErrorCode::Timeout,
+                            &keyway_proto::edge::timeout_message(&site, within),
+                        )
+                    }
+                }
             }
             Err(refused) => refused,
         },

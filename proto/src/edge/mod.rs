@@ -62,6 +62,9 @@ pub struct Limits {
     pub client_burst: u32,
     /// Client addresses allowed (CIDRs); empty: any.
     pub allow: Vec<IpNet>,
+    /// Time a request has to get its response head (the relay's
+    /// `request_timeout`, one for every site); after it, 504.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -83,8 +86,18 @@ impl Default for Limits {
             client_rate: 200,
             client_burst: 1000,
             allow: Vec::new(),
+            request_timeout: Duration::from_secs(65),
         }
     }
+}
+
+/// The message of a 504 `CODE_KEYWAY_TIMEOUT`: `site` did not answer
+/// within `after` (the relay's, or for a zero-knowledge site its agent's).
+pub fn timeout_message(site: &str, after: Duration) -> String {
+    format!(
+        "site {site:?} did not answer within {}",
+        humantime::format_duration(after)
+    )
 }
 
 impl Limits {

@@ -148,10 +148,7 @@ impl ProxyError {
                 Offline::Disconnected => format!("the agent of site {site:?} disconnected"),
                 Offline::DuringRequest => format!("the agent of site {site:?} disconnected during the request"),
             },
-            Self::Timeout { site, after } => format!(
-                "site {site:?} did not answer within {}",
-                humantime::format_duration(*after)
-            ),
+            Self::Timeout { site, after } => keyway_proto::edge::timeout_message(site, *after),
             Self::TunnelFailed(TunnelFailure::Stream { site }) => {
                 format!("the tunnel to site {site:?} failed during the request")
             }

@@ -276,11 +276,15 @@ async fn a_tunnel_stream_that_breaks_while_the_tunnel_stays_up_is_502_tunnel_fai
     stack.wait_online().await.unwrap();
     let api = stack.api();
     for _ in 0..2 {
-        let msg = assert_envelope(
-            &api.get(DOORS).await.unwrap(),
-            StatusCode::BAD_GATEWAY,
-            "CODE_KEYWAY_TUNNEL_FAILED",
-        );
+        let r = api.get(DOORS).await;
+        if stack.is_sealed() {
+            // The relay only carries a zero-knowledge site's bytes: the
+            // broken stream breaks the client's TLS, at once.
+            let err = format!("{:#}", r.expect_err("garbage is not TLS"));
+            assert!(!err.contains("timed out"), "{err}");
+            continue;
+        }
+        let msg = assert_envelope(&r.unwrap(), StatusCode::BAD_GATEWAY, "CODE_KEYWAY_TUNNEL_FAILED");
         assert!(msg.contains("hq"), "{msg}");
     }
     assert!(rogue.streams() >= 2, "each request reached the agent");

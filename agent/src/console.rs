@@ -226,8 +226,10 @@ impl Console {
             }
         };
         let tunnel_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
-        // A zero-knowledge WebSocket's edge slots, held while it is open.
+        // A zero-knowledge WebSocket's edge slots, held while it is open,
+        // and the tunnel its client came through.
         let hold = req.extensions().get::<crate::edge::Hold>().cloned();
+        let sealed = req.extensions().get::<crate::edge::Leaving>().cloned();
         let (mut parts, body) = req.into_parts();
         if let Some(proto) = strip_hop_by_hop(&mut parts.headers) {
             set_upgrade(&mut parts.headers, proto);
@@ -254,15 +256,30 @@ impl Console {
             let (Some(tunnel), Some(proto)) = (tunnel_upgrade, upgrade) else {
                 return Err(AgentError::ConsoleUnreachable(Unreachable::UnrequestedSwitch));
             };
+            let websocket = proto.as_bytes().eq_ignore_ascii_case(b"websocket");
             set_upgrade(resp.headers_mut(), proto);
             let console = hyper::upgrade::on(&mut resp);
-            tokio::spawn(
-                async move {
-                    splice(tunnel, console).await;
-                    drop(hold);
+            match sealed.filter(|_| websocket) {
+                // The client is this agent's own (a zero-knowledge site):
+                // what the relay does for its WebSockets is done here,
+                // pings and 1012 included, in the tunnel's tasks (which it
+                // waits for, so the close frame gets out).
+                Some(sealed) => {
+                    let closing = sealed.token.clone().cancelled_owned();
+                    let relayed = async move {
+                        relay_websocket(tunnel, console, closing, sealed.ping_every).await;
+                        drop(hold);
+                    };
+                    sealed.tasks.spawn(relayed.in_current_span());
                 }
-                .in_current_span(),
-            );
+                None => {
+                    let spliced = async move {
+                        splice(tunnel, console).await;
+                        drop(hold);
+                    };
+                    tokio::spawn(spliced.in_current_span());
+                }
+            }
         }
         // The turn ends with the body (an export streams for a while).
         Ok(resp.map(|b| match permit {
@@ -363,6 +380,21 @@ impl Console {
         } else {
             Unreachable::Connection(detail)
         })
+    }
+}
+
+/// A zero-knowledge site's WebSocket between its client and the console.
+async fn relay_websocket(
+    client: hyper::upgrade::OnUpgrade,
+    console: hyper::upgrade::OnUpgrade,
+    closing: impl std::future::Future<Output = ()>,
+    ping_every: Duration,
+) {
+    match tokio::try_join!(client, console) {
+        Ok((client, console)) => {
+            keyway_proto::websocket::relay(TokioIo::new(client), TokioIo::new(console), closing, ping_every).await
+        }
+        Err(e) => debug!("upgrade failed: {e}"),
     }
 }
 

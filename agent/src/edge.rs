@@ -42,6 +42,8 @@ pub struct Admitted {
     pub site: Arc<str>,
     /// Time it has to get its response head (the relay's `request_timeout`).
     pub timeout: Duration,
+    /// How often a WebSocket client is pinged (see [`Leaving::ping_every`]).
+    pub ping_every: Duration,
 }
 
 /// The tunnel a zero-knowledge connection came through: `token` is
@@ -55,6 +57,9 @@ pub struct Leaving {
     pub token: tokio_util::sync::CancellationToken,
     /// The tunnel's work under way.
     pub tasks: tokio_util::task::TaskTracker,
+    /// How often the client of a WebSocket passed through to the console
+    /// is pinged (the relay's `websocket_ping_interval`, from its limits).
+    pub ping_every: Duration,
 }
 
 /// This agent's edge: the site's limits and the state behind them.
@@ -108,12 +113,13 @@ impl AgentEdge {
             .map_err(|r| r.response(&site))?;
         let hold = Arc::new(Slots { _held: admitted.slots });
         let limits = admitted.body;
-        let timeout = edge.limits().request_timeout;
+        let (timeout, ping_every) = (edge.limits().request_timeout, edge.limits().websocket_ping);
         let admitted = |req| Admitted {
             req,
             hold,
             site: site.clone(),
             timeout,
+            ping_every,
         };
         let (mut parts, body) = req.into_parts();
         let undeclared = !parts.headers.contains_key(http::header::CONTENT_LENGTH) && !body.is_end_stream();

@@ -18,6 +18,7 @@ pub mod io;
 pub mod pair;
 pub mod path;
 pub mod preamble;
+pub mod websocket;
 
 /// ALPN id of the tunnel protocol (agent ↔ relay).
 pub const ALPN_TUNNEL: &[u8] = b"keyway/1";

@@ -276,7 +276,7 @@ impl Relay {
         let tracker = TaskTracker::new();
         let edge = Arc::new(
             limits::Edge::new(cfg.limits.clone())
-                .with_request_timeout(cfg.request_timeout)
+                .with_timeouts(cfg.request_timeout, cfg.websocket_ping_interval)
                 .following(sites.clone()),
         );
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {

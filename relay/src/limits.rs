@@ -319,9 +319,9 @@ pub struct Edge {
     /// The registry's per-site values, when this edge follows them.
     registry: Option<SiteCache>,
     sites: Mutex<HashMap<String, Arc<SiteState>>>,
-    /// `request_timeout`, which goes with the limits to an agent that
-    /// answers its site's requests itself.
-    request_timeout: Duration,
+    /// `request_timeout` and `websocket_ping_interval`, which go with the
+    /// limits to an agent that answers its site's requests itself.
+    timeouts: (Duration, Duration),
     /// Memory held by bodies being read whole, all sites.
     pub held: Held,
 }
@@ -369,14 +369,15 @@ impl Edge {
             config,
             registry: None,
             sites: Mutex::new(HashMap::new()),
-            request_timeout: Limits::default().request_timeout,
+            timeouts: (Limits::default().request_timeout, Limits::default().websocket_ping),
             held: Default::default(),
         }
     }
 
-    /// The relay's `request_timeout`, part of every site's limits.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+    /// The relay's `request_timeout` and `websocket_ping_interval`, part
+    /// of every site's limits.
+    pub fn with_timeouts(mut self, request: Duration, websocket_ping: Duration) -> Self {
+        self.timeouts = (request, websocket_ping);
         self
     }
 
@@ -409,7 +410,8 @@ impl Edge {
     pub fn limits(&self, site: &str) -> Limits {
         let overrides = self.registry.as_ref().map(|c| c.limits(site)).unwrap_or_default();
         Limits {
-            request_timeout: self.request_timeout,
+            request_timeout: self.timeouts.0,
+            websocket_ping: self.timeouts.1,
             ..self.config.for_site_with(site, &overrides)
         }
     }

@@ -105,12 +105,14 @@ async fn request(
                 hold,
                 site,
                 timeout: within,
+                ping_every,
             }) => {
                 as_edge(&mut req, client, &request_id);
-                // A WebSocket's task holds the slots as long as it lives.
+                // A WebSocket's task holds the slots as long as it lives,
+                // pings its client as the relay would, and closes with 1012
+                // when this connection's tunnel retires.
                 req.extensions_mut().insert(hold.clone());
-                // And closes with 1012 when this connection's tunnel retires.
-                req.extensions_mut().insert(leaving);
+                req.extensions_mut().insert(Leaving { ping_every, ..leaving });
                 // The relay's `request_timeout`, as the relay would apply it.
                 match timeout(within, handler.handle(req)).await {
                     Ok(resp) => crate::edge::holding(resp, hold),

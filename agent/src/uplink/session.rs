@@ -229,6 +229,7 @@ fn serve(requests: &TaskTracker, stream: TunnelStream, handler: &Arc<Handler>, l
     let leaving = crate::edge::Leaving {
         token: leaving.clone(),
         tasks: requests.clone(),
+        ping_every: keyway_proto::websocket::DEFAULT_PING_EVERY,
     };
     requests.spawn(super::stream::serve(stream, handler.clone(), leaving).instrument(span));
 }

@@ -65,6 +65,9 @@ pub struct Limits {
     /// Time a request has to get its response head (the relay's
     /// `request_timeout`, one for every site); after it, 504.
     pub request_timeout: Duration,
+    /// How often a silent WebSocket client is pinged (the relay's
+    /// `websocket_ping_interval`, one for every site).
+    pub websocket_ping: Duration,
 }
 
 impl Default for Limits {
@@ -87,6 +90,7 @@ impl Default for Limits {
             client_burst: 1000,
             allow: Vec::new(),
             request_timeout: Duration::from_secs(65),
+            websocket_ping: crate::websocket::DEFAULT_PING_EVERY,
         }
     }
 }

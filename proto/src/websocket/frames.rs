@@ -1,13 +1,13 @@
-//! WebSocket frames as they pass through the relay, untouched.
+//! WebSocket frames as they pass through, untouched.
 //!
-//! The relay forwards each frame's bytes as they came (masks, fragments,
-//! pings and pongs included), so the two ends still talk to each other:
-//! the agent's pings reach the client and the client's pings reach the
-//! agent. It reads only the frame headers (tungstenite parses them), which
-//! gives it the frame boundaries where its own pings and close frames may
-//! go, and the whole of small control frames, which lets it swallow the
-//! pongs that answer its own pings. What the two ends agreed on passes
-//! too: the relay's own frames are control frames, which extensions such as
+//! Each frame's bytes go on as they came (masks, fragments, pings and pongs
+//! included), so the two ends still talk to each other: the far side's
+//! pings reach the client and the client's pings reach the far side. Only
+//! the frame headers are read (tungstenite parses them), which gives the
+//! frame boundaries where Keyway's own pings and close frames may go, and
+//! the whole of small control frames, which lets the pongs that answer its
+//! own pings be swallowed. What the two ends agreed on passes too: Keyway's
+//! own frames are control frames, which extensions such as
 //! permessage-deflate leave uncompressed.
 
 use std::io::{self, Cursor};
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
-/// The payload of the relay's own pings; the pongs carrying it are not
+/// The payload of Keyway's own pings; the pongs carrying it are not
 /// forwarded.
 pub(super) const RELAY_PING: &[u8] = b"keyway-relay";
 /// A control frame's payload is at most this long (RFC 6455 §5.5).
@@ -149,7 +149,7 @@ fn is_control(h: &FrameHeader, c: Control) -> bool {
     h.opcode == OpCode::Control(c)
 }
 
-/// Client to tunnel, dropping the pongs to the relay's pings. Ends after
+/// Client to tunnel, dropping the pongs to Keyway's pings. Ends after
 /// passing a close frame (`Ok`), or with how it failed.
 pub(super) async fn up<R, W>(mut from: Frames<'_, R>, mut to: W) -> Result<(), Fail>
 where
@@ -188,7 +188,7 @@ fn unmasked(head: &Head, frame: &[u8]) -> Vec<u8> {
     payload
 }
 
-/// What the relay itself says to the client, between frames.
+/// What Keyway itself says to the client, between frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Say {
     Ping,
@@ -196,7 +196,7 @@ pub(super) enum Say {
     Close(u16),
 }
 
-/// Tunnel to client, with what the relay has to `say` put between frames.
+/// Tunnel to client, with what Keyway has to `say` put between frames.
 /// Ends after passing the tunnel's close frame or saying a close (`Ok`);
 /// when the tunnel ends or breaks first it tells the client `on_tunnel_end`.
 pub(super) async fn down<R, W>(

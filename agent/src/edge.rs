@@ -93,6 +93,17 @@ impl AgentEdge {
         self.site.lock().unwrap_or_else(|p| p.into_inner()).1.limits().clone()
     }
 
+    /// The relay's `header_read_timeout`: a client's time for its TLS
+    /// handshake and each request head, and an idle connection's life.
+    pub fn header_read_timeout(&self) -> Duration {
+        self.site
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .limits()
+            .header_read_timeout
+    }
+
     fn current(&self) -> (Arc<str>, Arc<SiteEdge>) {
         self.site.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -157,18 +168,53 @@ fn full(bytes: Bytes) -> HttpBody {
 
 /// `resp` holding `hold` until its body has been sent.
 pub fn holding(resp: Response<HttpBody>, hold: Hold) -> Response<HttpBody> {
-    resp.map(|body| {
-        body.map_frame(move |frame| {
-            let _ = &hold;
-            frame
-        })
-        .boxed_unsync()
-    })
+    resp.map(|body| Holding { body, _hold: hold }.boxed_unsync())
+}
+
+/// A body that holds a request's slots while it lasts. Its size is the
+/// body's own, so a response of known length keeps its `Content-Length`
+/// (an envelope is not sent chunked because of what it holds).
+struct Holding {
+    body: HttpBody,
+    _hold: Hold,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = <HttpBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_response_keeps_its_length() {
+        let resp = keyway_proto::envelope::response(ErrorCode::BadRequest, "refused");
+        let length = resp.body().size_hint().exact();
+        assert!(length.is_some());
+        let held = holding(resp, Arc::new(Slots { _held: Vec::new() }));
+        assert_eq!(
+            held.body().size_hint().exact(),
+            length,
+            "sent with Content-Length, not chunked"
+        );
+    }
 
     #[test]
     fn new_limits_apply_and_keep_open_slots() {

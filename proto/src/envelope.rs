@@ -46,11 +46,14 @@ pub enum ErrorCode {
     TokenInvalid,
     /// Something inside Keyway failed.
     Internal,
+    /// A zero-knowledge site's request reached the relay in plain text
+    /// (its TLS ends at its own agent, reached by the site's own name).
+    ZeroKnowledge,
 }
 
 impl ErrorCode {
     /// Every code, for tests and docs.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::SiteNotFound,
         Self::AgentOffline,
         Self::ConsoleUnreachable,
@@ -68,6 +71,7 @@ impl ErrorCode {
         Self::PolicyDenied,
         Self::TokenInvalid,
         Self::Internal,
+        Self::ZeroKnowledge,
     ];
 
     /// The HTTP status for this error.
@@ -86,6 +90,7 @@ impl ErrorCode {
             Self::RateLimited | Self::TooManyConcurrent => StatusCode::TOO_MANY_REQUESTS,
             Self::TokenInvalid => StatusCode::UNAUTHORIZED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ZeroKnowledge => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -109,6 +114,7 @@ impl ErrorCode {
             Self::PolicyDenied => "CODE_KEYWAY_POLICY_DENIED",
             Self::TokenInvalid => "CODE_KEYWAY_TOKEN_INVALID",
             Self::Internal => "CODE_KEYWAY_INTERNAL",
+            Self::ZeroKnowledge => "CODE_KEYWAY_ZERO_KNOWLEDGE",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod control;
 pub mod edge;
 pub mod envelope;
 pub mod headers;
+pub mod host;
 pub mod io;
 pub mod pair;
 pub mod path;

@@ -276,7 +276,11 @@ impl Relay {
         let tracker = TaskTracker::new();
         let edge = Arc::new(
             limits::Edge::new(cfg.limits.clone())
-                .with_timeouts(cfg.request_timeout, cfg.websocket_ping_interval)
+                .with_timeouts(limits::Timeouts {
+                    request: cfg.request_timeout,
+                    websocket_ping: cfg.websocket_ping_interval,
+                    header_read: cfg.header_read_timeout,
+                })
                 .following(sites.clone()),
         );
         let tunnel_ctx = Arc::new(tunnel::TunnelCtx {

@@ -313,15 +313,38 @@ impl LimitsConfig {
     }
 }
 
+/// The relay's own timeouts (relay.toml's top level), one for every site.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `request_timeout`.
+    pub request: Duration,
+    /// `websocket_ping_interval`.
+    pub websocket_ping: Duration,
+    /// `header_read_timeout`.
+    pub header_read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            request: l.request_timeout,
+            websocket_ping: l.websocket_ping,
+            header_read: l.header_read_timeout,
+        }
+    }
+}
+
 /// The live state behind the limits: buckets and counters.
 pub struct Edge {
     config: LimitsConfig,
     /// The registry's per-site values, when this edge follows them.
     registry: Option<SiteCache>,
     sites: Mutex<HashMap<String, Arc<SiteState>>>,
-    /// `request_timeout` and `websocket_ping_interval`, which go with the
-    /// limits to an agent that answers its site's requests itself.
-    timeouts: (Duration, Duration),
+    /// `request_timeout`, `websocket_ping_interval` and
+    /// `header_read_timeout`, which go with the limits to an agent that
+    /// answers its site's requests itself.
+    timeouts: Timeouts,
     /// Memory held by bodies being read whole, all sites.
     pub held: Held,
 }
@@ -369,15 +392,14 @@ impl Edge {
             config,
             registry: None,
             sites: Mutex::new(HashMap::new()),
-            timeouts: (Limits::default().request_timeout, Limits::default().websocket_ping),
+            timeouts: Timeouts::default(),
             held: Default::default(),
         }
     }
 
-    /// The relay's `request_timeout` and `websocket_ping_interval`, part
-    /// of every site's limits.
-    pub fn with_timeouts(mut self, request: Duration, websocket_ping: Duration) -> Self {
-        self.timeouts = (request, websocket_ping);
+    /// The relay's timeouts, part of every site's limits.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
@@ -410,8 +432,9 @@ impl Edge {
     pub fn limits(&self, site: &str) -> Limits {
         let overrides = self.registry.as_ref().map(|c| c.limits(site)).unwrap_or_default();
         Limits {
-            request_timeout: self.timeouts.0,
-            websocket_ping: self.timeouts.1,
+            request_timeout: self.timeouts.request,
+            websocket_ping: self.timeouts.websocket_ping,
+            header_read_timeout: self.timeouts.header_read,
             ..self.config.for_site_with(site, &overrides)
         }
     }

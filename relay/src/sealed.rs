@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use keyway_proto::preamble::{encode_client, StreamKind};
+use keyway_transport::TunnelStream;
 use rustls::server::{Accepted, Acceptor};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -78,26 +79,46 @@ pub async fn route(tcp: TcpStream, seen: Vec<u8>, site: String, peer: SocketAddr
             return debug!(site, ?refusal, "sealed connection refused at the edge");
         }
     };
-    let Some(link) = ctx.agents.get(&site) else {
-        return debug!(site, "sealed connection for a site with no agent link here: closed");
+    let piped = match open_to_agent(&ctx, &site, peer, &seen).await {
+        Some(stream) => pipe(tcp.into_split(), tokio::io::split(stream)).await,
+        // Another node of the cluster may hold the site's agent.
+        None => match ctx.cluster.as_ref() {
+            Some(cluster) => match cluster.forward_sealed(&site, peer, &seen).await {
+                Some(peer_stream) => pipe(tcp.into_split(), peer_stream).await,
+                None => return debug!(site, "sealed connection for a site no node holds: closed"),
+            },
+            None => return debug!(site, "sealed connection for a site with no agent link: closed"),
+        },
     };
-    let mut stream = match link.conn.open().await {
-        Ok(s) => s,
-        Err(e) => return debug!(site, "could not open a sealed stream: {e}"),
-    };
-    METRICS.tunnel_streams.inc();
-    let mut head = Vec::with_capacity(seen.len() + 66);
-    head.push(StreamKind::Sealed.to_byte());
-    head.extend_from_slice(&encode_client(peer));
-    head.extend_from_slice(&seen);
-    if let Err(e) = stream.write_all(&head).await {
-        return debug!(site, "sealed stream: {e}");
-    }
-    match pipe(tcp, stream).await {
+    match piped {
         Ok((up, down)) => debug!(site, up, down, "sealed connection ended"),
         Err(e) => debug!(site, "sealed connection ended: {e}"),
     }
     drop(admitted);
+}
+
+/// A sealed stream to this node's agent for `site`, its preamble (kind,
+/// client address) and the client's bytes `seen` so far written; `None`
+/// when this node holds no link for it.
+pub(crate) async fn open_to_agent(ctx: &ProxyCtx, site: &str, client: SocketAddr, seen: &[u8]) -> Option<TunnelStream> {
+    let link = ctx.agents.get(site)?;
+    let mut stream = match link.conn.open().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(site, "could not open a sealed stream: {e}");
+            return None;
+        }
+    };
+    METRICS.tunnel_streams.inc();
+    let mut head = Vec::with_capacity(seen.len() + 66);
+    head.push(StreamKind::Sealed.to_byte());
+    head.extend_from_slice(&encode_client(client));
+    head.extend_from_slice(seen);
+    if let Err(e) = stream.write_all(&head).await {
+        debug!(site, "sealed stream: {e}");
+        return None;
+    }
+    Some(stream)
 }
 
 /// Copies bytes both ways until the agent's side ends. A client's
@@ -106,12 +127,15 @@ pub async fn route(tcp: TcpStream, seen: Vec<u8>, site: String, peer: SocketAddr
 /// socket closes, whatever the client still holds open: a byte pipe that
 /// waited for the client too would keep the tunnel busy for nothing.
 /// Returns the bytes carried up (as far as counted) and down.
-async fn pipe<S>(tcp: TcpStream, stream: S) -> std::io::Result<(u64, u64)>
+pub(crate) async fn pipe<CR, CW, AR, AW>(client: (CR, CW), agent: (AR, AW)) -> std::io::Result<(u64, u64)>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    AR: AsyncRead + Unpin,
+    AW: AsyncWrite + Unpin,
 {
-    let (mut client_rx, mut client_tx) = tcp.into_split();
-    let (mut agent_rx, mut agent_tx) = tokio::io::split(stream);
+    let (mut client_rx, mut client_tx) = client;
+    let (mut agent_rx, mut agent_tx) = agent;
     let up = async {
         let n = tokio::io::copy(&mut client_rx, &mut agent_tx).await?;
         agent_tx.shutdown().await?;
@@ -126,7 +150,12 @@ where
     tokio::select! {
         d = &mut down => Ok((0, d?)),
         u = &mut up => {
-            let u = u?;
+            // The agent may stop reading (its server closing the connection
+            // after the response under way): what it still sends goes on.
+            let u = u.unwrap_or_else(|e| {
+                debug!("client to agent ended: {e}");
+                0
+            });
             Ok((u, down.await?))
         }
     }

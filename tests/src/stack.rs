@@ -435,6 +435,53 @@ impl Stack {
         }
     }
 
+    /// The API through another relay of this stack's cluster, listening at
+    /// `addr`: the site by name through that node's address (for a
+    /// zero-knowledge site, its agent answers), or the relay's bare domain.
+    pub fn api_at(&self, addr: SocketAddr) -> crate::client::Api {
+        match &self.sealed_ca_der {
+            Some(ca) => crate::client::Api::with_client(
+                https_client_at(ca, addr.ip()),
+                &format!("https://{SITE}.{DOMAIN}:{}", addr.port()),
+                &self.console.token,
+            ),
+            None => crate::client::Api::with_client(
+                https_client_at(&self.https_ca_der, addr.ip()),
+                &format!("https://{DOMAIN}:{}", addr.port()),
+                &self.console.token,
+            ),
+        }
+    }
+
+    /// The relay's own HTTPS (its address and CA), whatever the site's
+    /// mode: for what the relay serves itself (the apt repository, health).
+    pub fn relay_api(&self) -> crate::client::Api {
+        crate::client::Api::new(&self.relay_url(), &self.https_ca_der, &self.console.token)
+    }
+
+    /// The API through the relay with `token` instead of the console's.
+    pub fn api_with_token(&self, token: &str) -> crate::client::Api {
+        match &self.sealed_ca_der {
+            Some(ca) => {
+                crate::client::Api::with_client(https_client_at(ca, self.relay_addr.ip()), &self.site_url(), token)
+            }
+            None => crate::client::Api::with_client(self.client(), &self.relay_url(), token),
+        }
+    }
+
+    /// A TLS connection through the relay to whoever ends the site's TLS
+    /// (HTTP/1.1 offered), for raw exchanges.
+    pub async fn raw_tls(&self) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let (name, ca) = self.site_tls();
+        let mut tls = keyway_certs::tls::https_client(ca)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(self.relay_addr).await?;
+        let name = rustls_pki_types::ServerName::try_from(name)?;
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect(name, tcp)
+            .await?)
+    }
+
     /// An API client for a zero-knowledge stack: the site by name, trusting
     /// the agent's CA only.
     pub fn sealed_api(&self) -> crate::client::Api {
@@ -705,7 +752,10 @@ impl Stack {
     }
 
     /// The name and CA a client checks the site's certificate against.
-    fn site_tls(&self) -> (String, &CertificateDer<'static>) {
+    /// The name to ask the relay for and the CA to trust for the site's
+    /// TLS: its own name and the agent's CA for a zero-knowledge site, the
+    /// relay's address and CA otherwise.
+    pub fn site_tls(&self) -> (String, &CertificateDer<'static>) {
         match &self.sealed_ca_der {
             Some(ca) => (format!("{SITE}.{DOMAIN}"), ca),
             None => ("127.0.0.1".into(), &self.https_ca_der),
@@ -729,8 +779,13 @@ impl Stack {
 
     /// A door-event listener through the relay.
     pub async fn listen_events(&self) -> anyhow::Result<crate::client::EventListener> {
+        self.listen_events_at(self.relay_addr).await
+    }
+
+    /// A door-event listener through another relay of the cluster, at `addr`.
+    pub async fn listen_events_at(&self, addr: SocketAddr) -> anyhow::Result<crate::client::EventListener> {
         let (name, ca) = self.site_tls();
-        crate::client::EventListener::connect(self.relay_addr, &name, ca, &self.console.token).await
+        crate::client::EventListener::connect(addr, &name, ca, &self.console.token).await
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod console_watch;
 mod dial;
+mod linger;
 mod links;
 mod sealed;
 mod session;

@@ -40,7 +40,10 @@ pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>, leavi
              closed (set them in agent.toml, or `keyway-relay site mode SITE relay`)"
         );
     };
-    let tls = match timeout(STREAM_HEAD_TIMEOUT, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
+    let stream = super::linger::Lingering::new(stream);
+    // The relay's deadline for a handshake and a head, as at its front.
+    let read_head = handler.edge.header_read_timeout();
+    let tls = match timeout(read_head, tokio_rustls::TlsAcceptor::from(tls).accept(stream)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return debug!(%client, "client TLS handshake failed: {e}"),
         Err(_) => return debug!(%client, "client TLS handshake timed out"),
@@ -61,7 +64,7 @@ pub(super) async fn serve(mut stream: TunnelStream, handler: Arc<Handler>, leavi
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(STREAM_HEAD_TIMEOUT)
+        .header_read_timeout(read_head)
         // hyper's ceilings above the edge's configurable limits, as at the relay.
         .max_headers(1000)
         .max_buf_size(keyway_proto::STREAM_BUFFER);
@@ -97,7 +100,7 @@ async fn request(
 ) -> Response<HttpBody> {
     let request_id = new_request_id();
     let mut resp = match misrouted(&req, sni) {
-        Some(refusal) => refusal.response(""),
+        Some(refused) => refused,
         // The relay's edge checks, on the client's own head.
         None => match handler.edge.admit(req, client.ip()).await {
             Ok(Admitted {
@@ -135,28 +138,25 @@ async fn request(
     resp
 }
 
-/// A request naming another site of the relay's domain than the one its
-/// TLS was for: the relay routes by host and would answer 404, so this
-/// agent does too. Other hosts (an address, the bare domain) are this
-/// site's, as the relay's default site would be.
-fn misrouted<B>(req: &Request<B>, sni: Option<&str>) -> Option<Refusal> {
-    let sni = sni?;
-    let (_, domain) = sni.split_once('.')?;
-    let named = match req.uri().authority() {
-        Some(a) => a.host().to_string(),
-        None => {
-            let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            host.rsplit_once(':')
-                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                .map_or(host, |(h, _)| h)
-                .to_string()
-        }
+/// The relay's routing checks on a request whose TLS was for `sni`: a
+/// host it cannot read (none, unparsable, or target and `Host` naming
+/// different hosts) is 400, as at the relay; one naming another site of
+/// the relay's domain gets the relay's 404. Other hosts (an address, the
+/// bare domain) are this site's, as the relay's default site would be.
+fn misrouted<B>(req: &Request<B>, sni: Option<&str>) -> Option<Response<HttpBody>> {
+    let named = match keyway_proto::host::request_host(req) {
+        Ok(host) => host,
+        Err(e) => return Some(keyway_proto::envelope::response(ErrorCode::BadRequest, e.message())),
     };
-    let named = named.trim_end_matches('.').to_ascii_lowercase();
-    let other_site = named != sni && named.strip_suffix(domain).is_some_and(|s| s.ends_with('.'));
-    other_site.then(|| Refusal::UnknownHost {
-        host: named,
-        domain: domain.to_string(),
+    let (_, domain) = sni?.split_once('.')?;
+    let named = named.trim_end_matches('.');
+    let other_site = named != sni? && named.strip_suffix(domain).is_some_and(|s| s.ends_with('.'));
+    other_site.then(|| {
+        let refusal = Refusal::UnknownHost {
+            host: named.to_string(),
+            domain: domain.to_string(),
+        };
+        refusal.response("")
     })
 }
 
@@ -202,13 +202,23 @@ mod tests {
             "relay.example",
             "[::1]:443",
         ] {
-            assert_eq!(misrouted(&to(host), sni), None, "{host}");
+            assert!(misrouted(&to(host), sni).is_none(), "{host}");
         }
         let r = misrouted(&to("annex.relay.example:443"), sni).unwrap();
-        assert_eq!(r.code(), keyway_proto::envelope::ErrorCode::SiteNotFound);
-        assert!(r.message("").contains("\"annex.relay.example\""), "{}", r.message(""));
+        assert_eq!(r.status(), 404);
         let h2 = Request::get("https://annex.relay.example/x").body(()).unwrap();
-        assert!(misrouted(&h2, sni).is_some());
-        assert_eq!(misrouted(&to("annex.relay.example"), None), None);
+        assert_eq!(misrouted(&h2, sni).unwrap().status(), 404);
+        assert!(misrouted(&to("annex.relay.example"), None).is_none());
+        // What the relay refuses before routing, this agent refuses too.
+        for bad in [
+            to("not a host!"),
+            Request::get("https://evil.example/x")
+                .header("host", "hq.relay.example")
+                .body(())
+                .unwrap(),
+            Request::get("/x").body(()).unwrap(),
+        ] {
+            assert_eq!(misrouted(&bad, sni).unwrap().status(), 400);
+        }
     }
 }

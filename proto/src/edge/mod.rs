@@ -68,6 +68,10 @@ pub struct Limits {
     /// How often a silent WebSocket client is pinged (the relay's
     /// `websocket_ping_interval`, one for every site).
     pub websocket_ping: Duration,
+    /// Time a client has for its TLS handshake and each request head, and
+    /// an idle keep-alive connection is kept (the relay's
+    /// `header_read_timeout`, one for every site).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -91,6 +95,7 @@ impl Default for Limits {
             allow: Vec::new(),
             request_timeout: Duration::from_secs(65),
             websocket_ping: crate::websocket::DEFAULT_PING_EVERY,
+            header_read_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -143,6 +148,13 @@ pub enum Refusal {
     },
     /// 429: too many of these under way for the site.
     Busy(&'static str),
+    /// 421: the site is zero-knowledge, and the request came to the relay
+    /// in plain text (the bare domain, an address): only a connection to
+    /// `<site>.<domain>` reaches its agent's TLS.
+    ZeroKnowledge {
+        /// The relay's domain, for the hint.
+        domain: String,
+    },
 }
 
 impl Refusal {
@@ -157,6 +169,7 @@ impl Refusal {
             Self::NeedsLength(_) => ErrorCode::LengthRequired,
             Self::Rate { .. } => ErrorCode::RateLimited,
             Self::Busy(_) => ErrorCode::TooManyConcurrent,
+            Self::ZeroKnowledge { .. } => ErrorCode::ZeroKnowledge,
         }
     }
 
@@ -178,6 +191,10 @@ impl Refusal {
             }
             Self::Rate { scope, retry_after } => format!("too many requests from {scope}; retry after {retry_after}s"),
             Self::Busy(what) => format!("too many {what} under way for site {site:?}; retry shortly"),
+            Self::ZeroKnowledge { domain } => format!(
+                "site {site:?} is zero-knowledge: its TLS ends at its own agent, never at the relay, so the relay \
+                 does not forward this request; connect to https://{site}.{domain}/"
+            ),
         }
     }
 
@@ -201,6 +218,7 @@ impl Refusal {
             Self::NeedsLength(_) => "length",
             Self::Rate { .. } => "rate",
             Self::Busy(_) => "concurrency",
+            Self::ZeroKnowledge { .. } => "zero_knowledge",
         }
     }
 

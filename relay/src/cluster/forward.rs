@@ -134,7 +134,7 @@ impl Cluster {
     /// open and not quiet: right after a database outage every node's
     /// heartbeat is stale until it writes again, and that is no sign of a
     /// node gone.
-    async fn holders(&self, site: &str) -> Vec<PeerNode> {
+    pub(super) async fn holders(&self, site: &str) -> Vec<PeerNode> {
         let cached = self
             .routes
             .lock()
@@ -170,7 +170,7 @@ impl Cluster {
 
     /// `node` failed `site`: it leaves the site's known holders, and the
     /// registry is asked again at the next request.
-    fn forget(&self, site: &str, node: &str) {
+    pub(super) fn forget(&self, site: &str, node: &str) {
         if let Some(route) = self.routes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(site) {
             route.holders.retain(|h| h.name != node);
             route.read = None;
@@ -179,7 +179,7 @@ impl Cluster {
 
     /// Whether `peer`'s pooled connection has received nothing for two
     /// keep-alive intervals (a peer that died without a word).
-    fn quiet(&self, peer: &str) -> bool {
+    pub(super) fn quiet(&self, peer: &str) -> bool {
         let Some(conn) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned() else {
             return false;
         };
@@ -223,7 +223,7 @@ impl Cluster {
     }
 
     /// A new stream to `peer`, on its pooled connection (dialled if needed).
-    async fn open(&self, peer: &PeerNode) -> anyhow::Result<(PeerStream, quinn::Connection)> {
+    pub(super) async fn open(&self, peer: &PeerNode) -> anyhow::Result<(PeerStream, quinn::Connection)> {
         let pooled = self
             .peers
             .lock()

@@ -12,11 +12,14 @@
 //! client gets the usual 503 at once.
 //!
 //! One request per QUIC stream, as HTTP/1.1 with a [`ForwardHead`] in its
-//! headers, bodies streaming both ways with QUIC's flow control.
+//! headers, bodies streaming both ways with QUIC's flow control. A
+//! zero-knowledge site's connection goes to the node holding its agent
+//! still sealed, on a stream of its own (see `sealed`).
 //! Connections to peers are pooled, one per peer.
 
 mod forward;
 mod head;
+mod sealed;
 mod serve;
 
 use std::collections::HashMap;

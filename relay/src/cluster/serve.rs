@@ -7,6 +7,8 @@ use anyhow::Context;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use keyway_proto::preamble::StreamKind;
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -32,11 +34,7 @@ impl Cluster {
                 };
                 debug!(%peer, "peer connected");
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    streams.spawn(serve_stream(
-                        tokio::io::join(recv, send),
-                        proxy.clone(),
-                        closing.clone(),
-                    ));
+                    streams.spawn(serve_peer_stream(send, recv, proxy.clone(), closing.clone()));
                 }
             });
         }
@@ -57,9 +55,28 @@ fn peer_node(conn: &quinn::Connection) -> anyhow::Result<String> {
     Ok(keyway_certs::identity::node_from_cert(first)?)
 }
 
-/// Serves one stream a peer opened: one HTTP/1.1 request, answered from
+/// Serves one stream a peer opened: a sealed connection (see
+/// [`super::sealed`]) or HTTP/1.1 requests, told apart by the first byte.
+async fn serve_peer_stream(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    proxy: Arc<ProxyCtx>,
+    closing: CancellationToken,
+) {
+    let Ok(first) = recv.read_u8().await else { return };
+    if first == StreamKind::Sealed.to_byte() {
+        return super::sealed::serve(recv, send, proxy).await;
+    }
+    let io = tokio::io::join(std::io::Cursor::new([first]).chain(recv), send);
+    serve_stream(io, proxy, closing).await
+}
+
+/// Serves HTTP/1.1 requests on a stream a peer opened, each answered from
 /// this node's own link for the site its [`ForwardHead`] names.
-async fn serve_stream(io: PeerStream, proxy: Arc<ProxyCtx>, closing: CancellationToken) {
+async fn serve_stream<IO>(io: IO, proxy: Arc<ProxyCtx>, closing: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let proxy = proxy.clone();
         async move {

@@ -55,12 +55,8 @@ pub enum ProxyError {
 /// What made a request malformed.
 #[derive(Debug)]
 pub enum BadRequest {
-    /// The `Host` header does not parse as a host.
-    HostInvalid,
-    /// The request target (absolute form) and `Host` disagree.
-    HostConflict,
-    /// No `Host` header and no absolute target.
-    NoHost,
+    /// No host, one that does not parse, or two that disagree.
+    Host(keyway_proto::host::HostError),
     /// The path has no canonical form.
     Path(PathError),
     /// The canonical target does not rebuild into a URI.
@@ -129,9 +125,7 @@ impl ProxyError {
     fn message(&self) -> String {
         match self {
             Self::BadRequest(why) => match why {
-                BadRequest::HostInvalid => "the Host header is not a valid host".into(),
-                BadRequest::HostConflict => "the request target and the Host header name different hosts".into(),
-                BadRequest::NoHost => "the request has no Host header".into(),
+                BadRequest::Host(e) => e.message().into(),
                 BadRequest::Path(e) => format!("{e}; send the path in its plain form"),
                 BadRequest::Target => "the request target is not a valid path".into(),
                 BadRequest::Body => "the request body is malformed or was cut off".into(),
@@ -187,6 +181,7 @@ pub fn respond(e: ProxyError) -> Response<HttpBody> {
 #[cfg(test)]
 mod tests {
     use keyway_proto::envelope::Answer;
+    use keyway_proto::host::HostError;
 
     use super::*;
 
@@ -211,9 +206,9 @@ mod tests {
     #[tokio::test]
     async fn bad_request() {
         for (why, says) in [
-            (BadRequest::HostInvalid, "not a valid host"),
-            (BadRequest::HostConflict, "different hosts"),
-            (BadRequest::NoHost, "no Host header"),
+            (BadRequest::Host(HostError::Invalid), "not a valid host"),
+            (BadRequest::Host(HostError::Conflict), "different hosts"),
+            (BadRequest::Host(HostError::Missing), "no Host header"),
             (BadRequest::Path(PathError::EncodedSlash), "plain form"),
             (BadRequest::Target, "not a valid path"),
             (BadRequest::Body, "malformed or was cut off"),

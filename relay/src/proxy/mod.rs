@@ -134,6 +134,14 @@ async fn serve(
 ) -> Result<Response<HttpBody>, ProxyError> {
     let routed = site.insert(route::route(&req, ctx)?);
     tracing::Span::current().record("site", routed.as_str());
+    if ctx.sites.is_sealed(routed) {
+        // Reached in plain text (the bare domain, an address): forwarding
+        // it would show the relay what the site's mode keeps from it.
+        let why = keyway_proto::edge::Refusal::ZeroKnowledge {
+            domain: ctx.domain.clone(),
+        };
+        return Err(ProxyError::from((why, routed.as_str())));
+    }
     route::canonicalize(&mut req)?;
     let websocket = keyway_proto::headers::wants_upgrade(req.headers());
     let admitted = ctx

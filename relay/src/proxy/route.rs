@@ -1,6 +1,5 @@
 //! Which site a request is for, and the one spelling of its path.
 
-use http::header::HOST;
 use http::{Request, Uri};
 use tracing::debug;
 
@@ -24,24 +23,7 @@ pub fn is_for_relay<B>(req: &Request<B>, domain: &str) -> bool {
 
 /// The request's host, lowercase, from its target or `Host` (which must agree).
 fn host<B>(req: &Request<B>) -> Result<String, ProxyError> {
-    let header_host = req
-        .headers()
-        .get(HOST)
-        .map(|h| h.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()));
-    let header_host = match header_host {
-        Some(None) => return Err(ProxyError::BadRequest(BadRequest::HostInvalid)),
-        Some(Some(a)) => Some(a),
-        None => None,
-    };
-    let host = match (req.uri().authority(), &header_host) {
-        (Some(target), Some(h)) if !target.host().eq_ignore_ascii_case(h.host()) => {
-            return Err(ProxyError::BadRequest(BadRequest::HostConflict))
-        }
-        (Some(a), _) => a.host().to_ascii_lowercase(),
-        (None, Some(h)) => h.host().to_ascii_lowercase(),
-        (None, None) => return Err(ProxyError::BadRequest(BadRequest::NoHost)),
-    };
-    Ok(host)
+    keyway_proto::host::request_host(req).map_err(|e| ProxyError::BadRequest(BadRequest::Host(e)))
 }
 
 /// Rewrites the request's path to its canonical form, so that every check
@@ -127,7 +109,7 @@ mod tests {
     fn request(target: &str, host: Option<&str>) -> Request<()> {
         let mut b = Request::get(target);
         if let Some(h) = host {
-            b = b.header(HOST, h);
+            b = b.header(http::header::HOST, h);
         }
         b.body(()).unwrap()
     }
@@ -138,10 +120,10 @@ mod tests {
         let site = |r: Request<()>| route(&r, &c).map_err(|e| format!("{e:?}"));
         assert_eq!(site(request("/x", Some("hq.relay.example.com"))).unwrap(), "hq");
         assert_eq!(site(request("https://HQ.relay.example.com/x", None)).unwrap(), "hq");
-        assert!(site(request("/x", None)).unwrap_err().contains("NoHost"));
-        assert!(site(request("/x", Some("a b"))).unwrap_err().contains("HostInvalid"));
+        assert!(site(request("/x", None)).unwrap_err().contains("Missing"));
+        assert!(site(request("/x", Some("a b"))).unwrap_err().contains("Invalid"));
         let conflict = request("https://hq.relay.example.com/x", Some("branch-2.relay.example.com"));
-        assert!(site(conflict).unwrap_err().contains("HostConflict"));
+        assert!(site(conflict).unwrap_err().contains("Conflict"));
         assert!(site(request("/x", Some("nope.relay.example.com")))
             .unwrap_err()
             .contains("SiteNotFound"));

@@ -65,7 +65,7 @@ async fn json_crud_round_trips_through_the_tunnel() {
 #[tokio::test]
 async fn wrong_or_missing_token_is_the_consoles_401() {
     let stack = Stack::start().await.unwrap();
-    let api = keyway_tests::client::Api::new(&stack.relay_url(), &stack.https_ca_der, "not-the-token");
+    let api = stack.api_with_token("not-the-token");
     let r = api.get(&format!("{DEV}/doors")).await.unwrap();
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.json()["code"], "CODE_UNAUTHORIZED");

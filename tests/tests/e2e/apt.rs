@@ -41,7 +41,8 @@ async fn the_relay_serves_its_apt_repository_files_and_nothing_else() {
         .start()
         .await
         .unwrap();
-    let api = stack.api();
+    // The relay's own files, whatever the site's mode.
+    let api = stack.relay_api();
     let relay_host = Some(DOMAIN);
 
     // The files, whole, streamed; HEAD gives the length alone.
@@ -106,7 +107,14 @@ async fn the_relay_serves_its_apt_repository_files_and_nothing_else() {
 
     // A site's own name still reaches its console, /apt/ or not.
     let site_host = format!("{SITE}.{DOMAIN}");
-    let r = send(&api, Method::GET, "/apt/dists/stable/InRelease", Some(&site_host), None).await;
+    let r = send(
+        &stack.api(),
+        Method::GET,
+        "/apt/dists/stable/InRelease",
+        Some(&site_host),
+        None,
+    )
+    .await;
     assert_ne!(&r.body[..], b"Origin: Keyway\n");
     let seen = stack.console.requests_seen();
     assert!(

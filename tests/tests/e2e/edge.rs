@@ -173,11 +173,17 @@ async fn an_allow_list_refuses_other_addresses_with_403() {
     } else {
         assert_refused(&r.unwrap(), 403, "CODE_KEYWAY_CLIENT_NOT_ALLOWED");
     }
-    let err = EventListener::connect(stack.relay_addr, "127.0.0.1", &stack.https_ca_der, &stack.console.token)
-        .await
-        .err()
-        .expect("WebSockets too");
-    assert!(format!("{err:#}").contains("403"), "{err:#}");
+    let err = EventListener::connect(
+        stack.relay_addr,
+        &stack.site_tls().0,
+        stack.site_tls().1,
+        &stack.console.token,
+    )
+    .await
+    .err()
+    .expect("WebSockets too");
+    // (For a zero-knowledge site: closed before its TLS, as above.)
+    assert!(stack.is_sealed() || format!("{err:#}").contains("403"), "{err:#}");
     stack.shutdown().await.unwrap();
 
     let stack = with_limits("allow = [\"192.0.2.0/24\"]\n[limits.sites.hq]\nallow = [\"127.0.0.0/8\"]").await;
@@ -260,14 +266,7 @@ async fn limits_in_the_config_are_checked_at_start() {
 /// until the relay closed it (bounded: 10 s).
 async fn closed_after(stack: &Stack, bytes: &[u8]) -> Duration {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = keyway_certs::tls::https_client(&stack.https_ca_der).unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(stack.relay_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut s = stack.raw_tls().await.unwrap();
     s.write_all(bytes).await.unwrap();
     let t0 = std::time::Instant::now();
     let mut sink = Vec::new();

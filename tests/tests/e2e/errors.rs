@@ -7,7 +7,6 @@ use http::StatusCode;
 use keyway_certs::Fingerprint;
 use keyway_tests::console::{RunningConsole, DELAY_HEADER};
 use keyway_tests::stack::{empty, Stack};
-use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOORS: &str = "/api/v1/developer/doors";
@@ -117,13 +116,7 @@ async fn relay_gives_up_with_504_when_the_tunnel_is_too_slow() {
 
 /// Sends raw bytes over TLS to the relay and returns what comes back.
 pub(crate) async fn raw_exchange(stack: &Stack, bytes: &[u8]) -> String {
-    let mut tls = keyway_certs::tls::https_client(&stack.https_ca_der).unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(stack.relay_addr).await.unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut s = stack.raw_tls().await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))

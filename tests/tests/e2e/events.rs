@@ -67,10 +67,15 @@ async fn fifty_events_in_a_row_arrive_in_order_on_one_listener() {
 #[tokio::test]
 async fn websocket_without_the_token_is_refused_by_the_console() {
     let stack = Stack::start().await.unwrap();
-    let err = keyway_tests::client::EventListener::connect(stack.relay_addr, "127.0.0.1", &stack.https_ca_der, "wrong")
-        .await
-        .err()
-        .expect("upgrade refused");
+    let err = keyway_tests::client::EventListener::connect(
+        stack.relay_addr,
+        &stack.site_tls().0,
+        stack.site_tls().1,
+        "wrong",
+    )
+    .await
+    .err()
+    .expect("upgrade refused");
     assert!(format!("{err:#}").contains("401"), "{err:#}");
     stack.shutdown().await.unwrap();
 }

@@ -201,10 +201,16 @@ async fn a_subscriber_with_an_invalid_token_receives_nothing() {
     let mut good = stack.listen_events().await.unwrap();
     assert_eq!(good.next_text(WAIT).await.unwrap(), HELLO_FRAME);
     for query in ["", "since=0"] {
-        let err = EventListener::connect_to(stack.relay_addr, "127.0.0.1", &stack.https_ca_der, "stolen", query)
-            .await
-            .err()
-            .expect("the upgrade is refused");
+        let err = EventListener::connect_to(
+            stack.relay_addr,
+            &stack.site_tls().0,
+            stack.site_tls().1,
+            "stolen",
+            query,
+        )
+        .await
+        .err()
+        .expect("the upgrade is refused");
         assert!(format!("{err:#}").contains("401"), "{err:#}");
     }
     assert_eq!(stack.console.listeners(), 1);

@@ -177,6 +177,37 @@ async fn switching_modes_keeps_the_pairing() {
     stack.shutdown().await.unwrap();
 }
 
+/// A request for a zero-knowledge site that reaches the relay in plain
+/// text (the bare domain, an address: the relay's own TLS) is refused with
+/// 421 naming the site's URL, and never forwarded: the token it carried
+/// does not cross the tunnel, and the console sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_text_request_for_a_zero_knowledge_site_is_refused_not_forwarded() {
+    let stack = sealed_stack().await;
+    let doors = format!("{DEV}/doors");
+    let before = stack.console.heads_seen().len();
+    for host in [DOMAIN.to_string(), "127.0.0.1".to_string()] {
+        let api = stack.relay_api();
+        let req = api
+            .request(Method::GET, &doors)
+            .header(http::header::HOST, host.as_str())
+            .body(keyway_tests::stack::empty())
+            .unwrap();
+        let r = api.send(req).await.unwrap();
+        assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        let v = r.json();
+        assert_eq!(v["code"], "CODE_KEYWAY_ZERO_KNOWLEDGE", "{v}");
+        assert!(
+            v["msg"].as_str().unwrap().contains(&format!("https://hq.{DOMAIN}/")),
+            "{v}"
+        );
+    }
+    assert_eq!(stack.console.heads_seen().len(), before, "nothing reached the console");
+    // The site by its own name still answers.
+    assert_eq!(stack.sealed_api().get(&doors).await.unwrap().status, StatusCode::OK);
+    stack.shutdown().await.unwrap();
+}
+
 /// With no agent online, a sealed connection is closed at once (there is
 /// no TLS at the relay to answer with an envelope), not left hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
